@@ -34,7 +34,7 @@ char *tg_grammar_labels(const char *const *labels, size_t n, bool multi, char *e
 
 /* Turn generated text (len bytes) back into label indices. Single-label: the text must equal
  * one label exactly (surrounding ASCII whitespace ignored); multi: a JSON array of label
- * strings. idx receives up to `cap` indices in order of first appearance, duplicates dropped;
+ * strings (an empty array parses to zero labels). idx receives up to `cap` indices in order of first appearance, duplicates dropped;
  * *n_out is the count. Returns TG_OK, or TG_PARSE with the reason in err ("not a label: ...",
  * "invalid JSON ...", "item 2 is not a label: ..."), TG_INVAL for bad arguments, TG_TOOBIG when
  * more than cap distinct labels were found. idx and *n_out are written only on success. */
