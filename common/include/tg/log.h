@@ -1,0 +1,38 @@
+/* Leveled logging, text or JSON lines, to stderr.
+ *
+ * Thread-safe: one write(2) per line, so lines from different threads never interleave.
+ * A request id (thread-local, set by the gateway for the request being handled) is added to
+ * every line logged while it is set. Secrets must never be passed here.
+ *
+ *   text:  2026-11-21T05:05:36.123Z INFO  [req-id] message
+ *   json:  {"ts":"2026-11-21T05:05:36.123Z","level":"info","request_id":"…","msg":"…"}
+ */
+#ifndef TG_LOG_H
+#define TG_LOG_H
+
+#include <stdarg.h>
+#include <stdbool.h>
+
+enum tg_log_level { TG_LOG_DEBUG, TG_LOG_INFO, TG_LOG_WARN, TG_LOG_ERROR, TG_LOG_OFF };
+
+/* Process-wide settings; call before starting threads. Defaults: INFO, text. */
+void tg_log_set_level(enum tg_log_level level);
+void tg_log_set_json(bool json);
+enum tg_log_level tg_log_get_level(void);
+
+/* Parse "debug|info|warn|error|off"; returns false (and leaves *out) on anything else. */
+bool tg_log_level_parse(const char *s, enum tg_log_level *out);
+
+/* Request id for the calling thread's following log lines; NULL clears it. The string is
+ * copied (at most 63 bytes kept). */
+void tg_log_set_request_id(const char *id);
+
+void tg_log(enum tg_log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void tg_logv(enum tg_log_level level, const char *fmt, va_list ap);
+
+#define tg_debug(...) tg_log(TG_LOG_DEBUG, __VA_ARGS__)
+#define tg_info(...) tg_log(TG_LOG_INFO, __VA_ARGS__)
+#define tg_warn(...) tg_log(TG_LOG_WARN, __VA_ARGS__)
+#define tg_error(...) tg_log(TG_LOG_ERROR, __VA_ARGS__)
+
+#endif

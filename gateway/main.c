@@ -1,0 +1,99 @@
+/* tiergate: the gateway binary and its subcommands. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "server.h"
+#include "tg/config.h"
+#include "tg/err.h"
+#include "tg/log.h"
+
+#if __has_include("cli_route.h")
+#include "cli_route.h"
+#define TG_HAVE_CLI_ROUTE 1
+#endif
+#if __has_include("cli_engine.h")
+#include "cli_engine.h"
+#define TG_HAVE_CLI_ENGINE 1
+#endif
+#if __has_include("cli_pull.h")
+#include "cli_pull.h"
+#define TG_HAVE_CLI_PULL 1
+#endif
+
+#ifndef TG_VERSION
+#define TG_VERSION "0.0.0"
+#endif
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "tiergate %s: a tiered model-routing gateway (OpenAI-compatible)\n\n"
+            "usage:\n"
+            "  tiergate [--config FILE]          run the gateway (default ./routes.yaml or $TIERGATE_CONFIG)\n"
+            "  tiergate check [FILE]             validate a config and print the effective settings\n"
+            "  tiergate route --explain [...]    show how requests would be routed, without running a model\n"
+            "  tiergate engine --listen URL ...  run a standalone engine worker (ipc://... or tcp://...)\n"
+            "  tiergate pull MODEL               download a model (phi-3.5-mini)\n"
+            "  tiergate --version | --help\n\n"
+            "Configuration reference: docs/config.md\n",
+            TG_VERSION);
+}
+
+static int cmd_check(int argc, char **argv)
+{
+    const char *path = tg_config_default_path(argc > 1 ? argv[1] : NULL);
+    struct tg_config *cfg = NULL;
+    char err[1024];
+    if (tg_config_load(path, &cfg, err, sizeof err) != TG_OK) {
+        fprintf(stderr, "%s\n", err);
+        return 1;
+    }
+    tg_config_print(cfg, stdout);
+    for (size_t i = 0; i < cfg->n_providers; i++)
+        if (!cfg->providers[i].enabled)
+            fprintf(stderr, "note: provider '%s' is disabled: %s\n", cfg->providers[i].name,
+                    cfg->providers[i].disabled_reason);
+    fprintf(stderr, "%s: OK\n", path);
+    tg_config_unref(cfg);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    const char *config = NULL;
+    if (argc > 1 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "help") == 0)) {
+        usage(stdout);
+        return 0;
+    }
+    if (argc > 1 && strcmp(argv[1], "--version") == 0) {
+        printf("tiergate %s\n", TG_VERSION);
+        return 0;
+    }
+    if (argc > 1 && strcmp(argv[1], "check") == 0)
+        return cmd_check(argc - 1, argv + 1);
+#ifdef TG_HAVE_CLI_ROUTE
+    if (argc > 1 && strcmp(argv[1], "route") == 0)
+        return tg_cli_route(argc - 1, argv + 1);
+#endif
+#ifdef TG_HAVE_CLI_ENGINE
+    if (argc > 1 && strcmp(argv[1], "engine") == 0)
+        return tg_cli_engine(argc - 1, argv + 1);
+#endif
+#ifdef TG_HAVE_CLI_PULL
+    if (argc > 1 && strcmp(argv[1], "pull") == 0)
+        return tg_cli_pull(argc - 1, argv + 1);
+#endif
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--config") == 0 && i + 1 < argc) {
+            config = argv[++i];
+        } else if (strncmp(argv[i], "--config=", 9) == 0) {
+            config = argv[i] + 9;
+        } else {
+            fprintf(stderr, "tiergate: unknown argument '%s'\n\n", argv[i]);
+            usage(stderr);
+            return 2;
+        }
+    }
+    return tg_gateway_run(tg_config_default_path(config));
+}
