@@ -1,0 +1,14 @@
+/* Private to gateway/metrics/: shared between the registry and the usage ledger. */
+#ifndef TG_GW_METRICS_INT_H
+#define TG_GW_METRICS_INT_H
+
+#include "metrics.h"
+#include "tg/buf.h"
+
+/* Append v escaped for a label value (backslash, double quote, newline). */
+int tg_metrics_escape_label(struct tg_buf *out, const char *v);
+
+/* tg_metrics_record() hands the record to the ledger bound to the calling thread, if any. */
+void tg_usage_record_hook(const struct tg_request_record *r);
+
+#endif

@@ -1,0 +1,692 @@
+/* The process-wide Prometheus registry: families of series keyed by their rendered label pairs,
+ * one mutex, text exposition written by hand (format 0.0.4). */
+#include "metrics.h"
+
+#include <ctype.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cost.h"
+#include "metrics_int.h"
+#include "tg/err.h"
+
+enum fam_kind { FAM_COUNTER, FAM_COUNTER_NANO, FAM_HISTOGRAM };
+
+struct series {
+    char *labels;        /* `a="x",b="y"` (escaped), "" for none */
+    uint64_t value;      /* FAM_COUNTER */
+    int64_t nano;        /* FAM_COUNTER_NANO */
+    uint64_t *buckets;   /* FAM_HISTOGRAM: cumulative counts are built at render time */
+    double sum;
+    uint64_t count;
+};
+
+struct family {
+    const char *name;    /* without the tiergate_ prefix */
+    const char *help;
+    enum fam_kind kind;
+    size_t max_series;   /* past this, new label sets go to the family's overflow series */
+    const char *overflow;
+    struct series *s;
+    size_t n, cap;
+};
+
+/* Latency buckets in seconds: from a cache hit (ms) to a long remote generation (minutes). */
+static const double k_bounds[] = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                                  1,     2.5,  5,     10,   30,   60,  120};
+#define N_BOUNDS (sizeof k_bounds / sizeof k_bounds[0])
+
+enum {
+    F_REQUESTS, F_DURATION, F_TTFT, F_UPSTREAM_DURATION, F_TOKENS, F_COST, F_AVOIDED, F_CACHE,
+    F_ROUTE, F_ESCALATIONS, F_FALLBACKS, F_UPSTREAM_ERRORS, F_BAD_REQUESTS, F_COUNT
+};
+
+#define MAX_REASONS 64
+#define MAX_KINDS 32
+
+struct registry {
+    pthread_mutex_t lock;
+    struct family f[F_COUNT];
+    char *version;
+    char **names;        /* model, alias and provider names from the config (label allow-list) */
+    size_t n_names;
+    tg_metrics_gauges_fn gauges_fn;
+    void *gauges_user;
+    tg_metrics_circuits_fn circuits_fn;
+    void *circuits_user;
+};
+
+static pthread_mutex_t g_init_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct registry *g_reg;
+
+static const struct family k_families[F_COUNT] = {
+    [F_REQUESTS] = {"requests_total", "Requests answered, by endpoint, serving tier, model and HTTP status.",
+                    FAM_COUNTER, 4096, "endpoint=\"other\",tier=\"other\",model=\"other\",status=\"other\""},
+    [F_DURATION] = {"request_duration_seconds", "Time from accept to the last byte of the answer.",
+                    FAM_HISTOGRAM, 16, "tier=\"other\""},
+    [F_TTFT] = {"time_to_first_token_seconds", "Time from accept to the first token or byte of the answer.",
+                FAM_HISTOGRAM, 16, "tier=\"other\""},
+    [F_UPSTREAM_DURATION] = {"upstream_duration_seconds", "Time spent in remote provider calls.",
+                             FAM_HISTOGRAM, 256, "target=\"other\""},
+    [F_TOKENS] = {"tokens_total", "Tokens processed, by tier, model and type (prompt, completion, cached).",
+                  FAM_COUNTER, 2048, "tier=\"other\",model=\"other\",type=\"other\""},
+    [F_COST] = {"cost_usd_total", "What requests cost in USD (remote prices, local price per token; cache hits cost 0).",
+                FAM_COUNTER_NANO, 1024, "tier=\"other\",model=\"other\""},
+    [F_AVOIDED] = {"cost_avoided_usd_total", "What local and cached answers would have cost on the reference remote model, in USD.",
+                   FAM_COUNTER_NANO, 4, "reason=\"other\""},
+    [F_CACHE] = {"cache_requests_total", "Response cache look-ups by result (hit, miss, bypass).",
+                 FAM_COUNTER, 8, "result=\"other\""},
+    [F_ROUTE] = {"route_decisions_total", "Router decisions by tier and deciding reason code.",
+                 FAM_COUNTER, 2 * MAX_REASONS, "tier=\"other\",reason=\"other\""},
+    [F_ESCALATIONS] = {"escalations_total", "Local answers that failed their check and were retried remote, by reason.",
+                       FAM_COUNTER, MAX_REASONS, "reason=\"other\""},
+    [F_FALLBACKS] = {"fallbacks_total", "Fallback hops taken to another target, by reason.",
+                     FAM_COUNTER, MAX_REASONS, "reason=\"other\""},
+    [F_UPSTREAM_ERRORS] = {"upstream_errors_total", "Failed remote provider attempts, by target and kind.",
+                           FAM_COUNTER, 1024, "target=\"other\",kind=\"other\""},
+    [F_BAD_REQUESTS] = {"bad_requests_total", "Requests rejected before routing, by reason.",
+                        FAM_COUNTER, MAX_REASONS, "reason=\"other\""},
+};
+
+/* ---- label values ------------------------------------------------------------------------ */
+
+static const char *const k_endpoints[] = {"chat",    "completions", "responses", "embeddings",
+                                          "classify", "extract",    "explain",   "jobs",
+                                          "models",   "other"};
+static const char *const k_tiers[] = {"local", "remote", "cache", "none"};
+static const char *const k_cache_results[] = {"hit", "miss", "bypass"};
+
+static const char *one_of(const char *v, const char *const *set, size_t n, const char *dflt)
+{
+    if (v == NULL || v[0] == '\0')
+        return dflt;
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(v, set[i]) == 0)
+            return set[i];
+    return "other";
+}
+#define ONE_OF(v, set, dflt) one_of((v), (set), sizeof(set) / sizeof((set)[0]), (dflt))
+
+/* A config-defined name (model, alias, provider) or "other"; "none" for absent. Caller holds the
+ * lock (names change on reload). */
+static const char *config_name(const struct registry *g, const char *v)
+{
+    if (v == NULL || v[0] == '\0')
+        return "none";
+    for (size_t i = 0; i < g->n_names; i++)
+        if (strcmp(v, g->names[i]) == 0)
+            return g->names[i];
+    return "other";
+}
+
+/* Codes from the router and the executor are short static identifiers; anything that does not
+ * look like one (free text, a key, a URL) would be a cardinality leak and becomes "other". */
+static const char *code_value(const char *v, size_t maxlen)
+{
+    if (v == NULL || v[0] == '\0')
+        return "none";
+    size_t n = 0;
+    for (; v[n] != '\0'; n++) {
+        unsigned char c = (unsigned char)v[n];
+        if (n >= maxlen || !(islower(c) || isdigit(c) || c == '.' || c == '_' || c == '-'))
+            return "other";
+    }
+    return v;
+}
+
+int tg_metrics_escape_label(struct tg_buf *out, const char *v)
+{
+    int rc = TG_OK;
+    for (const char *p = v; *p != '\0' && rc == TG_OK; p++) {
+        if (*p == '\\')
+            rc = tg_buf_append(out, "\\\\", 2);
+        else if (*p == '"')
+            rc = tg_buf_append(out, "\\\"", 2);
+        else if (*p == '\n')
+            rc = tg_buf_append(out, "\\n", 2);
+        else
+            rc = tg_buf_append(out, p, 1);
+    }
+    return rc;
+}
+
+/* Render name="value" pairs (NULL-terminated list of name, value) into buf. */
+static int labels_build(struct tg_buf *b, ...)
+{
+    va_list ap;
+    va_start(ap, b);
+    tg_buf_reset(b);
+    int rc = tg_buf_append(b, "", 0);
+    bool first = true;
+    for (;;) {
+        const char *name = va_arg(ap, const char *);
+        if (name == NULL)
+            break;
+        const char *value = va_arg(ap, const char *);
+        if (rc == TG_OK)
+            rc = tg_buf_printf(b, "%s%s=\"", first ? "" : ",", name);
+        if (rc == TG_OK)
+            rc = tg_metrics_escape_label(b, value);
+        if (rc == TG_OK)
+            rc = tg_buf_append(b, "\"", 1);
+        first = false;
+    }
+    va_end(ap);
+    return rc;
+}
+
+/* ---- series ------------------------------------------------------------------------------ */
+
+static struct series *series_find(struct family *f, const char *labels)
+{
+    for (size_t i = 0; i < f->n; i++)
+        if (strcmp(f->s[i].labels, labels) == 0)
+            return &f->s[i];
+    return NULL;
+}
+
+static struct series *series_add(struct family *f, const char *labels)
+{
+    if (f->n == f->cap) {
+        size_t cap = f->cap ? f->cap * 2 : 8;
+        struct series *s = realloc(f->s, cap * sizeof *s);
+        if (s == NULL)
+            return NULL;
+        f->s = s;
+        f->cap = cap;
+    }
+    struct series *s = &f->s[f->n];
+    *s = (struct series){.labels = strdup(labels)};
+    if (s->labels == NULL)
+        return NULL;
+    if (f->kind == FAM_HISTOGRAM) {
+        s->buckets = calloc(N_BOUNDS, sizeof *s->buckets);
+        if (s->buckets == NULL) {
+            free(s->labels);
+            return NULL;
+        }
+    }
+    f->n++;
+    return s;
+}
+
+/* The series for labels; a new one while the family is under its cap, else the overflow series.
+ * NULL only when memory runs out (the sample is then dropped, never the process). */
+static struct series *series_get(struct family *f, const char *labels)
+{
+    struct series *s = series_find(f, labels);
+    if (s != NULL)
+        return s;
+    if (f->n >= f->max_series) {
+        s = series_find(f, f->overflow);
+        if (s != NULL)
+            return s;
+        labels = f->overflow;
+    }
+    return series_add(f, labels);
+}
+
+static void counter_add(struct family *f, const char *labels, uint64_t n)
+{
+    struct series *s = series_get(f, labels);
+    if (s != NULL)
+        s->value += n;
+}
+
+static void nano_add(struct family *f, const char *labels, int64_t nano)
+{
+    struct series *s = series_get(f, labels);
+    if (s != NULL)
+        s->nano += nano;
+}
+
+static void histogram_observe(struct family *f, const char *labels, double v)
+{
+    if (!(v >= 0) || isinf(v))
+        return;
+    struct series *s = series_get(f, labels);
+    if (s == NULL)
+        return;
+    for (size_t i = 0; i < N_BOUNDS; i++) {
+        if (v <= k_bounds[i]) {
+            s->buckets[i]++;
+            break;
+        }
+    }
+    s->sum += v;
+    s->count++;
+}
+
+/* ---- lifecycle --------------------------------------------------------------------------- */
+
+static void names_free(struct registry *g)
+{
+    for (size_t i = 0; i < g->n_names; i++)
+        free(g->names[i]);
+    free(g->names);
+    g->names = NULL;
+    g->n_names = 0;
+}
+
+static int names_take(struct registry *g, const struct tg_config *cfg)
+{
+    size_t n = cfg->n_models + cfg->n_aliases + cfg->n_providers;
+    char **names = calloc(n ? n : 1, sizeof *names);
+    if (names == NULL)
+        return TG_NOMEM;
+    size_t k = 0;
+    for (size_t i = 0; i < cfg->n_models; i++)
+        names[k++] = strdup(cfg->models[i].name);
+    for (size_t i = 0; i < cfg->n_aliases; i++)
+        names[k++] = strdup(cfg->aliases[i].name);
+    for (size_t i = 0; i < cfg->n_providers; i++)
+        names[k++] = strdup(cfg->providers[i].name);
+    for (size_t i = 0; i < k; i++) {
+        if (names[i] == NULL) {
+            for (size_t j = 0; j < k; j++)
+                free(names[j]);
+            free(names);
+            return TG_NOMEM;
+        }
+    }
+    names_free(g);
+    g->names = names;
+    g->n_names = k;
+    return TG_OK;
+}
+
+static void registry_free(struct registry *g)
+{
+    if (g == NULL)
+        return;
+    for (int i = 0; i < F_COUNT; i++) {
+        for (size_t j = 0; j < g->f[i].n; j++) {
+            free(g->f[i].s[j].labels);
+            free(g->f[i].s[j].buckets);
+        }
+        free(g->f[i].s);
+    }
+    names_free(g);
+    free(g->version);
+    pthread_mutex_destroy(&g->lock);
+    free(g);
+}
+
+int tg_metrics_init(const struct tg_config *cfg, const char *version)
+{
+    pthread_mutex_lock(&g_init_lock);
+    if (g_reg != NULL) {
+        pthread_mutex_unlock(&g_init_lock);
+        return TG_INVAL;
+    }
+    struct registry *g = calloc(1, sizeof *g);
+    if (g == NULL) {
+        pthread_mutex_unlock(&g_init_lock);
+        return TG_NOMEM;
+    }
+    pthread_mutex_init(&g->lock, NULL);
+    memcpy(g->f, k_families, sizeof g->f);
+    g->version = strdup(version != NULL ? version : "unknown");
+    int rc = g->version != NULL ? TG_OK : TG_NOMEM;
+    if (rc == TG_OK && cfg != NULL)
+        rc = names_take(g, cfg);
+    /* Series every dashboard query expects, present from the start so rate() sees them at 0. */
+    const char *avoided[] = {"reason=\"local\"", "reason=\"cache\""};
+    for (size_t i = 0; rc == TG_OK && i < 2; i++)
+        rc = series_get(&g->f[F_AVOIDED], avoided[i]) != NULL ? TG_OK : TG_NOMEM;
+    const char *cache[] = {"result=\"hit\"", "result=\"miss\"", "result=\"bypass\""};
+    for (size_t i = 0; rc == TG_OK && i < 3; i++)
+        rc = series_get(&g->f[F_CACHE], cache[i]) != NULL ? TG_OK : TG_NOMEM;
+    if (rc != TG_OK) {
+        registry_free(g);
+        pthread_mutex_unlock(&g_init_lock);
+        return rc;
+    }
+    g_reg = g;
+    pthread_mutex_unlock(&g_init_lock);
+    return TG_OK;
+}
+
+void tg_metrics_configure(const struct tg_config *cfg)
+{
+    pthread_mutex_lock(&g_init_lock);
+    struct registry *g = g_reg;
+    if (g != NULL && cfg != NULL) {
+        pthread_mutex_lock(&g->lock);
+        names_take(g, cfg); /* on TG_NOMEM the old allow-list stays: still bounded */
+        pthread_mutex_unlock(&g->lock);
+    }
+    pthread_mutex_unlock(&g_init_lock);
+}
+
+void tg_metrics_shutdown(void)
+{
+    pthread_mutex_lock(&g_init_lock);
+    registry_free(g_reg);
+    g_reg = NULL;
+    pthread_mutex_unlock(&g_init_lock);
+}
+
+void tg_metrics_set_gauges_fn(tg_metrics_gauges_fn fn, void *user)
+{
+    pthread_mutex_lock(&g_init_lock);
+    if (g_reg != NULL) {
+        pthread_mutex_lock(&g_reg->lock);
+        g_reg->gauges_fn = fn;
+        g_reg->gauges_user = user;
+        pthread_mutex_unlock(&g_reg->lock);
+    }
+    pthread_mutex_unlock(&g_init_lock);
+}
+
+void tg_metrics_set_circuits_fn(tg_metrics_circuits_fn fn, void *user)
+{
+    pthread_mutex_lock(&g_init_lock);
+    if (g_reg != NULL) {
+        pthread_mutex_lock(&g_reg->lock);
+        g_reg->circuits_fn = fn;
+        g_reg->circuits_user = user;
+        pthread_mutex_unlock(&g_reg->lock);
+    }
+    pthread_mutex_unlock(&g_init_lock);
+}
+
+/* ---- recording --------------------------------------------------------------------------- */
+
+/* Lock the registry for an update: g_init_lock pins it against a concurrent shutdown, the
+ * registry's own lock guards the values. NULL (with nothing held) before init. Shutdown happens
+ * after the I/O threads stop, so the init lock is never contended in practice. */
+static struct registry *reg_lock(void)
+{
+    pthread_mutex_lock(&g_init_lock);
+    struct registry *g = g_reg;
+    if (g == NULL) {
+        pthread_mutex_unlock(&g_init_lock);
+        return NULL;
+    }
+    pthread_mutex_lock(&g->lock);
+    return g;
+}
+
+static void reg_unlock(struct registry *g)
+{
+    pthread_mutex_unlock(&g->lock);
+    pthread_mutex_unlock(&g_init_lock);
+}
+
+static int64_t clamp_tokens(int64_t n)
+{
+    return n > 0 ? n : 0;
+}
+
+void tg_metrics_record(const struct tg_request_record *r)
+{
+    if (r == NULL)
+        return;
+    struct tg_buf lb;
+    tg_buf_init(&lb, 4096);
+    char status[16];
+    if (r->status >= 100 && r->status <= 599)
+        snprintf(status, sizeof status, "%d", r->status);
+    else
+        snprintf(status, sizeof status, "other");
+    struct registry *g = reg_lock();
+    if (g != NULL) {
+        const char *endpoint = ONE_OF(r->endpoint, k_endpoints, "other");
+        const char *tier = ONE_OF(r->tier, k_tiers, "none");
+        const char *model = config_name(g, r->model);
+
+        if (labels_build(&lb, "endpoint", endpoint, "tier", tier, "model", model, "status", status,
+                         (char *)NULL) == TG_OK)
+            counter_add(&g->f[F_REQUESTS], lb.data, 1);
+        if (labels_build(&lb, "tier", tier, (char *)NULL) == TG_OK) {
+            histogram_observe(&g->f[F_DURATION], lb.data, r->duration_s);
+            if (r->ttft_s >= 0)
+                histogram_observe(&g->f[F_TTFT], lb.data, r->ttft_s);
+        }
+        if (r->upstream_s >= 0 && labels_build(&lb, "target", model, (char *)NULL) == TG_OK)
+            histogram_observe(&g->f[F_UPSTREAM_DURATION], lb.data, r->upstream_s);
+
+        const struct {
+            const char *type;
+            int64_t n;
+        } tok[] = {{"prompt", r->prompt_tokens},
+                   {"completion", r->completion_tokens},
+                   {"cached", r->cached_tokens}};
+        for (size_t i = 0; i < 3; i++)
+            if (clamp_tokens(tok[i].n) > 0 &&
+                labels_build(&lb, "tier", tier, "model", model, "type", tok[i].type,
+                             (char *)NULL) == TG_OK)
+                counter_add(&g->f[F_TOKENS], lb.data, (uint64_t)tok[i].n);
+
+        /* Every served request gets its cost series, even at 0, so cost/requests ratios exist. */
+        if (strcmp(tier, "none") != 0 &&
+            labels_build(&lb, "tier", tier, "model", model, (char *)NULL) == TG_OK)
+            nano_add(&g->f[F_COST], lb.data, tg_cost_nano(r->cost_usd));
+        int64_t avoided = tg_cost_nano(r->avoided_usd);
+        if (avoided != 0 && r->avoided_reason != NULL &&
+            labels_build(&lb, "reason",
+                         ONE_OF(r->avoided_reason, ((const char *const[]){"local", "cache"}), "other"),
+                         (char *)NULL) == TG_OK)
+            nano_add(&g->f[F_AVOIDED], lb.data, avoided);
+
+        if (r->cache_result != NULL &&
+            labels_build(&lb, "result", ONE_OF(r->cache_result, k_cache_results, "other"),
+                         (char *)NULL) == TG_OK)
+            counter_add(&g->f[F_CACHE], lb.data, 1);
+        if (r->route_tier != NULL &&
+            labels_build(&lb, "tier",
+                         ONE_OF(r->route_tier, ((const char *const[]){"local", "remote"}), "other"),
+                         "reason", code_value(r->route_reason, 48), (char *)NULL) == TG_OK)
+            counter_add(&g->f[F_ROUTE], lb.data, 1);
+        if (r->escalated &&
+            labels_build(&lb, "reason", code_value(r->escalation_reason, 48), (char *)NULL) == TG_OK)
+            counter_add(&g->f[F_ESCALATIONS], lb.data, 1);
+        if (r->fallbacks > 0 &&
+            labels_build(&lb, "reason", code_value(r->fallback_reason, 48), (char *)NULL) == TG_OK)
+            counter_add(&g->f[F_FALLBACKS], lb.data, (uint64_t)r->fallbacks);
+        reg_unlock(g);
+    }
+    tg_buf_free(&lb);
+    tg_usage_record_hook(r);
+}
+
+void tg_metrics_bad_request(const char *reason)
+{
+    struct tg_buf lb;
+    tg_buf_init(&lb, 1024);
+    struct registry *g = reg_lock();
+    if (g != NULL) {
+        if (labels_build(&lb, "reason", code_value(reason, 48), (char *)NULL) == TG_OK)
+            counter_add(&g->f[F_BAD_REQUESTS], lb.data, 1);
+        reg_unlock(g);
+    }
+    tg_buf_free(&lb);
+}
+
+void tg_metrics_upstream_error(const char *target, const char *kind)
+{
+    struct tg_buf lb;
+    tg_buf_init(&lb, 1024);
+    struct registry *g = reg_lock();
+    if (g != NULL) {
+        if (labels_build(&lb, "target", config_name(g, target), "kind", code_value(kind, 32),
+                         (char *)NULL) == TG_OK)
+            counter_add(&g->f[F_UPSTREAM_ERRORS], lb.data, 1);
+        reg_unlock(g);
+    }
+    tg_buf_free(&lb);
+}
+
+void tg_metrics_upstream_duration(const char *target, double seconds)
+{
+    struct tg_buf lb;
+    tg_buf_init(&lb, 1024);
+    struct registry *g = reg_lock();
+    if (g != NULL) {
+        if (labels_build(&lb, "target", config_name(g, target), (char *)NULL) == TG_OK)
+            histogram_observe(&g->f[F_UPSTREAM_DURATION], lb.data, seconds);
+        reg_unlock(g);
+    }
+    tg_buf_free(&lb);
+}
+
+/* ---- exposition -------------------------------------------------------------------------- */
+
+static int put_double(struct tg_buf *out, double v)
+{
+    if (isnan(v))
+        return tg_buf_append_str(out, "NaN");
+    if (isinf(v))
+        return tg_buf_append_str(out, v > 0 ? "+Inf" : "-Inf");
+    return tg_buf_printf(out, "%.17g", v);
+}
+
+static int put_header(struct tg_buf *out, const char *name, const char *help, const char *type)
+{
+    return tg_buf_printf(out, "# HELP tiergate_%s %s\n# TYPE tiergate_%s %s\n", name, help, name,
+                         type);
+}
+
+static int render_family(struct tg_buf *out, const struct family *f)
+{
+    static const char *const types[] = {"counter", "counter", "histogram"};
+    int rc = put_header(out, f->name, f->help, types[f->kind]);
+    for (size_t i = 0; i < f->n && rc == TG_OK; i++) {
+        const struct series *s = &f->s[i];
+        const char *open = s->labels[0] ? "{" : "", *close = s->labels[0] ? "}" : "";
+        if (f->kind == FAM_COUNTER) {
+            rc = tg_buf_printf(out, "tiergate_%s%s%s%s %llu\n", f->name, open, s->labels, close,
+                               (unsigned long long)s->value);
+        } else if (f->kind == FAM_COUNTER_NANO) {
+            char usd[40];
+            rc = tg_buf_printf(out, "tiergate_%s%s%s%s %s\n", f->name, open, s->labels, close,
+                               tg_cost_format_usd(s->nano, usd, sizeof usd));
+        } else {
+            uint64_t cum = 0;
+            const char *sep = s->labels[0] ? "," : "";
+            for (size_t b = 0; b < N_BOUNDS && rc == TG_OK; b++) {
+                cum += s->buckets[b];
+                rc = tg_buf_printf(out, "tiergate_%s_bucket{%s%sle=\"%g\"} %llu\n", f->name,
+                                   s->labels, sep, k_bounds[b], (unsigned long long)cum);
+            }
+            if (rc == TG_OK)
+                rc = tg_buf_printf(out, "tiergate_%s_bucket{%s%sle=\"+Inf\"} %llu\n", f->name,
+                                   s->labels, sep, (unsigned long long)s->count);
+            if (rc == TG_OK)
+                rc = tg_buf_printf(out, "tiergate_%s_sum%s%s%s ", f->name, open, s->labels, close);
+            if (rc == TG_OK)
+                rc = put_double(out, s->sum);
+            if (rc == TG_OK)
+                rc = tg_buf_printf(out, "\ntiergate_%s_count%s%s%s %llu\n", f->name, open,
+                                   s->labels, close, (unsigned long long)s->count);
+        }
+    }
+    return rc;
+}
+
+static int put_gauge(struct tg_buf *out, const char *name, const char *help, double v)
+{
+    int rc = put_header(out, name, help, "gauge");
+    if (rc == TG_OK && v >= 0) {
+        rc = tg_buf_printf(out, "tiergate_%s ", name);
+        if (rc == TG_OK)
+            rc = put_double(out, v);
+        if (rc == TG_OK)
+            rc = tg_buf_append(out, "\n", 1);
+    }
+    return rc;
+}
+
+struct circuit_visit {
+    struct tg_buf *lines;
+    struct registry *g;
+    size_t n;
+};
+
+static void on_circuit(void *vctx, const char *target, int state)
+{
+    struct circuit_visit *cv = vctx;
+    if (cv->n >= 1024 || target == NULL)
+        return;
+    /* Names are checked against the allow-list later, under the registry lock. */
+    tg_buf_printf(cv->lines, "%d ", state < 0 ? 0 : state > 2 ? 2 : state);
+    tg_buf_append(cv->lines, target, strcspn(target, "\n"));
+    tg_buf_append(cv->lines, "\n", 1);
+    cv->n++;
+}
+
+int tg_metrics_render(struct tg_buf *out)
+{
+    pthread_mutex_lock(&g_init_lock);
+    struct registry *g = g_reg;
+    if (g == NULL) {
+        pthread_mutex_unlock(&g_init_lock);
+        return TG_OK;
+    }
+    pthread_mutex_lock(&g->lock);
+    tg_metrics_gauges_fn gauges_fn = g->gauges_fn;
+    void *gauges_user = g->gauges_user;
+    tg_metrics_circuits_fn circuits_fn = g->circuits_fn;
+    void *circuits_user = g->circuits_user;
+    pthread_mutex_unlock(&g->lock);
+
+    /* Pull gauges without the registry lock: the callbacks take their owners' locks. */
+    struct tg_metrics_gauges gv = {-1, -1, -1, -1};
+    if (gauges_fn != NULL)
+        gauges_fn(gauges_user, &gv);
+    struct tg_buf circuits;
+    tg_buf_init(&circuits, 1 << 20);
+    struct circuit_visit cv = {&circuits, g, 0};
+    if (circuits_fn != NULL)
+        circuits_fn(circuits_user, on_circuit, &cv);
+
+    pthread_mutex_lock(&g->lock);
+    int rc = TG_OK;
+    for (int i = 0; i < F_COUNT && rc == TG_OK; i++)
+        rc = render_family(out, &g->f[i]);
+    if (rc == TG_OK)
+        rc = put_header(out, "circuit_state",
+                        "Circuit breaker state per remote target: 0 closed, 1 half-open, 2 open.",
+                        "gauge");
+    for (const char *p = circuits.data; rc == TG_OK && p != NULL && *p != '\0';) {
+        const char *nl = strchr(p, '\n');
+        char name[256];
+        int state = p[0] - '0';
+        size_t n = (size_t)(nl - p) - 2;
+        snprintf(name, sizeof name, "%.*s", (int)(n < sizeof name ? n : sizeof name - 1), p + 2);
+        rc = tg_buf_append_str(out, "tiergate_circuit_state{target=\"");
+        if (rc == TG_OK)
+            rc = tg_metrics_escape_label(out, config_name(g, name));
+        if (rc == TG_OK)
+            rc = tg_buf_printf(out, "\"} %d\n", state);
+        p = nl + 1;
+    }
+    if (rc == TG_OK)
+        rc = put_gauge(out, "engine_slots_busy", "Local engine sequences decoding now.",
+                       gv.engine_slots_busy);
+    if (rc == TG_OK)
+        rc = put_gauge(out, "engine_queue_depth", "Local engine jobs waiting for a slot.",
+                       gv.engine_queue_depth);
+    if (rc == TG_OK)
+        rc = put_gauge(out, "engine_tokens_per_second", "Local engine recent generation rate.",
+                       gv.engine_tokens_per_second);
+    if (rc == TG_OK)
+        rc = put_gauge(out, "inflight_requests", "Requests accepted and not yet answered.",
+                       gv.inflight_requests);
+    if (rc == TG_OK)
+        rc = put_header(out, "build_info", "tiergate build information (always 1).", "gauge");
+    if (rc == TG_OK)
+        rc = tg_buf_append_str(out, "tiergate_build_info{version=\"");
+    if (rc == TG_OK)
+        rc = tg_metrics_escape_label(out, g->version);
+    if (rc == TG_OK)
+        rc = tg_buf_append_str(out, "\"} 1\n");
+    pthread_mutex_unlock(&g->lock);
+    pthread_mutex_unlock(&g_init_lock);
+    tg_buf_free(&circuits);
+    return rc;
+}
