@@ -325,10 +325,13 @@ static void emit_helpers(struct gctx *g)
     if ((g->helpers & H_WS) != 0)
         emitf(g, "ws ::= [ \\t\\n]{0,%u}\n", g->o.max_ws);
     if ((g->helpers & H_STRING) != 0) {
-        /* Raw control characters and UTF-16 surrogate code points are not valid in JSON text;
-         * \u escapes are left out so that no escape can form an invalid code point. */
+        /* Raw control characters and UTF-16 surrogates are not valid in JSON text; \u escapes
+         * are left out so that no escape can form an invalid code point. Code points past
+         * U+10FFFF are excluded because llama.cpp decodes invalid lead bytes (F5..FF) of byte
+         * tokens into them; excluding them makes it refuse those bytes. */
         emitf(g, "string ::= \"\\\"\" char{0,%u} \"\\\"\"\n", g->o.max_string_chars);
-        emit(g, "char ::= [^\"\\\\\\x00-\\x1F\\uD800-\\uDFFF] | \"\\\\\" [\"\\\\/bfnrt]\n");
+        emit(g, "char ::= [^\"\\\\\\x00-\\x1F\\uD800-\\uDFFF\\U00110000-\\U7FFFFFFF] | "
+                "\"\\\\\" [\"\\\\/bfnrt]\n");
     }
     if ((g->helpers & H_NUMBER) != 0)
         /* Two exponent digits keep every value finite as a double (jansson rejects overflow). */

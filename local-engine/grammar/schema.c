@@ -342,6 +342,7 @@ static int compile_values(struct cctx *c, struct sc_node *n, const json_t *en, c
             return cfail(c, "value is longer than %d bytes as JSON", TG_SCHEMA_MAX_LITERAL_BYTES);
         path_pop(c, saved);
     }
+    n->values_from_const = en == NULL;
     n->values = json_array();
     if (n->values == NULL)
         return cnomem(c);
@@ -660,8 +661,8 @@ static bool validate(struct vctx *v, const struct sc_node *n, const json_t *inst
         for (size_t i = 0; i < json_array_size(n->values) && !found; i++)
             found = sc_json_equal(json_array_get(n->values, i), inst);
         if (!found)
-            return json_array_size(n->values) == 1 ? vfail(v, p, "expected the const value")
-                                                    : vfail(v, p, "value is not in the enum");
+            return n->values_from_const ? vfail(v, p, "expected the const value")
+                                        : vfail(v, p, "value is not in the enum");
     }
     if (json_is_object(inst)) {
         for (size_t i = 0; i < n->n_props; i++) {

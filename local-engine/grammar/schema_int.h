@@ -37,6 +37,7 @@ struct sc_node {
     struct sc_node *items; /* NULL: any items */
     /* enum/const (intersected when both are given); NULL: no value restriction */
     json_t *values; /* array, owned */
+    bool values_from_const; /* only `const` given: error messages say so */
 };
 
 struct tg_schema {

@@ -1,0 +1,8 @@
+# grammar: JSON Schema subset (compile/validate/GBNF) and label grammars (tg_grammar).
+tg_add_unit_test(test_schema SOURCES ${TG_TEST_DIR}/grammar/test_schema.c LIBS tg_grammar)
+tg_add_unit_test(test_labels SOURCES ${TG_TEST_DIR}/grammar/test_labels.c LIBS tg_grammar)
+# Only this test links llama.cpp (tg_grammar itself does not): it checks that every generated
+# grammar parses in llama.cpp and that sampling under it from the tiny model yields valid JSON.
+tg_add_unit_test(test_gbnf SOURCES ${TG_TEST_DIR}/grammar/test_gbnf.c LIBS tg_grammar tg_llama
+    LABELS llama)
+add_dependencies(test_gbnf model-tiny)
