@@ -1,0 +1,26 @@
+# enginenet: the engine's nng boundary (local-engine/net_*.c) and `tiergate engine`
+# (gateway/cli_engine.c).
+if(TARGET tg_engine)
+  # Codec: pure JSON round trips and rejections, table-driven.
+  tg_add_unit_test(test_enginenet_codec SOURCES ${TG_TEST_DIR}/enginenet/test_net_codec.c
+      LIBS tg_engine tg_common PkgConfig::JANSSON m)
+  if(TARGET test_enginenet_codec)
+    target_include_directories(test_enginenet_codec PRIVATE ${CMAKE_SOURCE_DIR}/local-engine)
+  endif()
+
+  # A standalone engine worker built from the real CLI code (gateway/cli_engine.c), so the
+  # tests do not depend on the rest of the gateway being buildable.
+  add_executable(tg-test-engine-worker ${TG_TEST_DIR}/enginenet/worker_main.c
+      ${CMAKE_SOURCE_DIR}/gateway/cli_engine.c)
+  target_include_directories(tg-test-engine-worker PRIVATE ${CMAKE_SOURCE_DIR}/gateway)
+  target_link_libraries(tg-test-engine-worker PRIVATE tg_engine tg_common Threads::Threads)
+  tg_target_defaults(tg-test-engine-worker)
+
+  tg_add_unit_test(test_enginenet SOURCES ${TG_TEST_DIR}/enginenet/test_engine_net.c
+      LIBS tg_engine tg_common tg_testlib tg_nng Threads::Threads m LABELS llama)
+  if(TARGET test_enginenet)
+    target_compile_definitions(test_enginenet PRIVATE
+        TG_ENGINE_WORKER_BIN="$<TARGET_FILE:tg-test-engine-worker>")
+    add_dependencies(test_enginenet model-tiny tg-test-engine-worker)
+  endif()
+endif()
