@@ -20,8 +20,8 @@
  *     delivered, a failure ends the request with on_error(started = true).
  *
  * Ownership
- *   - The call's JSON request is borrowed during tg_upstream_start (the adapter builds its own
- *     body); target pointers are copied, the models themselves are NOT: the caller keeps the
+ *   - The call's JSON request is referenced (json_incref) until the request ends: do not modify it
+ *     after tg_upstream_start. Target pointers are copied, the models themselves are NOT: the caller keeps the
  *     config snapshot (tg_config_ref) alive until a handler ran or it cancelled.
  *   - Every pointer passed to a handler is borrowed and valid only during the call.
  *
@@ -81,7 +81,8 @@ void tg_upstream_global_cleanup(void);
 /* ---- one call ---- */
 
 struct tg_upstream_call {
-    const json_t *request;                   /* OpenAI chat.completions request body (borrowed) */
+    const json_t *request;                   /* OpenAI chat.completions request body; a reference is
+                                                kept until the end: do not modify it afterwards */
     const struct tg_cfg_model *const *targets; /* primary first, then fallbacks, in order */
     size_t n_targets;                        /* >= 1; engine targets are skipped */
     bool stream;                             /* ask the provider for SSE and relay chunks */
@@ -164,7 +165,8 @@ void tg_upstream_cancel(struct tg_upstream_req *req);
  * circuit_open_ms one half-open probe is let through; its success closes it, its failure reopens).
  * 429, 5xx, connection errors and timeouts count as failures; other 4xx do not. */
 
-enum tg_circuit_state { TG_CIRCUIT_CLOSED = 0, TG_CIRCUIT_OPEN = 1, TG_CIRCUIT_HALF_OPEN = 2 };
+/* Values match metrics.h's TG_METRICS_CIRCUIT_* (0 closed, 1 half-open, 2 open). */
+enum tg_circuit_state { TG_CIRCUIT_CLOSED = 0, TG_CIRCUIT_HALF_OPEN = 1, TG_CIRCUIT_OPEN = 2 };
 
 /* True while the breaker of this target is open (and its open time has not yet elapsed): the
  * router's "remote circuit open -> local" rule. Unknown names are closed. */
@@ -184,8 +186,16 @@ size_t tg_upstream_circuit_list(struct tg_upstream_circuit_info *out, size_t max
 /* Forget every breaker (tests, config reload). */
 void tg_upstream_circuit_reset_all(void);
 
+/* Visit every breaker; the signature of metrics.h's tg_metrics_circuits_fn so the gateway can
+ * register it without this library linking metrics:
+ *   tg_metrics_set_circuits_fn(tg_upstream_circuits_visit, NULL);
+ * visit runs under the registry lock: it must not call tg_upstream_circuit_*. */
+void tg_upstream_circuits_visit(void *user, void (*visit)(void *vctx, const char *target, int state),
+                                void *vctx);
+
 /* ---- metrics hooks (process-wide) ----
- * The metrics component registers these at startup (before threads start); NULL = none.
+ * Registered at startup by the gateway (before threads start); NULL = none. The gateway passes
+ * metrics.h's functions: {tg_metrics_upstream_error, tg_metrics_upstream_duration}.
  * error: target = model name, kind = short failure code as in stats.fallback_reason.
  * duration: seconds of one attempt on target (success or failure). */
 struct tg_upstream_metrics_hooks {

@@ -1,0 +1,701 @@
+/* Remote executor against the real tg-fake-upstream on a free port: passthrough (exact request
+ * the provider receives), Anthropic translation both ways, retries, Retry-After, fallback,
+ * circuit breaker, timeouts and cancel. Each test drives its own event_base until a handler ran;
+ * a watchdog timer fails the test instead of hanging it. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+#include <event2/event.h>
+#include <jansson.h>
+
+#include "tg/config.h"
+#include "tg/err.h"
+#include "tg_testlib.h"
+#include "upstream.h"
+
+static int g_port;
+static pid_t g_fake;
+static struct tg_config *g_cfg;
+static char g_base[128];
+
+/* ---- fixture ---- */
+
+static int setup_all(void **state)
+{
+    if (tg_upstream_global_init() != TG_OK)
+        return -1;
+    g_port = tg_test_free_port();
+    char port[16];
+    snprintf(port, sizeof port, "%d", g_port);
+    char *argv[] = {TG_FAKE_UPSTREAM, "--port", port, NULL};
+    g_fake = tg_test_spawn(argv, NULL, TG_BINARY_DIR "/tests/fake-upstream.log");
+    if (!tg_test_wait_port(g_port, 5000))
+        return -1;
+    snprintf(g_base, sizeof g_base, "http://127.0.0.1:%d", g_port);
+    char yaml[4096];
+    snprintf(yaml, sizeof yaml,
+             "server:\n  open_mode: true\n"
+             "providers:\n"
+             "  oai:\n    kind: openai\n    base_url: %s/v1\n    api_key: sk-test-openai-secret\n"
+             "    retries: 2\n    retry_base_ms: 5\n    first_byte_timeout_ms: 5000\n"
+             "    stream_idle_timeout_ms: 300\n    circuit_failures: 1000\n"
+             "  ant:\n    kind: anthropic\n    base_url: %s/v1\n    api_key: sk-ant-test-secret\n"
+             "    retries: 1\n    retry_base_ms: 5\n    circuit_failures: 1000\n"
+             "  slow:\n    kind: openai\n    base_url: %s/v1\n    api_key: sk-slow\n"
+             "    retries: 0\n    first_byte_timeout_ms: 200\n    circuit_failures: 1000\n"
+             "  brk:\n    kind: openai\n    base_url: %s/v1\n    api_key: sk-brk\n"
+             "    retries: 0\n    circuit_failures: 2\n    circuit_window_ms: 60000\n    circuit_open_ms: 300\n"
+             "  off:\n    kind: openai\n    base_url: %s/v1\n    api_key: ${TG_TEST_UPSTREAM_UNSET_KEY}\n"
+             "models:\n"
+             "  - {name: phi, tier: local, target: engine}\n"
+             "  - {name: oa, tier: remote, provider: oai, upstream_model: gpt-fake}\n"
+             "  - {name: oa2, tier: remote, provider: oai, upstream_model: gpt-fake-2}\n"
+             "  - {name: an, tier: remote, provider: ant, upstream_model: claude-fake}\n"
+             "  - {name: sl, tier: remote, provider: slow}\n"
+             "  - {name: cb, tier: remote, provider: brk}\n"
+             "  - {name: dis, tier: remote, provider: off}\n",
+             g_base, g_base, g_base, g_base, g_base);
+    const char *path = tg_test_write_temp("routes.yaml", yaml);
+    char err[512];
+    unsetenv("TG_TEST_UPSTREAM_UNSET_KEY");
+    if (tg_config_load(path, &g_cfg, err, sizeof err) != TG_OK) {
+        fprintf(stderr, "config: %s\n", err);
+        return -1;
+    }
+    return 0;
+}
+
+static int teardown_all(void **state)
+{
+    tg_config_unref(g_cfg);
+    tg_test_stop(g_fake, SIGTERM, 3000);
+    tg_upstream_global_cleanup();
+    return 0;
+}
+
+/* ---- fake control ---- */
+
+static void fake_reset(void)
+{
+    char url[256];
+    snprintf(url, sizeof url, "%s/_reset", g_base);
+    struct tg_test_response r;
+    assert_int_equal(tg_test_http("POST", url, NULL, "", &r), 0);
+    assert_int_equal(r.status, 200);
+    tg_test_response_free(&r);
+    tg_upstream_circuit_reset_all();
+}
+
+static void fake_script(const char *json_array)
+{
+    char url[256];
+    snprintf(url, sizeof url, "%s/_script", g_base);
+    struct tg_test_response r;
+    assert_int_equal(tg_test_http("POST", url, NULL, json_array, &r), 0);
+    assert_int_equal(r.status, 200);
+    tg_test_response_free(&r);
+}
+
+/* The requests the fake received (new reference to a JSON array). */
+static json_t *fake_requests(void)
+{
+    char url[256];
+    snprintf(url, sizeof url, "%s/_requests", g_base);
+    struct tg_test_response r;
+    assert_int_equal(tg_test_http("GET", url, NULL, NULL, &r), 0);
+    json_t *v = json_loads(r.body, 0, NULL);
+    tg_test_response_free(&r);
+    assert_true(json_is_array(v));
+    return v;
+}
+
+/* ---- driving one call ---- */
+
+struct outcome {
+    struct event_base *base;
+    bool completed, failed;
+    int n_chunks;
+    char text[4096];          /* concatenated delta.content of chunks */
+    bool got_usage_chunk;
+    json_t *response;         /* non-stream response (copy) */
+    json_t *error;            /* error body (copy) */
+    int status;
+    bool started, should_retry;
+    char kind[32];
+    char served[64];
+    char finish[32];
+    struct tg_upstream_usage usage;
+    struct tg_upstream_stats stats;
+    int cancel_after;         /* > 0: cancel (from a timer) after this many chunks */
+    struct tg_upstream_req *req;
+    struct event *cancel_ev;
+    bool handler_after_cancel;
+    bool canceled;
+};
+
+static int on_chunk(void *user, const struct tg_upstream_chunk *c)
+{
+    struct outcome *o = user;
+    if (o->canceled)
+        o->handler_after_cancel = true;
+    o->n_chunks++;
+    const json_t *choices = json_object_get(c->json, "choices");
+    if (json_array_size(choices) == 0 && json_object_get(c->json, "usage") != NULL)
+        o->got_usage_chunk = true;
+    const char *t = json_string_value(json_object_get(json_object_get(json_array_get(choices, 0), "delta"),
+                                                      "content"));
+    if (t != NULL)
+        strncat(o->text, t, sizeof o->text - strlen(o->text) - 1);
+    /* the serialised form must be the same JSON */
+    json_t *re = json_loadb(c->data, c->len, 0, NULL);
+    assert_non_null(re);
+    assert_true(json_equal(re, (json_t *)c->json));
+    json_decref(re);
+    if (o->cancel_after > 0 && o->n_chunks == o->cancel_after) {
+        struct timeval tv = {0, 0};
+        evtimer_add(o->cancel_ev, &tv);
+    }
+    return 0;
+}
+
+static void on_complete(void *user, const struct tg_upstream_result *r)
+{
+    struct outcome *o = user;
+    if (o->canceled)
+        o->handler_after_cancel = true;
+    o->completed = true;
+    o->usage = r->usage;
+    o->stats = r->stats;
+    snprintf(o->served, sizeof o->served, "%s", r->served->name);
+    snprintf(o->finish, sizeof o->finish, "%s", r->finish_reason != NULL ? r->finish_reason : "");
+    if (r->response != NULL) {
+        o->response = json_deep_copy(r->response);
+        json_t *re = json_loadb(r->body, r->body_len, 0, NULL);
+        assert_true(json_equal(re, r->response));
+        json_decref(re);
+    }
+    event_base_loopbreak(o->base);
+}
+
+static void on_error(void *user, const struct tg_upstream_error *e)
+{
+    struct outcome *o = user;
+    if (o->canceled)
+        o->handler_after_cancel = true;
+    o->failed = true;
+    o->status = e->status;
+    o->error = json_deep_copy(e->error);
+    o->started = e->started;
+    o->should_retry = e->should_retry;
+    o->stats = e->stats;
+    snprintf(o->kind, sizeof o->kind, "%s", e->kind != NULL ? e->kind : "");
+    event_base_loopbreak(o->base);
+}
+
+static const struct tg_upstream_handlers handlers = {on_chunk, on_complete, on_error};
+
+static void on_watchdog(evutil_socket_t fd, short w, void *arg)
+{
+    event_base_loopbreak(arg);
+}
+
+static void on_cancel(evutil_socket_t fd, short w, void *arg)
+{
+    struct outcome *o = arg;
+    tg_upstream_cancel(o->req);
+    o->canceled = true;
+}
+
+/* Run one call to its end (or watchdog). targets: model names. */
+static void run(const char *request, const char *const *targets, struct outcome *o, int watchdog_ms)
+{
+    struct event_base *base = event_base_new();
+    struct tg_upstream_exec *ex = tg_upstream_exec_create(base, NULL);
+    assert_non_null(ex);
+    const struct tg_cfg_model *tv[8];
+    size_t n = 0;
+    for (; targets[n] != NULL; n++) {
+        tv[n] = tg_config_model(g_cfg, targets[n]);
+        assert_non_null(tv[n]);
+    }
+    json_t *rq = json_loads(request, 0, NULL);
+    assert_non_null(rq);
+    o->base = base;
+    o->cancel_ev = evtimer_new(base, on_cancel, o);
+    const char *extra[] = {"X-Extra-Test: yes", NULL};
+    struct tg_upstream_call call = {.request = rq,
+                                    .targets = tv,
+                                    .n_targets = n,
+                                    .stream = json_is_true(json_object_get(rq, "stream")),
+                                    .request_id = "req-test-1",
+                                    .headers = extra};
+    assert_int_equal(tg_upstream_start(ex, &call, &handlers, o, &o->req), TG_OK);
+    json_decref(rq); /* the executor keeps its own reference */
+    /* handlers never run inside start */
+    assert_false(o->completed || o->failed);
+    struct event *wd = evtimer_new(base, on_watchdog, base);
+    struct timeval wt = {.tv_sec = watchdog_ms / 1000, .tv_usec = (watchdog_ms % 1000) * 1000};
+    evtimer_add(wd, &wt);
+    event_base_dispatch(base);
+    if (!o->canceled)
+        assert_int_equal(tg_upstream_exec_inflight(ex), 0);
+    event_free(wd);
+    event_free(o->cancel_ev);
+    tg_upstream_exec_destroy(ex);
+    event_base_free(base);
+}
+
+static void outcome_free(struct outcome *o)
+{
+    json_decref(o->response);
+    json_decref(o->error);
+}
+
+static const char *const T_OA[] = {"oa", NULL};
+static const char *const T_AN[] = {"an", NULL};
+
+/* ---- tests ---- */
+
+static void test_passthrough_exact_request(void **state)
+{
+    fake_reset();
+    struct outcome o = {0};
+    run("{\"model\":\"auto\",\"messages\":[{\"role\":\"user\",\"content\":\"hi there\"}],"
+        "\"temperature\":0.25,\"x_vendor_field\":{\"keep\":[1,2,3]},\"seed\":7}",
+        T_OA, &o, 5000);
+    assert_true(o.completed);
+    assert_string_equal(o.served, "oa");
+    assert_int_equal(o.stats.attempts, 1);
+    assert_int_equal(o.stats.fallbacks, 0);
+    assert_int_equal(o.usage.prompt_tokens, 2); /* ceil(8 bytes / 4) */
+    assert_true(o.usage.completion_tokens > 0);
+    assert_string_equal(o.finish, "stop");
+    assert_string_equal(json_string_value(json_object_get(
+                            json_object_get(json_array_get(json_object_get(o.response, "choices"), 0), "message"),
+                            "content")),
+                        "Hello from the fake upstream.");
+    json_t *reqs = fake_requests();
+    assert_int_equal(json_array_size(reqs), 1);
+    const json_t *r0 = json_array_get(reqs, 0);
+    assert_string_equal(json_string_value(json_object_get(r0, "path")), "/v1/chat/completions");
+    json_t *expect = json_loads("{\"model\":\"gpt-fake\",\"messages\":[{\"role\":\"user\",\"content\":\"hi there\"}],"
+                                "\"temperature\":0.25,\"x_vendor_field\":{\"keep\":[1,2,3]},\"seed\":7}",
+                                0, NULL);
+    assert_true(json_equal(expect, json_object_get(r0, "body")));
+    json_decref(expect);
+    const json_t *h = json_object_get(r0, "headers");
+    assert_string_equal(json_string_value(json_object_get(h, "authorization")), "Bearer sk-test-openai-secret");
+    assert_string_equal(json_string_value(json_object_get(h, "x-request-id")), "req-test-1");
+    assert_string_equal(json_string_value(json_object_get(h, "x-extra-test")), "yes");
+    assert_null(json_object_get(h, "expect"));
+    json_decref(reqs);
+    outcome_free(&o);
+}
+
+static void test_stream_include_usage_added(void **state)
+{
+    fake_reset();
+    struct outcome o = {0};
+    run("{\"model\":\"x\",\"stream\":true,\"messages\":[{\"role\":\"user\",\"content\":\"abcd\"}]}", T_OA, &o,
+        5000);
+    assert_true(o.completed);
+    assert_string_equal(o.text, "Hello from the fake upstream.");
+    assert_false(o.got_usage_chunk); /* the client did not ask for it */
+    assert_int_equal(o.usage.prompt_tokens, 1);
+    assert_int_equal(o.usage.completion_tokens, 5);
+    assert_string_equal(o.finish, "stop");
+    json_t *reqs = fake_requests();
+    const json_t *body = json_object_get(json_array_get(reqs, 0), "body");
+    assert_true(json_is_true(json_object_get(json_object_get(body, "stream_options"), "include_usage")));
+    json_decref(reqs);
+    outcome_free(&o);
+
+    /* The client asked: the usage chunk is relayed. */
+    struct outcome o2 = {0};
+    run("{\"model\":\"x\",\"stream\":true,\"stream_options\":{\"include_usage\":true},"
+        "\"messages\":[{\"role\":\"user\",\"content\":\"abcd\"}]}",
+        T_OA, &o2, 5000);
+    assert_true(o2.completed);
+    assert_true(o2.got_usage_chunk);
+    outcome_free(&o2);
+}
+
+static void test_anthropic_nonstream(void **state)
+{
+    fake_reset();
+    struct outcome o = {0};
+    run("{\"model\":\"x\",\"messages\":[{\"role\":\"system\",\"content\":\"Be brief.\"},"
+        "{\"role\":\"user\",\"content\":\"hello world!\"}],\"temperature\":1.5,\"stop\":\"END\",\"top_p\":0.9}",
+        T_AN, &o, 5000);
+    assert_true(o.completed);
+    assert_string_equal(o.served, "an");
+    assert_string_equal(json_string_value(json_object_get(o.response, "object")), "chat.completion");
+    const json_t *msg = json_object_get(json_array_get(json_object_get(o.response, "choices"), 0), "message");
+    assert_string_equal(json_string_value(json_object_get(msg, "content")), "Hello from the fake upstream.");
+    assert_string_equal(o.finish, "stop");
+    assert_int_equal(o.usage.prompt_tokens, 6); /* ceil((12 + 9) / 4) */
+    assert_int_equal(o.usage.completion_tokens, 5);
+    assert_int_equal(json_integer_value(json_object_get(json_object_get(o.response, "usage"), "total_tokens")), 11);
+    json_t *reqs = fake_requests();
+    const json_t *r0 = json_array_get(reqs, 0);
+    assert_string_equal(json_string_value(json_object_get(r0, "path")), "/v1/messages");
+    json_t *expect = json_loads(
+        "{\"model\":\"claude-fake\",\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"text\","
+        "\"text\":\"hello world!\"}]}],\"max_tokens\":4096,\"temperature\":1.0,\"top_p\":0.9,"
+        "\"stop_sequences\":[\"END\"],\"system\":\"Be brief.\"}",
+        0, NULL);
+    assert_true(json_equal(expect, json_object_get(r0, "body")));
+    json_decref(expect);
+    const json_t *h = json_object_get(r0, "headers");
+    assert_string_equal(json_string_value(json_object_get(h, "x-api-key")), "sk-ant-test-secret");
+    assert_string_equal(json_string_value(json_object_get(h, "anthropic-version")), "2023-06-01");
+    assert_null(json_object_get(h, "authorization"));
+    json_decref(reqs);
+    outcome_free(&o);
+}
+
+static void test_anthropic_stream(void **state)
+{
+    fake_reset();
+    struct outcome o = {0};
+    run("{\"model\":\"x\",\"stream\":true,\"stream_options\":{\"include_usage\":true},\"max_tokens\":50,"
+        "\"messages\":[{\"role\":\"user\",\"content\":\"count to three\"}]}",
+        T_AN, &o, 5000);
+    assert_true(o.completed);
+    assert_string_equal(o.text, "Hello from the fake upstream.");
+    assert_string_equal(o.finish, "stop");
+    assert_true(o.got_usage_chunk);
+    assert_int_equal(o.usage.prompt_tokens, 4);
+    assert_int_equal(o.usage.completion_tokens, 5);
+    json_t *reqs = fake_requests();
+    const json_t *body = json_object_get(json_array_get(reqs, 0), "body");
+    assert_true(json_is_true(json_object_get(body, "stream")));
+    assert_int_equal(json_integer_value(json_object_get(body, "max_tokens")), 50);
+    assert_null(json_object_get(body, "stream_options"));
+    json_decref(reqs);
+    outcome_free(&o);
+}
+
+static void test_anthropic_structured_output(void **state)
+{
+    static const char rq[] =
+        "{\"model\":\"x\",\"messages\":[{\"role\":\"user\",\"content\":\"extract\"}],"
+        "\"response_format\":{\"type\":\"json_schema\",\"json_schema\":{\"name\":\"person\",\"schema\":"
+        "{\"type\":\"object\",\"properties\":{\"name\":{\"type\":\"string\"},\"age\":{\"type\":\"integer\"}},"
+        "\"required\":[\"name\",\"age\"]}}}%s}";
+    for (int streaming = 0; streaming < 2; streaming++) {
+        fake_reset();
+        char body[1024];
+        snprintf(body, sizeof body, rq, streaming ? ",\"stream\":true" : "");
+        struct outcome o = {0};
+        run(body, T_AN, &o, 5000);
+        assert_true(o.completed);
+        assert_string_equal(o.finish, "stop");
+        const char *text = streaming ? o.text
+                                     : json_string_value(json_object_get(
+                                           json_object_get(json_array_get(json_object_get(o.response, "choices"), 0),
+                                                           "message"),
+                                           "content"));
+        json_t *data = json_loads(text, 0, NULL);
+        assert_non_null(data);
+        assert_true(json_is_string(json_object_get(data, "name")));
+        assert_true(json_is_integer(json_object_get(data, "age")));
+        json_decref(data);
+        json_t *reqs = fake_requests();
+        const json_t *sent = json_object_get(json_array_get(reqs, 0), "body");
+        assert_string_equal(json_string_value(json_object_get(json_object_get(sent, "tool_choice"), "name")),
+                            "person");
+        assert_string_equal(json_string_value(json_object_get(json_object_get(sent, "tool_choice"), "type")), "tool");
+        assert_non_null(json_object_get(json_object_get(json_array_get(json_object_get(sent, "tools"), 0),
+                                                        "input_schema"),
+                                        "properties"));
+        json_decref(reqs);
+        outcome_free(&o);
+    }
+}
+
+static void test_retry_then_success(void **state)
+{
+    fake_reset();
+    /* reset first, on a fresh connection: on a reused one curl itself re-sends once */
+    fake_script("[\"reset\",\"status=503\"]");
+    struct outcome o = {0};
+    run("{\"model\":\"x\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}", T_OA, &o, 5000);
+    assert_true(o.completed);
+    assert_int_equal(o.stats.attempts, 3);
+    assert_int_equal(o.stats.retries, 2);
+    assert_int_equal(o.stats.fallbacks, 0);
+    assert_int_equal(o.stats.retry_after_ms, -1);
+    outcome_free(&o);
+}
+
+static void test_retry_after_honoured(void **state)
+{
+    fake_reset();
+    fake_script("[\"status=429;retry_after=1\"]");
+    struct outcome o = {0};
+    run("{\"model\":\"x\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}", T_OA, &o, 5000);
+    assert_true(o.completed);
+    assert_int_equal(o.stats.attempts, 2);
+    assert_int_equal(o.stats.retry_after_ms, 1000);
+    assert_int_equal(o.stats.backoff_ms, 1000);
+    outcome_free(&o);
+
+    /* retry-after-ms (OpenAI's header) too */
+    fake_script("[\"status=503;retry_after_ms=40\"]");
+    struct outcome o2 = {0};
+    run("{\"model\":\"x\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}", T_OA, &o2, 5000);
+    assert_true(o2.completed);
+    assert_int_equal(o2.stats.retry_after_ms, 40);
+    outcome_free(&o2);
+
+    /* longer than the executor's cap: no waiting, straight to the next target */
+    fake_script("[\"status=429;retry_after=3600\"]");
+    struct outcome o3 = {0};
+    const char *const chain[] = {"oa", "oa2", NULL};
+    run("{\"model\":\"x\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}", chain, &o3, 5000);
+    assert_true(o3.completed);
+    assert_string_equal(o3.served, "oa2");
+    assert_int_equal(o3.stats.backoff_ms, 0);
+    assert_string_equal(o3.stats.fallback_reason, "http_429");
+    outcome_free(&o3);
+}
+
+static void test_no_retry_after_first_byte(void **state)
+{
+    fake_reset();
+    fake_script("[\"cut=3\"]");
+    struct outcome o = {0};
+    run("{\"model\":\"x\",\"stream\":true,\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}", T_OA, &o, 5000);
+    assert_true(o.failed);
+    assert_true(o.started);
+    assert_int_equal(o.n_chunks, 3);
+    assert_int_equal(o.stats.attempts, 1);
+    json_t *reqs = fake_requests();
+    assert_int_equal(json_array_size(reqs), 1);
+    json_decref(reqs);
+    outcome_free(&o);
+
+    /* an error event inside the stream also ends it (started) */
+    fake_script("[\"error_after=2\"]");
+    struct outcome o2 = {0};
+    run("{\"model\":\"x\",\"stream\":true,\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}", T_OA, &o2, 5000);
+    assert_true(o2.failed);
+    assert_true(o2.started);
+    assert_int_equal(o2.n_chunks, 2);
+    assert_non_null(json_object_get(o2.error, "error"));
+    outcome_free(&o2);
+}
+
+static void test_fallback_chain(void **state)
+{
+    fake_reset();
+    /* oa: 3 attempts (1 + 2 retries) all 500; oa2 answers. dis is skipped (no key). */
+    fake_script("[\"status=500\",\"status=500\",\"status=500\"]");
+    const char *const chain[] = {"dis", "oa", "oa2", NULL};
+    struct outcome o = {0};
+    run("{\"model\":\"x\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}", chain, &o, 5000);
+    assert_true(o.completed);
+    assert_string_equal(o.served, "oa2");
+    assert_int_equal(o.stats.fallbacks, 2);
+    assert_int_equal(o.stats.attempts, 4);
+    assert_string_equal(o.stats.fallback_reason, "disabled");
+    json_t *reqs = fake_requests();
+    assert_int_equal(json_array_size(reqs), 4);
+    assert_string_equal(json_string_value(json_object_get(json_object_get(json_array_get(reqs, 3), "body"), "model")),
+                        "gpt-fake-2");
+    json_decref(reqs);
+    outcome_free(&o);
+}
+
+static void test_all_failed(void **state)
+{
+    fake_reset();
+    const char *const chain[] = {"dis", NULL};
+    struct outcome o = {0};
+    run("{\"model\":\"x\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}", chain, &o, 5000);
+    assert_true(o.failed);
+    assert_false(o.should_retry);
+    assert_false(o.started);
+    assert_int_equal(o.status, 503);
+    assert_int_equal(o.stats.attempts, 0);
+    const char *msg = json_string_value(json_object_get(json_object_get(o.error, "error"), "message"));
+    assert_non_null(msg);
+    assert_non_null(strstr(msg, "TG_TEST_UPSTREAM_UNSET_KEY"));
+    outcome_free(&o);
+
+    fake_script("[\"status=500\",\"status=500\",\"status=500\",\"status=401\"]");
+    const char *const chain2[] = {"oa", "sl", NULL};
+    struct outcome o2 = {0};
+    run("{\"model\":\"x\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}", chain2, &o2, 5000);
+    assert_true(o2.failed);
+    assert_false(o2.should_retry);
+    assert_int_equal(o2.stats.attempts, 4);
+    assert_int_equal(o2.stats.fallbacks, 2);
+    char *all = json_dumps(o2.error, 0);
+    assert_null(strstr(all, "sk-")); /* no key material in errors */
+    assert_non_null(strstr(all, "oa: http_5xx"));
+    assert_non_null(strstr(all, "sl: auth"));
+    free(all);
+    outcome_free(&o2);
+
+    /* a client error is final: no retry, no fallback, the provider's status and message */
+    fake_script("[\"status=400\"]");
+    const char *const chain3[] = {"oa", "oa2", NULL};
+    struct outcome o3 = {0};
+    run("{\"model\":\"x\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}", chain3, &o3, 5000);
+    assert_true(o3.failed);
+    assert_int_equal(o3.status, 400);
+    assert_int_equal(o3.stats.attempts, 1);
+    assert_non_null(strstr(json_string_value(json_object_get(json_object_get(o3.error, "error"), "message")),
+                           "scripted status 400"));
+    outcome_free(&o3);
+}
+
+static void test_circuit_breaker(void **state)
+{
+    fake_reset();
+    const char *const cb[] = {"cb", NULL};
+    const char *rq = "{\"model\":\"x\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}";
+    fake_script("[\"status=503\",\"status=503\"]");
+    for (int i = 0; i < 2; i++) {
+        assert_false(tg_upstream_circuit_open("cb"));
+        struct outcome o = {0};
+        run(rq, cb, &o, 5000);
+        assert_true(o.failed);
+        assert_int_equal(o.stats.attempts, 1);
+        outcome_free(&o);
+    }
+    assert_true(tg_upstream_circuit_open("cb"));
+    assert_int_equal(tg_upstream_circuit_state("cb"), TG_CIRCUIT_OPEN);
+    struct tg_upstream_circuit_info info[8];
+    assert_int_equal(tg_upstream_circuit_list(info, 8), 1);
+    assert_string_equal(info[0].name, "cb");
+    assert_int_equal(info[0].state, TG_CIRCUIT_OPEN);
+
+    /* open: no request reaches the provider */
+    struct outcome o = {0};
+    run(rq, cb, &o, 5000);
+    assert_true(o.failed);
+    assert_string_equal(o.kind, "circuit_open");
+    assert_int_equal(o.stats.attempts, 0);
+    assert_int_equal(o.status, 503);
+    outcome_free(&o);
+    json_t *reqs = fake_requests();
+    assert_int_equal(json_array_size(reqs), 2);
+    json_decref(reqs);
+
+    /* after circuit_open_ms: half-open, one probe; its success closes the breaker */
+    usleep(350 * 1000);
+    assert_int_equal(tg_upstream_circuit_state("cb"), TG_CIRCUIT_HALF_OPEN);
+    assert_false(tg_upstream_circuit_open("cb"));
+    struct outcome o2 = {0};
+    run(rq, cb, &o2, 5000);
+    assert_true(o2.completed);
+    assert_int_equal(tg_upstream_circuit_state("cb"), TG_CIRCUIT_CLOSED);
+    outcome_free(&o2);
+
+    /* a failed probe reopens it at once */
+    fake_script("[\"status=503\",\"status=503\",\"status=503\"]");
+    for (int i = 0; i < 2; i++) {
+        struct outcome ox = {0};
+        run(rq, cb, &ox, 5000);
+        outcome_free(&ox);
+    }
+    assert_true(tg_upstream_circuit_open("cb"));
+    usleep(350 * 1000);
+    struct outcome o3 = {0};
+    run(rq, cb, &o3, 5000);
+    assert_true(o3.failed);
+    assert_int_equal(o3.stats.attempts, 1);
+    assert_true(tg_upstream_circuit_open("cb"));
+    outcome_free(&o3);
+    fake_reset();
+}
+
+static void test_timeouts(void **state)
+{
+    fake_reset();
+    /* stalled stream: idle timeout after the first events (already relayed: no retry) */
+    fake_script("[\"stall=2\"]");
+    struct outcome o = {0};
+    run("{\"model\":\"x\",\"stream\":true,\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}", T_OA, &o, 5000);
+    assert_true(o.failed);
+    assert_string_equal(o.kind, "timeout");
+    assert_int_equal(o.status, 504);
+    assert_true(o.started);
+    assert_int_equal(o.n_chunks, 2);
+    outcome_free(&o);
+
+    /* no first byte within first_byte_timeout_ms */
+    fake_script("[\"delay_ms=3000\"]");
+    const char *const sl[] = {"sl", NULL};
+    struct outcome o2 = {0};
+    run("{\"model\":\"x\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}", sl, &o2, 5000);
+    assert_true(o2.failed);
+    assert_string_equal(o2.kind, "timeout");
+    assert_int_equal(o2.status, 504);
+    assert_false(o2.started);
+    assert_int_equal(o2.stats.attempts, 1);
+    outcome_free(&o2);
+}
+
+static void test_cancel(void **state)
+{
+    fake_reset();
+    fake_script("[\"chunk_delay_ms=50;chunks=40\"]");
+    struct outcome o = {.cancel_after = 2};
+    run("{\"model\":\"x\",\"stream\":true,\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}", T_OA, &o, 800);
+    assert_true(o.canceled);
+    assert_false(o.completed);
+    assert_false(o.failed);
+    assert_false(o.handler_after_cancel);
+    assert_true(o.n_chunks >= 2 && o.n_chunks < 10);
+    outcome_free(&o);
+}
+
+static void test_bad_arguments(void **state)
+{
+    struct event_base *base = event_base_new();
+    struct tg_upstream_exec *ex = tg_upstream_exec_create(base, NULL);
+    const struct tg_cfg_model *m = tg_config_model(g_cfg, "oa");
+    json_t *rq = json_object();
+    struct tg_upstream_call call = {.request = rq, .targets = &m, .n_targets = 0};
+    struct tg_upstream_req *r = NULL;
+    assert_int_equal(tg_upstream_start(ex, &call, &handlers, NULL, &r), TG_INVAL);
+    call.n_targets = 1;
+    call.request = NULL;
+    assert_int_equal(tg_upstream_start(ex, &call, &handlers, NULL, &r), TG_INVAL);
+    assert_null(r);
+    json_decref(rq);
+    tg_upstream_exec_destroy(ex);
+    event_base_free(base);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_passthrough_exact_request),
+        cmocka_unit_test(test_stream_include_usage_added),
+        cmocka_unit_test(test_anthropic_nonstream),
+        cmocka_unit_test(test_anthropic_stream),
+        cmocka_unit_test(test_anthropic_structured_output),
+        cmocka_unit_test(test_retry_then_success),
+        cmocka_unit_test(test_retry_after_honoured),
+        cmocka_unit_test(test_no_retry_after_first_byte),
+        cmocka_unit_test(test_fallback_chain),
+        cmocka_unit_test(test_all_failed),
+        cmocka_unit_test(test_circuit_breaker),
+        cmocka_unit_test(test_timeouts),
+        cmocka_unit_test(test_cancel),
+        cmocka_unit_test(test_bad_arguments),
+    };
+    return cmocka_run_group_tests(tests, setup_all, teardown_all);
+}
