@@ -247,8 +247,12 @@ static void rctx_free(struct rctx *c)
 static void on_conn_close(struct evhttp_connection *evcon, void *arg)
 {
     struct rctx *c = arg;
+    struct evhttp_request *req = c->req;
     c->evcon = NULL;
     rctx_free(c);
+    /* On EOF libevent detaches a request the user still holds; freeing it is then ours. */
+    if (evhttp_request_get_connection(req) == NULL)
+        evhttp_request_free(req);
 }
 
 static void send_simple(struct evhttp_request *req, int status, const char *ctype, const char *body,
