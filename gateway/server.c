@@ -6,7 +6,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <stdint.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <event2/buffer.h>
@@ -14,9 +16,30 @@
 #include <event2/thread.h>
 #include <event2/util.h>
 
+#include "pipeline.h"
 #include "tg/err.h"
 #include "tg/json.h"
 #include "tg/log.h"
+#include "tg/router.h"
+
+#if __has_include("metrics.h")
+#include "metrics.h"
+#define TG_HAVE_METRICS 1
+#endif
+
+#ifdef TG_VERSION
+#define TG_GATEWAY_VERSION TG_VERSION
+#else
+#define TG_GATEWAY_VERSION "0.1.0"
+#endif
+
+#define SWEEP_MS 250
+#define DRAIN_POLL_MS 50
+
+struct bufferevent *tg_conn_bevcb(struct event_base *base, void *arg);
+void tg_conn_sweep(struct tg_worker *w, int header_timeout_ms, int read_timeout_ms,
+                   size_t max_header_bytes);
+void tg_conn_free_all(struct tg_worker *w);
 
 struct tg_config *tg_gateway_config(struct tg_gateway *gw)
 {
@@ -24,6 +47,24 @@ struct tg_config *tg_gateway_config(struct tg_gateway *gw)
     struct tg_config *c = tg_config_ref(gw->cfg);
     pthread_mutex_unlock(&gw->cfg_lock);
     return c;
+}
+
+void tg_gateway_snapshot(struct tg_gateway *gw, struct tg_config **cfg,
+                         struct tg_router_policy **policy)
+{
+    pthread_mutex_lock(&gw->cfg_lock);
+    *cfg = tg_config_ref(gw->cfg);
+    *policy = tg_router_policy_ref(gw->policy);
+    pthread_mutex_unlock(&gw->cfg_lock);
+}
+
+/* The routing policy named by the config, or the built-in default when none is named. */
+static int load_policy(const struct tg_config *cfg, struct tg_router_policy **out, char *err,
+                       size_t errlen)
+{
+    if (cfg->policy == NULL || cfg->policy[0] == '\0')
+        return tg_router_policy_default(out);
+    return tg_router_policy_load(cfg->policy, out, err, errlen);
 }
 
 static void reply_json(struct evhttp_request *req, int status, const char *reason, json_t *body)
@@ -40,6 +81,49 @@ static void reply_json(struct evhttp_request *req, int status, const char *reaso
     json_decref(body);
 }
 
+#ifdef TG_HAVE_METRICS
+static void reply_metrics(struct tg_worker *w, struct evhttp_request *req)
+{
+    struct tg_config *cfg = tg_gateway_config(w->gw);
+    const char *query = evhttp_uri_get_query(evhttp_request_get_evhttp_uri(req));
+    const char *auth = evhttp_find_header(evhttp_request_get_input_headers(req), "Authorization");
+    if (!tg_metrics_admin_allowed(cfg, auth, query)) {
+        tg_config_unref(cfg);
+        reply_json(req, 401, "Unauthorized",
+                   tg_json_error("admin key required", "invalid_request_error", NULL,
+                                 "invalid_api_key"));
+        return;
+    }
+    tg_config_unref(cfg);
+    struct tg_buf b;
+    tg_buf_init(&b, 64u << 20);
+    tg_metrics_render(&b);
+    struct evbuffer *out = evbuffer_new();
+    if (out != NULL && b.data != NULL)
+        evbuffer_add(out, b.data, b.len);
+    evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type",
+                      TG_METRICS_CONTENT_TYPE);
+    evhttp_send_reply(req, 200, "OK", out);
+    if (out != NULL)
+        evbuffer_free(out);
+    tg_buf_free(&b);
+}
+
+static void reply_dashboard(struct evhttp_request *req)
+{
+    size_t len = 0;
+    const char *html = tg_dashboard_html(&len);
+    struct evbuffer *out = evbuffer_new();
+    if (out != NULL)
+        evbuffer_add_reference(out, html, len, NULL, NULL);
+    evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type",
+                      "text/html; charset=utf-8");
+    evhttp_send_reply(req, 200, "OK", out);
+    if (out != NULL)
+        evbuffer_free(out);
+}
+#endif
+
 static void handle_request(struct evhttp_request *req, void *arg)
 {
     struct tg_worker *w = arg;
@@ -47,6 +131,23 @@ static void handle_request(struct evhttp_request *req, void *arg)
     const char *path = evhttp_uri_get_path(evhttp_request_get_evhttp_uri(req));
     if (path == NULL)
         path = "/";
+    if (strncmp(path, "/v1/", 4) == 0 && strcmp(path, "/v1/usage") != 0 &&
+        strncmp(path, "/v1/jobs", 8) != 0) {
+        tg_pipeline_http(w, req, path);
+        return;
+    }
+    if (atomic_load(&gw->draining))
+        evhttp_add_header(evhttp_request_get_output_headers(req), "Connection", "close");
+#ifdef TG_HAVE_METRICS
+    if (strcmp(path, "/metrics") == 0) {
+        reply_metrics(w, req);
+        return;
+    }
+    if (strcmp(path, "/dashboard") == 0 || strcmp(path, "/dashboard/") == 0) {
+        reply_dashboard(req);
+        return;
+    }
+#endif
     if (strcmp(path, "/healthz") == 0) {
         reply_json(req, 200, "OK", json_pack("{s:s}", "status", "ok"));
     } else if (strcmp(path, "/readyz") == 0) {
@@ -95,6 +196,25 @@ static void *worker_main(void *arg)
     return NULL;
 }
 
+static void on_sweep(evutil_socket_t fd, short what, void *arg)
+{
+    struct tg_worker *w = arg;
+    struct tg_config *cfg = tg_gateway_config(w->gw);
+    tg_conn_sweep(w, cfg->server.header_timeout_ms, cfg->server.read_timeout_ms,
+                  cfg->server.max_header_bytes);
+    tg_config_unref(cfg);
+}
+
+/* Posted by the main thread on SIGTERM: stop accepting on this worker's socket. */
+static void on_drain(evutil_socket_t fd, short what, void *arg)
+{
+    struct tg_worker *w = arg;
+    if (w->bound != NULL) {
+        evhttp_del_accept_socket(w->http, w->bound);
+        w->bound = NULL;
+    }
+}
+
 static int worker_init(struct tg_worker *w, struct tg_gateway *gw, const struct tg_config *cfg)
 {
     w->gw = gw;
@@ -102,12 +222,33 @@ static int worker_init(struct tg_worker *w, struct tg_gateway *gw, const struct 
     w->http = w->base != NULL ? evhttp_new(w->base) : NULL;
     if (w->http == NULL)
         return TG_NOMEM;
-    evhttp_set_max_body_size(w->http, (ev_ssize_t)cfg->server.max_body_bytes);
+    /* evhttp answers bodies over its limit itself, with an HTML page. Give it headroom so that
+     * moderately oversized bodies reach the pipeline and get an OpenAI-shaped 413; beyond twice
+     * the limit evhttp's own 413 protects memory. */
+    size_t body_cap = cfg->server.max_body_bytes * 2 + 65536;
+    evhttp_set_max_body_size(w->http, (ev_ssize_t)body_cap);
     evhttp_set_max_headers_size(w->http, (ev_ssize_t)cfg->server.max_header_bytes);
-    evhttp_set_timeout(w->http, (cfg->server.read_timeout_ms + 999) / 1000);
+    /* evhttp's inactivity timeout covers idle keep-alive connections and stalled writes;
+     * header/read deadlines are enforced by the connection sweep (conn.c). */
+    struct timeval idle = {cfg->server.idle_timeout_ms / 1000, (cfg->server.idle_timeout_ms % 1000) * 1000};
+    evhttp_set_timeout_tv(w->http, &idle);
+    evhttp_set_flags(w->http, EVHTTP_SERVER_LINGERING_CLOSE);
     evhttp_set_allowed_methods(w->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD |
                                             EVHTTP_REQ_OPTIONS | EVHTTP_REQ_DELETE);
     evhttp_set_gencb(w->http, handle_request, w);
+    evhttp_set_bevcb(w->http, tg_conn_bevcb, w);
+    w->rng = ((uint64_t)getpid() << 32) ^ (uint64_t)(uintptr_t)w ^ ((uint64_t)time(NULL) << 16) ^
+             ((uint64_t)w->index + 1) * 0x9E3779B97F4A7C15ULL;
+    if (w->rng == 0)
+        w->rng = 1;
+    if (tg_local_worker_init(w) != TG_OK || tg_remote_worker_init(w) != TG_OK)
+        return TG_NOMEM;
+    w->sweep = event_new(w->base, -1, EV_PERSIST, on_sweep, w);
+    w->drain_ev = event_new(w->base, -1, 0, on_drain, w);
+    if (w->sweep == NULL || w->drain_ev == NULL)
+        return TG_NOMEM;
+    struct timeval sweep = {0, SWEEP_MS * 1000};
+    event_add(w->sweep, &sweep);
     evutil_socket_t fd = listen_socket(cfg->server.listen_host, cfg->server.port);
     if (fd == -1)
         return TG_IO;
@@ -115,32 +256,100 @@ static int worker_init(struct tg_worker *w, struct tg_gateway *gw, const struct 
     return w->bound != NULL ? TG_OK : TG_IO;
 }
 
-static void on_stop_signal(evutil_socket_t sig, short ev, void *arg)
+static struct event *drain_timer;
+static double drain_deadline;
+
+static void stop_all(struct tg_gateway *gw)
 {
-    struct tg_gateway *gw = arg;
-    if (atomic_exchange(&gw->draining, true))
-        return;
-    tg_info("%s received: no longer accepting connections, draining %d in-flight request(s)",
-            sig == SIGTERM ? "SIGTERM" : "SIGINT", atomic_load(&gw->inflight));
     for (int i = 0; i < gw->n_workers; i++)
         event_base_loopexit(gw->workers[i].base, NULL);
     event_base_loopexit(gw->main_base, NULL);
+}
+
+static void on_drain_poll(evutil_socket_t fd, short what, void *arg)
+{
+    struct tg_gateway *gw = arg;
+    int left = atomic_load(&gw->inflight);
+    if (left <= 0) {
+        tg_info("drained: no request in flight");
+        stop_all(gw);
+    } else if (tg_now_s() >= drain_deadline) {
+        tg_warn("drain timeout: %d request(s) still in flight are cut off", left);
+        stop_all(gw);
+    }
+}
+
+static void worker_fini(struct tg_worker *w)
+{
+    tg_local_worker_fini(w);  /* undelivered engine events */
+    for (struct tg_req *r = w->reqs; r != NULL; r = r->next)
+        if (r->up_active)
+            tg_remote_cancel(r);
+    tg_remote_worker_fini(w);
+    if (w->http != NULL)
+        evhttp_free(w->http);  /* closes connections; detached requests become ours */
+    w->http = NULL;
+    tg_pipeline_free_all(w);
+    tg_conn_free_all(w);
+    if (w->sweep != NULL)
+        event_free(w->sweep);
+    if (w->drain_ev != NULL)
+        event_free(w->drain_ev);
+    w->sweep = w->drain_ev = NULL;
+    if (w->base != NULL)
+        event_base_free(w->base);
+    w->base = NULL;
+}
+
+static void on_stop_signal(evutil_socket_t sig, short ev, void *arg)
+{
+    struct tg_gateway *gw = arg;
+    if (atomic_exchange(&gw->draining, true)) {
+        tg_warn("second stop signal: exiting now");
+        stop_all(gw);
+        return;
+    }
+    struct tg_config *cfg = tg_gateway_config(gw);
+    int drain_ms = cfg->server.drain_timeout_ms;
+    tg_config_unref(cfg);
+    tg_info("%s received: no longer accepting connections, draining %d in-flight request(s) "
+            "(up to %d ms)",
+            sig == SIGTERM ? "SIGTERM" : "SIGINT", atomic_load(&gw->inflight), drain_ms);
+    for (int i = 0; i < gw->n_workers; i++)
+        event_active(gw->workers[i].drain_ev, EV_TIMEOUT, 0);
+    drain_deadline = tg_now_s() + drain_ms / 1000.0;
+    drain_timer = event_new(gw->main_base, -1, EV_PERSIST, on_drain_poll, gw);
+    struct timeval tv = {0, DRAIN_POLL_MS * 1000};
+    if (drain_timer == NULL || event_add(drain_timer, &tv) != 0)
+        stop_all(gw);
 }
 
 static void on_reload_signal(evutil_socket_t sig, short ev, void *arg)
 {
     struct tg_gateway *gw = arg;
     struct tg_config *next = NULL;
+    struct tg_router_policy *next_policy = NULL;
     char err[1024];
     if (tg_config_load(gw->config_path, &next, err, sizeof err) != TG_OK) {
         tg_error("SIGHUP: %s; keeping the current configuration", err);
         return;
     }
+    if (load_policy(next, &next_policy, err, sizeof err) != TG_OK) {
+        tg_error("SIGHUP: policy %s: %s; keeping the current configuration", next->policy, err);
+        tg_config_unref(next);
+        return;
+    }
     pthread_mutex_lock(&gw->cfg_lock);
     struct tg_config *old = gw->cfg;
+    struct tg_router_policy *old_policy = gw->policy;
     gw->cfg = next;
+    gw->policy = next_policy;
     pthread_mutex_unlock(&gw->cfg_lock);
+#ifdef TG_HAVE_METRICS
+    tg_metrics_configure(next);
+#endif
     tg_config_unref(old);
+    tg_router_policy_unref(old_policy);
     tg_info("SIGHUP: configuration reloaded from %s", gw->config_path);
 }
 
@@ -156,6 +365,16 @@ int tg_gateway_run(const char *config_path)
     if (tg_log_level_parse(gw.cfg->server.log_level, &lvl))
         tg_log_set_level(lvl);
     tg_log_set_json(gw.cfg->server.log_json);
+    if (load_policy(gw.cfg, &gw.policy, err, sizeof err) != TG_OK) {
+        tg_error("policy %s: %s", gw.cfg->policy, err);
+        tg_config_unref(gw.cfg);
+        return 2;
+    }
+    tg_info("routing policy: %s", tg_router_policy_name(gw.policy));
+#ifdef TG_HAVE_METRICS
+    if (tg_metrics_init(gw.cfg, TG_GATEWAY_VERSION) != TG_OK)
+        tg_warn("metrics registry could not be created");
+#endif
     pthread_mutex_init(&gw.cfg_lock, NULL);
     evthread_use_pthreads();
     signal(SIGPIPE, SIG_IGN);
@@ -173,6 +392,13 @@ int tg_gateway_run(const char *config_path)
     }
     if (rc != TG_OK) {
         tg_error("gateway start failed: %s", tg_strerror(rc));
+        for (int i = 0; gw.workers != NULL && i < gw.n_workers; i++)
+            worker_fini(&gw.workers[i]);
+        free(gw.workers);
+        if (gw.main_base != NULL)
+            event_base_free(gw.main_base);
+        tg_config_unref(gw.cfg);
+        tg_router_policy_unref(gw.policy);
         return 1;
     }
     if (cfg->server.open_mode)
@@ -186,23 +412,37 @@ int tg_gateway_run(const char *config_path)
 
     for (int i = 0; i < gw.n_workers; i++)
         pthread_create(&gw.workers[i].thread, NULL, worker_main, &gw.workers[i]);
-    atomic_store(&gw.ready, true);
     tg_info("tiergate listening on http://%s:%d (%d I/O threads), config %s",
             cfg->server.listen_host, cfg->server.port, gw.n_workers, config_path);
+    /* The port is open at once; /readyz turns 200 once the local tier has loaded. */
+    if (tg_local_start(&gw) != TG_OK) {
+        tg_error("cannot start the local tier thread");
+        atomic_store(&gw.ready, true);
+    }
 
     event_base_dispatch(gw.main_base);
 
-    for (int i = 0; i < gw.n_workers; i++) {
+    /* Shutdown order: loops stopped -> engine (late events only queue) -> per worker: queued
+     * events, upstream transfers, evhttp (connections), requests, connection records, base. */
+    for (int i = 0; i < gw.n_workers; i++)
         pthread_join(gw.workers[i].thread, NULL);
-        evhttp_free(gw.workers[i].http);
-        event_base_free(gw.workers[i].base);
-    }
+    atomic_store(&gw.stopping, true);
+    tg_local_stop(&gw);
+    for (int i = 0; i < gw.n_workers; i++)
+        worker_fini(&gw.workers[i]);
+    if (drain_timer != NULL)
+        event_free(drain_timer);
+    drain_timer = NULL;
     event_free(sigterm);
     event_free(sigint);
     event_free(sighup);
     event_base_free(gw.main_base);
     free(gw.workers);
+#ifdef TG_HAVE_METRICS
+    tg_metrics_shutdown();
+#endif
     tg_config_unref(gw.cfg);
+    tg_router_policy_unref(gw.policy);
     pthread_mutex_destroy(&gw.cfg_lock);
     tg_info("tiergate stopped");
     return 0;

@@ -14,6 +14,12 @@
 #include "tg/config.h"
 
 struct tg_gateway;
+struct tg_req;
+struct tg_local_queue;
+struct tg_conn;
+struct tg_router_policy;
+struct tg_engine_local;
+struct tg_engine_client;
 
 struct tg_worker {
     int index;
@@ -22,21 +28,40 @@ struct tg_worker {
     struct evhttp *http;
     struct evhttp_bound_socket *bound;
     pthread_t thread;
+    struct tg_local_queue *local_q;   /* engine events handed over from nng threads */
+    void *upstream;                   /* struct tg_upstream_exec * when the component exists */
+    struct tg_req *reqs;              /* live requests (for shutdown) */
+    struct tg_conn *conns;            /* connections (header/read deadlines) */
+    struct event *sweep;              /* periodic deadline check */
+    struct event *drain_ev;           /* posted by the main thread on SIGTERM */
+    uint64_t rng;                     /* request ids */
 };
 
 struct tg_gateway {
     const char *config_path;
     pthread_mutex_t cfg_lock;   /* guards `cfg` pointer swaps; readers take a reference */
     struct tg_config *cfg;      /* current snapshot */
+    struct tg_router_policy *policy; /* its routing policy, swapped together with cfg */
     struct event_base *main_base;
     struct tg_worker *workers;
     int n_workers;
     atomic_bool draining;       /* SIGTERM received: readiness fails, new work refused */
     atomic_int inflight;        /* requests accepted and not yet answered */
     atomic_bool ready;          /* set once every tier that is configured has started */
-    bool random_weights;        /* the local model is a generated random-weight one */
+    atomic_bool random_weights; /* the local model is a generated random-weight one */
     char model_desc[256];
+    pthread_t local_thread;     /* starts the engine (model load) without delaying the port */
+    bool local_thread_started;
+    struct tg_engine_local *engine_local;     /* embedded engine (NULL with local.workers) */
+    struct tg_engine_client *_Atomic engine;  /* set once the local tier is up */
+    struct tg_engine_client *engine_remote_workers; /* client for local.workers */
+    atomic_bool stopping;       /* shutting down: drop late engine events */
 };
+
+/* Current config snapshot and its policy, each with a reference the caller must drop
+ * (tg_config_unref / tg_router_policy_unref). */
+void tg_gateway_snapshot(struct tg_gateway *gw, struct tg_config **cfg,
+                         struct tg_router_policy **policy);
 
 /* Current config snapshot with a reference the caller must drop with tg_config_unref(). */
 struct tg_config *tg_gateway_config(struct tg_gateway *gw);

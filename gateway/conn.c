@@ -1,0 +1,116 @@
+/* Header and read deadlines for client connections (slowloris).
+ *
+ * libevent 2.1's evhttp only has an inactivity timeout, which a client that trickles one byte at a
+ * time never trips. We create each connection's bufferevent ourselves (evhttp_set_bevcb), keep an
+ * extra reference to it, and sweep the list a few times a second:
+ *   - evhttp released the bufferevent (its callbacks are cleared): drop our reference;
+ *   - reading disabled: evhttp is handling a request on it (not the client's fault);
+ *   - bytes arrived since the connection was last idle or answered, but no request completed
+ *     within header_timeout_ms (read_timeout_ms once more than max_header_bytes arrived, i.e. in
+ *     the body): shut the socket down; evhttp sees EOF and frees the connection.
+ * Byte counts come from TCP_INFO (kernel counters), so nothing is added to the read path.
+ */
+#include <errno.h>
+#include <netinet/in.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#include <linux/tcp.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+
+#include "server.h"
+#include "tg/log.h"
+
+struct tg_conn {
+    struct tg_conn *next;
+    struct bufferevent *bev;
+    double mark_s;      /* when the connection was last idle, busy or answered */
+    uint64_t rx_mark;   /* bytes received at mark */
+    uint64_t tx_mark;   /* bytes sent at mark */
+};
+
+double tg_now_s(void);
+
+struct bufferevent *tg_conn_bevcb(struct event_base *base, void *arg)
+{
+    struct tg_worker *w = arg;
+    struct bufferevent *bev = bufferevent_socket_new(base, -1, 0);
+    if (bev == NULL)
+        return NULL;
+    struct tg_conn *c = calloc(1, sizeof *c);
+    if (c != NULL) {
+        c->bev = bev;
+        c->mark_s = tg_now_s();
+        bufferevent_incref(bev);
+        c->next = w->conns;
+        w->conns = c;
+    }
+    return bev;
+}
+
+static bool tcp_counters(evutil_socket_t fd, uint64_t *rx, uint64_t *tx)
+{
+    struct tcp_info ti;
+    socklen_t len = sizeof ti;
+    memset(&ti, 0, sizeof ti);
+    if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &len) == -1)
+        return false;
+    *rx = ti.tcpi_bytes_received;
+    *tx = ti.tcpi_bytes_acked;
+    return true;
+}
+
+void tg_conn_sweep(struct tg_worker *w, int header_timeout_ms, int read_timeout_ms,
+                   size_t max_header_bytes)
+{
+    double now = tg_now_s();
+    struct tg_conn **pp = &w->conns;
+    while (*pp != NULL) {
+        struct tg_conn *c = *pp;
+        bufferevent_data_cb readcb = NULL;
+        bufferevent_getcb(c->bev, &readcb, NULL, NULL, NULL);
+        evutil_socket_t fd = bufferevent_getfd(c->bev);
+        if (readcb == NULL || fd < 0) {
+            /* evhttp is done with it (its fd is already closed by evhttp). */
+            *pp = c->next;
+            bufferevent_decref(c->bev);
+            free(c);
+            continue;
+        }
+        pp = &c->next;
+        uint64_t rx = 0, tx = 0;
+        if (!tcp_counters(fd, &rx, &tx))
+            continue;
+        bool busy = (bufferevent_get_enabled(c->bev) & EV_READ) == 0;
+        if (busy || tx != c->tx_mark || rx == c->rx_mark) {
+            c->mark_s = now;
+            c->rx_mark = rx;
+            c->tx_mark = tx;
+            continue;
+        }
+        /* A request is arriving: bytes came in, nothing was answered yet. */
+        int limit_ms = rx - c->rx_mark > max_header_bytes ? read_timeout_ms : header_timeout_ms;
+        if (limit_ms > 0 && (now - c->mark_s) * 1000.0 > limit_ms) {
+            tg_warn("dropping a connection whose request did not arrive within %d ms "
+                    "(%llu bytes so far)", limit_ms, (unsigned long long)(rx - c->rx_mark));
+            if (shutdown(fd, SHUT_RDWR) == -1 && errno != ENOTCONN)
+                tg_debug("shutdown: %s", strerror(errno));
+            c->mark_s = now; /* once */
+            c->rx_mark = rx;
+        }
+    }
+}
+
+void tg_conn_free_all(struct tg_worker *w)
+{
+    while (w->conns != NULL) {
+        struct tg_conn *c = w->conns;
+        w->conns = c->next;
+        bufferevent_decref(c->bev);
+        free(c);
+    }
+}

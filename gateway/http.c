@@ -1,0 +1,306 @@
+/* Replies: JSON bodies, OpenAI-shaped errors, SSE streams, the x-tiergate-* headers, and noticing
+ * clients that hang up while their request is in flight. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+#include <event2/http.h>
+#include <event2/keyvalq_struct.h>
+
+#include "pipeline.h"
+#include "tg/err.h"
+#include "tg/json.h"
+#include "tg/log.h"
+
+double tg_now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static const char *reason_phrase(int status)
+{
+    switch (status) {
+    case 200: return "OK";
+    case 400: return "Bad Request";
+    case 401: return "Unauthorized";
+    case 403: return "Forbidden";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 413: return "Payload Too Large";
+    case 422: return "Unprocessable Entity";
+    case 429: return "Too Many Requests";
+    case 500: return "Internal Server Error";
+    case 502: return "Bad Gateway";
+    case 503: return "Service Unavailable";
+    case 504: return "Gateway Timeout";
+    default: return status < 400 ? "OK" : "Error";
+    }
+}
+
+static void add_headers(struct tg_req *r, struct evkeyvalq *h, bool final_cost)
+{
+    char buf[96];
+    evhttp_add_header(h, "x-request-id", r->id);
+    evhttp_add_header(h, "x-tiergate-tier", r->tier != NULL ? r->tier : "none");
+    evhttp_add_header(h, "x-tiergate-model", tg_pipeline_model_header(r, buf, sizeof buf));
+    if (r->routed) {
+        snprintf(buf, sizeof buf, "%.3f", r->dec.score);
+        evhttp_add_header(h, "x-tiergate-score", buf);
+    } else {
+        evhttp_add_header(h, "x-tiergate-score", "none");
+    }
+    evhttp_add_header(h, "x-tiergate-cache", r->cache_result != NULL ? r->cache_result : "bypass");
+    if (final_cost) {
+        tg_pipeline_finish_record(r);
+        evhttp_add_header(h, "x-tiergate-cost-usd", tg_pipeline_cost_header(r, buf, sizeof buf));
+    } else {
+        /* Streams send headers before usage is known; the final usage chunk carries the cost. */
+        evhttp_add_header(h, "x-tiergate-cost-usd", "pending");
+    }
+    if (r->fallbacks > 0) {
+        snprintf(buf, sizeof buf, "%d; reason=%s", r->fallbacks,
+                 r->fallback_reason != NULL ? r->fallback_reason : "unknown");
+        evhttp_add_header(h, "x-tiergate-fallback", buf);
+    }
+    if (r->escalated) {
+        snprintf(buf, sizeof buf, "true; reason=%s",
+                 r->escalation_reason != NULL ? r->escalation_reason : "unknown");
+        evhttp_add_header(h, "x-tiergate-escalated", buf);
+    }
+    if (atomic_load(&r->w->gw->draining))
+        evhttp_add_header(h, "Connection", "close");
+}
+
+static void unwatch(struct tg_req *r)
+{
+    if (r->closewatch != NULL) {
+        event_free(r->closewatch);
+        r->closewatch = NULL;
+    }
+    if (r->http != NULL) {
+        struct evhttp_connection *evcon = evhttp_request_get_connection(r->http);
+        if (evcon != NULL)
+            evhttp_connection_set_closecb(evcon, NULL, NULL);
+    }
+}
+
+static void finish(struct tg_req *r)
+{
+    r->replied = true;
+    atomic_fetch_sub(&r->w->gw->inflight, 1);
+    tg_req_maybe_free(r);
+}
+
+void tg_req_reply_json(struct tg_req *r, int status, json_t *body)
+{
+    if (r->replied) {
+        json_decref(body);
+        return;
+    }
+    char *text = body != NULL ? tg_json_dumps(body) : NULL;
+    json_decref(body);
+    tg_req_reply_raw(r, status, text != NULL ? text : "", text != NULL ? strlen(text) : 0);
+    free(text);
+}
+
+void tg_req_reply_raw(struct tg_req *r, int status, const char *text, size_t len)
+{
+    if (r->replied)
+        return;
+    r->status = status;
+    if (r->t_first <= 0)
+        r->t_first = tg_now_s();
+    if (r->exec_cb != NULL) {
+        tg_pipeline_finish_record(r);
+        r->exec_cb(status, "application/json", text, len, r->exec_user);
+        r->exec_cb = NULL;
+    } else if (r->http != NULL) {
+        unwatch(r);
+        struct evkeyvalq *h = evhttp_request_get_output_headers(r->http);
+        evhttp_add_header(h, "Content-Type", "application/json");
+        add_headers(r, h, true);
+        if (r->should_retry >= 0)
+            evhttp_add_header(h, "x-should-retry", r->should_retry ? "true" : "false");
+        struct evbuffer *out = evbuffer_new();
+        if (out != NULL)
+            evbuffer_add(out, text, len);
+        evhttp_send_reply(r->http, status, reason_phrase(status), out);
+        if (out != NULL)
+            evbuffer_free(out);
+        r->http = NULL;
+    } else {
+        tg_pipeline_finish_record(r);
+    }
+    finish(r);
+}
+
+void tg_req_reply_error(struct tg_req *r, int status, const char *message, const char *type,
+                        const char *param, const char *code)
+{
+    if (status >= 500)
+        tg_warn("%d %s", status, message);
+    else
+        tg_debug("%d %s", status, message);
+    tg_req_reply_json(r, status, tg_json_error(message, type, param, code));
+}
+
+void tg_req_sse_begin(struct tg_req *r)
+{
+    if (r->sse || r->replied)
+        return;
+    r->sse = true;
+    r->status = 200;
+    if (r->t_first <= 0)
+        r->t_first = tg_now_s();
+    if (r->http == NULL)
+        return;
+    struct evkeyvalq *h = evhttp_request_get_output_headers(r->http);
+    evhttp_add_header(h, "Content-Type", "text/event-stream; charset=utf-8");
+    evhttp_add_header(h, "Cache-Control", "no-cache");
+    add_headers(r, h, false);
+    evhttp_send_reply_start(r->http, 200, "OK");
+}
+
+void tg_req_sse_write(struct tg_req *r, const char *data, size_t len)
+{
+    if (r->http == NULL || r->replied)
+        return;
+    struct evbuffer *b = evbuffer_new();
+    if (b == NULL)
+        return;
+    evbuffer_add(b, data, len);
+    evhttp_send_reply_chunk(r->http, b);
+    evbuffer_free(b);
+}
+
+void tg_req_sse_data_json(struct tg_req *r, const char *event, json_t *obj)
+{
+    char *text = tg_json_dumps(obj);
+    json_decref(obj);
+    if (text == NULL)
+        return;
+    if (r->http != NULL && !r->replied) {
+        struct evbuffer *b = evbuffer_new();
+        if (b != NULL) {
+            if (event != NULL)
+                evbuffer_add_printf(b, "event: %s\n", event);
+            evbuffer_add(b, "data: ", 6);
+            evbuffer_add(b, text, strlen(text));
+            evbuffer_add(b, "\n\n", 2);
+            evhttp_send_reply_chunk(r->http, b);
+            evbuffer_free(b);
+        }
+    }
+    free(text);
+}
+
+void tg_req_sse_end(struct tg_req *r)
+{
+    if (r->replied)
+        return;
+    tg_pipeline_finish_record(r);
+    if (r->http != NULL) {
+        unwatch(r);
+        evhttp_send_reply_end(r->http);
+        r->http = NULL;
+    }
+    finish(r);
+}
+
+size_t tg_req_pending_out(struct tg_req *r)
+{
+    if (r->http == NULL)
+        return 0;
+    struct evhttp_connection *evcon = evhttp_request_get_connection(r->http);
+    if (evcon == NULL)
+        return 0;
+    struct bufferevent *bev = evhttp_connection_get_bufferevent(evcon);
+    return bev != NULL ? evbuffer_get_length(bufferevent_get_output(bev)) : 0;
+}
+
+/* ---- client hang-up -------------------------------------------------------------------- */
+
+/* evhttp disables reading while a request is being handled, so a client that closes its
+ * socket is not noticed until we write. Watch the socket ourselves: EOF means the client left. */
+static void on_closewatch(evutil_socket_t fd, short what, void *arg)
+{
+    struct tg_req *r = arg;
+    char c;
+    ssize_t n = recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+    if (n > 0)
+        return; /* a pipelined request: not ours to judge; stop watching (event is one-shot) */
+    if (n == -1 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
+        event_add(r->closewatch, NULL);
+        return;
+    }
+    tg_info("client closed the connection; cancelling the request");
+    if (r->http != NULL) {
+        struct evhttp_connection *evcon = evhttp_request_get_connection(r->http);
+        if (evcon != NULL) {
+            evhttp_connection_set_closecb(evcon, NULL, NULL);
+            /* Frees the connection and the request evhttp holds for it. */
+            evhttp_connection_free(evcon);
+        }
+        r->http = NULL;
+    }
+    tg_req_client_gone(r);
+}
+
+static void on_conn_close(struct evhttp_connection *evcon, void *arg)
+{
+    struct tg_req *r = arg;
+    /* evhttp detached the unfinished request from the dying connection: it is ours to free. */
+    if (r->http != NULL && !r->replied) {
+        evhttp_request_free(r->http);
+        r->http = NULL;
+    }
+    tg_req_client_gone(r);
+}
+
+void tg_req_watch_client(struct tg_req *r)
+{
+    if (r->http == NULL)
+        return;
+    struct evhttp_connection *evcon = evhttp_request_get_connection(r->http);
+    if (evcon == NULL)
+        return;
+    evhttp_connection_set_closecb(evcon, on_conn_close, r);
+    struct bufferevent *bev = evhttp_connection_get_bufferevent(evcon);
+    evutil_socket_t fd = bev != NULL ? bufferevent_getfd(bev) : -1;
+    if (fd < 0)
+        return;
+    r->closewatch = event_new(r->w->base, fd, EV_READ, on_closewatch, r);
+    if (r->closewatch != NULL)
+        event_add(r->closewatch, NULL);
+}
+
+void tg_req_client_gone(struct tg_req *r)
+{
+    if (r->client_gone)
+        return;
+    r->client_gone = true;
+    if (r->closewatch != NULL) {
+        event_free(r->closewatch);
+        r->closewatch = NULL;
+    }
+    if (r->jobs_active > 0)
+        tg_local_cancel(r);
+    if (r->up_active)
+        tg_remote_cancel(r);
+    if (!r->replied) {
+        if (r->status == 0)
+            r->status = 499; /* nginx's "client closed request", for the metrics */
+        tg_pipeline_finish_record(r);
+        finish(r);
+    } else {
+        tg_req_maybe_free(r);
+    }
+}
