@@ -112,7 +112,7 @@ int tg_cache_entry_set_usage(struct tg_cache_entry *e, const char *model, int64_
                              int64_t completion_tokens);
 
 /* Binary (de)serialization used for the Redis value (exposed for tests and tools).
- * encode: malloc'd bytes in *out/*len; decode: TG_OK or TG_PARSE for anything malformed. */
+ * encode: malloc'd bytes in *out, size in *len; decode: TG_OK or TG_PARSE for anything malformed. */
 int tg_cache_entry_encode(const struct tg_cache_entry *e, char **out, size_t *len);
 int tg_cache_entry_decode(const char *data, size_t len, struct tg_cache_entry **out);
 
