@@ -462,10 +462,19 @@ static void scan_words(struct wordscan *ws, const char *s, size_t n, float mult,
     bool prev_was_num = false;
     size_t n_words = 0;
     bool prev_caps = false, or_after_caps = false;
+    bool in_code = false;
+    const float code_mult = mult * 0.3f;
     while (i < n) {
         unsigned cc0 = CHAR_CLASS[p[i]];
         size_t sl = cc0 == CC_SEP || cc0 == CC_APOS ? 1 : cc0 == CC_HIGH ? separator_len(p + i, n - i) : 0;
         if (sl > 0) {
+            if (p[i] == '`' && i + 2 < n && p[i + 1] == '`' && p[i + 2] == '`') {
+                /* a fenced block: code words are not instructions */
+                in_code = !in_code;
+                i += 3;
+                prev1 = prev2 = 0;
+                continue;
+            }
             sep_char = p[i];
             sep_count++;
             if (p[i] == '.' || p[i] == '?' || p[i] == '!' || p[i] == '\n' || p[i] == ';' ||
@@ -540,7 +549,7 @@ static void scan_words(struct wordscan *ws, const char *s, size_t n, float mult,
             continue;
         n_words++;
         /* a list of labels in capitals: "SPAM or NOT_SPAM", "HOT, WARM or COLD" */
-        bool caps = n_upper >= 2 && n_lower == 0;
+        bool caps = n_upper >= 2 && n_lower == 0 && !in_code;
         bool is_or = wn == 2 && w[0] == 'o' && w[1] == 'r';
         if (caps && (prev_caps || or_after_caps))
             ws->caps_pairs++;
@@ -591,7 +600,7 @@ static void scan_words(struct wordscan *ws, const char *s, size_t n, float mult,
             if (sl2 == NULL)
                 continue;
             for (uint8_t c = 0; c < sl2->n_cues; c++)
-                ws->ev[sl2->kinds[c]] += sl2->weights[c] * mult;
+                ws->ev[sl2->kinds[c]] += sl2->weights[c] * (in_code ? code_mult : mult);
             if (k == 0) {
                 if (votes && sl2->langs) {
                     for (unsigned l = 0; l < LANG_N; l++)
@@ -785,6 +794,41 @@ static size_t count_fences(const char *s, size_t n)
     return (c + 1) / 2;
 }
 
+/* An option list in the instruction: "(Payments, Identity, Search)" or "[a, b, c]" within the
+ * first 300 bytes: 3 to 12 short comma-separated items in brackets. */
+static bool has_option_list(const char *s, size_t n)
+{
+    if (s == NULL)
+        return false;
+    size_t lim = n < 300 ? n : 300;
+    for (size_t i = 0; i < lim; i++) {
+        if (s[i] != '(' && s[i] != '[')
+            continue;
+        char close = s[i] == '(' ? ')' : ']';
+        int items = 1;
+        size_t item_len = 0;
+        for (size_t k = i + 1; k < n && k < i + 160; k++) {
+            if (s[k] == close) {
+                if (items >= 3 && items <= 12 && item_len > 0)
+                    return true;
+                break;
+            }
+            if (s[k] == ',') {
+                if (item_len == 0 || item_len > 24)
+                    break;
+                items++;
+                item_len = 0;
+            } else if (s[k] == '\n' || s[k] == '.' || s[k] == '{' || s[k] == '"' ||
+                       s[k] == ':') {
+                break; /* a sentence, JSON or code, not a list of labels */
+            } else if (s[k] != ' ' || item_len > 0) {
+                item_len++;
+            }
+        }
+    }
+    return false;
+}
+
 void tg_router_features(const struct tg_router_policy *p, const struct tg_route_request *req,
                         struct tg_route_features *out)
 {
@@ -915,7 +959,8 @@ void tg_router_features(const struct tg_router_policy *p, const struct tg_route_
         ws.ev[TG_ROUTE_KIND_CODE] += 3;
     if (lastb.math > 0)
         ws.ev[TG_ROUTE_KIND_PROOF] += 1.5f;
-    if (out->is_question && !out->has_source_text) {
+    /* a quoted snippet ("Is this tweet sarcastic? \"...\"") is text to work on, not trivia */
+    if (out->is_question && !out->has_source_text && passage_len < 25) {
         ws.ev[TG_ROUTE_KIND_OPEN_QA] += 1.5f;
         if (ws.n_numbers >= 2 && user_len < 400)
             ws.ev[TG_ROUTE_KIND_MATH] += 2.5f;
@@ -924,6 +969,9 @@ void tg_router_features(const struct tg_router_policy *p, const struct tg_route_
         ws.ev[TG_ROUTE_KIND_CLOSED_QA] += 2.0f;
     if (ws.caps_pairs > 0)
         ws.ev[TG_ROUTE_KIND_CLASSIFY] += 3.0f;
+    if (last_user >= 0 && has_option_list(req->messages[last_user].content,
+                                          req->messages[last_user].content_len))
+        ws.ev[TG_ROUTE_KIND_CLASSIFY] += 2.0f;
 
     float sum = 0, top = 0;
     int topk = TG_ROUTE_KIND_CHAT;

@@ -28,7 +28,7 @@ static const struct kind_cues KIND_CUES[] = {
      "categories/1.5 one_word/1.5 as_hot/2 clasifica/4 clasificar/4 classez/4 classifica/4 "
      "classifique/4 classifiez/4 ordne/3 zuordnen/3 einordnen/3 kategorisiere/4 "
      "klassifiziere/4 positif/1 negatif/1 neutre/2 positiva/1 negativa/1 neutra/2 "
-     "etiqueta/2 auto_reply/2 iso/1 only_the/1"},
+     "etiqueta/2 auto_reply/2 iso/1 only_the/1 kategorie/4 kategorien/3 categoría/4 catégorie/4 categoria/4 which_team/2 right_team/2 urgency/3 rate_the/2 wähle/2 elige/2 choisis/2 scegli/2 contain_a/1.5"},
     {TG_ROUTE_KIND_EXTRACT,
      "extract/4 extraction/3 extracts/3 parse/4 pull_the/2 pull_out/2 fields/2.5 field/1 "
      "json/2 key_value/2 fill_these/3 map_this/3 into_json/2 as_json/2 return_json/2 "
@@ -36,7 +36,7 @@ static const struct kind_cues KIND_CUES[] = {
      "null/1.5 extrayez/4 extrae/4 extrahiere/4 estrai/4 extraia/4 keywords/3 keyword/3 "
      "hashtags/3 main_topics/3 entities/3 organizations/2 people/1 skills/1 "
      "deduplicated/2 record/0.5 mentioned/1.5 data_as/2 cada/0.5 devuelve/1 "
-     "json_only/2 json_please/2 out_of_this/2 tracking_number/1 en_json/2 als_json/2"},
+     "json_only/2 json_please/2 out_of_this/2 tracking_number/1 en_json/2 als_json/2 list_every/2 from_this/1.5 their_role/1"},
     {TG_ROUTE_KIND_CLOSED_QA,
      "based_on/2 according_to/2 using_only/4 only_from/3 strictly_from/4 from_the/1.5 "
      "per_the/3 the_passage/3 the_text/2 the_policy/2 the_recipe/2 read_the/2 using_the/1.5 "
@@ -44,7 +44,7 @@ static const struct kind_cues KIND_CUES[] = {
      "not_mentioned/4 true_false/3 yes_no/2 cite_the/2 anhand/3 lisez/3 texte/1.5 "
      "beantworte/3 match_the/1.5 the_manual/2 the_terms/2 the_transcript/2 the_table/2 "
      "rate_table/2 the_sla/2 press_release/2 not_specified/4 answer/1 handbook/2 "
-     "statement/1 said/0.5 use_the/1 answer_yes/3 yes_or_no/3 question/1"},
+     "statement/1 said/0.5 use_the/1 answer_yes/3 yes_or_no/3 question/1 snippet/2 the_contract/2 the_faq/3 faq/1.5 the_document/2 the_email/1.5 the_clause/2"},
     {TG_ROUTE_KIND_SUMMARIZE,
      "summarize/4 summarise/4 summary/4 summaries/3 condense/4 tl_dr/4 sum_up/4 "
      "bullet_points/2 one_sentence/2 single_sentence/2 two_sentences/2 sentences/1 "
@@ -61,12 +61,12 @@ static const struct kind_cues KIND_CUES[] = {
      "combine_these/3 rename/3 split_this/3 korrigiere/4 korrigieren/4 corrigez/4 "
      "corrige/4 corrija/4 correggi/4 anonimiza/4 anonymisiere/4 reading_level/3 sms/1.5 "
      "reformat/4 e_164/3 iso_8601/2 uppercase/1.5 lowercase/1 clear_sentence/2 "
-     "for_a_customer/1 fix_punctuation/4"},
+     "for_a_customer/1 fix_punctuation/4 turn_this_into/3 markdown/2 sorted/2 alphabetically/3 sort/2 replace/2.5 replace_every/3 professional/2 sound_more/3 more_professional/3 format_to/2 put_these/2 into_utc/3 utc/1.5 timezone/2 time_zone/2 passive_voice/3 active_voice/3"},
     {TG_ROUTE_KIND_TRANSLATE,
      "translate/5 translation/4 translated/3 into_english/2 to_english/2 traduci/5 "
      "traduis/5 traduire/5 traduza/5 traduce/5 traduzca/5 traduzir/5 traducir/5 "
      "übersetze/5 übersetzen/5 übersetzung/4 tafsiri/5 in_french/1.5 in_spanish/1.5 "
-     "in_german/1.5"},
+     "in_german/1.5 do_you_say/4 into_french/3 into_german/3 into_spanish/3 into_italian/3 into_portuguese/3 into_japanese/3 into_chinese/3 in_italian/1.5 in_portuguese/1.5 in_japanese/1.5 in_chinese/1.5 se_dice/4 comment_dit_on/4 wie_sagt_man/4 come_si_dice/4"},
     {TG_ROUTE_KIND_MATH,
      "how_many/2 how_much/2.5 average/2.5 percentage/2.5 percent/1.5 total/1.5 discount/2.5 "
      "tax/1 interest/1.5 sale_price/3 per_liter/3 per_day/1.5 cheaper/2.5 what_time/2.5 "
@@ -75,9 +75,9 @@ static const struct kind_cues KIND_CUES[] = {
      "cuántos/3 quanto/3 quantos/3 left/1 remain/1.5 remaining/1.5 increase/1.5 "
      "simple_interest/3 subtotal/2 final_total/2 split/1 shipments/1 sold/1.5 bouteilles/1"},
     {TG_ROUTE_KIND_CODE_SNIPPET,
-     "regex/5 regexp/5 regular_expression/5 sql/4 query/2.5 one_liner/4 formula/4 "
+     "regex/5 regexp/5 regular_expression/5 sql/4 query/2.5 one_liner/4 formula/3 "
      "google_sheets/3 excel/3 just_the_pattern/3 pattern/1.5 one_query/3 mysql/2 postgres/1.5 "
-     "jq/3 awk/2 sed/1 cron_expression/4 sheets/1 vlookup/4"},
+     "jq/3 awk/2 sed/1 cron_expression/4 sheets/1 vlookup/4 command/2 bash/2 shell/1.5 one_command/3 cells/3 column/1.5 crontab/3"},
     {TG_ROUTE_KIND_CODE,
      "implement/4 implementation/3 function/1 class/1 full_stack/4 backend/2 "
      "frontend/2 react/2 typescript/2.5 python/1.5 rust/3 golang/3 in_go/3 java/2 kotlin/2 "
@@ -93,10 +93,10 @@ static const struct kind_cues KIND_CUES[] = {
      "queries/1 script/1 go_test/3 compile/2 compiler/3 runtime/1.5 microservice/2 "
      "optimistic_updates/3 drag_drop/3 retries/1 backoff/2 robots_txt/3 c++/3 c#/3 cpp/3 "
      "intervals/2 10_5/3 10_6/3 explain_the_dp/4 network_tab/3 component/1.5 useeffect/4 "
-     "transactional/3 plan_wants/3 replace_all/2"},
+     "transactional/3 plan_wants/3 replace_all/2 speed_up/2 slow/1.5 optimize/2 performance/1.5"},
     {TG_ROUTE_KIND_PROOF,
      "prove/5 proof/4 proofs/4 show_that/4 show_there/4 derive/4 rigorously/4 rigorous/4 "
-     "irrational/3 infinitely_many/4 divisible/3 find_all/2.5 integral/3 evaluate/1.5 "
+     "irrational/3 infinitely_many/4 divisible/3 find_all/1 how_many_ways/3 integral/3 evaluate/1.5 "
      "theorem/4 lemma/4 for_all/1.5 for_every/1.5 congruent/3 expected_number/3 "
      "justify/3 hamiltonian/3 tournament/1 functions/1.5 pairs/1 positive_integers/3 "
      "primes/3 prime/2 induction/3 démontrer/5 montrer_que/4 beweise/5 demuestra/5"},
@@ -131,7 +131,7 @@ static const struct kind_cues KIND_CUES[] = {
      "right_now/4 today/2 todays/4 this_week/3 last_night/4 latest/1.5 news/2 "
      "headlines/4 any_update/4 update_this/3 trading_at/4 stock_price/4 markets/1.5 "
      "in_effect/2 strikes/2 fomc/3 this_morning/3 yesterday/2.5 won_the/2 "
-     "current/1.5 currently/1.5 pricing_in/3 disruptions/2 this_season/2 election/2"},
+     "current/1.5 currently/1.5 pricing_in/3 disruptions/2 this_season/2 election/2 at_the_moment/3 this_weekend/3 weather/3 forecast/3 standings/3 championship/1.5 leading_the/1.5"},
     {TG_ROUTE_KIND_EXPERT,
      "should/1 should_we/2 should_i/2 advice/3 advise/3 recommend/1.5 recommendation/1.5 "
      "strategy/2.5 decision_framework/4 framework/1 walk_me_through/3 trade_offs/3 "
