@@ -421,7 +421,8 @@ static json_t *build_answer(struct query *q)
     fmt_time(q->until, until, sizeof until);
     json_t *groups = json_array(), *tiers = json_object(), *series = json_array();
     json_t *esc = json_array(), *fb = json_array();
-    qsort(q->groups.v, q->groups.n, sizeof *q->groups.v, by_requests_desc);
+    if (q->groups.n > 1)
+        qsort(q->groups.v, q->groups.n, sizeof *q->groups.v, by_requests_desc);
     for (size_t i = 0; i < q->groups.n; i++) {
         json_t *g = stats_json(&q->groups.v[i].st);
         json_object_set_new(g, "key", json_string(q->groups.v[i].key));
@@ -446,7 +447,8 @@ static json_t *build_answer(struct query *q)
         json_t *out;
     } reasons[] = {{&q->esc, esc}, {&q->fb, fb}};
     for (size_t r = 0; r < 2; r++) {
-        qsort(reasons[r].l->v, reasons[r].l->n, sizeof *reasons[r].l->v, by_count_desc);
+        if (reasons[r].l->n > 1)
+            qsort(reasons[r].l->v, reasons[r].l->n, sizeof *reasons[r].l->v, by_count_desc);
         for (size_t i = 0; i < reasons[r].l->n && i < 20; i++)
             json_array_append_new(reasons[r].out,
                                   json_pack("{s:s,s:I}", "reason", reasons[r].l->v[i].key, "count",
