@@ -4,6 +4,7 @@
 #include <curl/curl.h>
 #include <errno.h>
 #include <event2/event.h>
+#include <event2/event_struct.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,7 +20,8 @@
 #define EASY_POOL_MAX 64
 
 struct sock_ctx {
-    struct event *ev;
+    struct event ev;             /* embedded: no allocation when curl changes what it waits for */
+    short kind;                  /* flags ev is registered with, 0 = not added */
     curl_socket_t fd;
     struct tg_upstream_exec *ex;
     struct sock_ctx *prev, *next;
@@ -49,6 +51,7 @@ struct tg_upstream_req {
     size_t n_targets, cur;       /* cur: index of the target being tried */
     int tries_on_target;         /* attempts made on targets[cur] */
     bool stream, started, dropped, done;
+    bool in_start;               /* inside tg_upstream_start: handlers must not run yet */
     char *request_id;
     char **extra;                /* copied extra headers */
     size_t n_extra;
@@ -147,7 +150,8 @@ static void sock_free(struct tg_upstream_exec *ex, struct sock_ctx *s)
         ex->socks = s->next;
     if (s->next != NULL)
         s->next->prev = s->prev;
-    event_free(s->ev);
+    if (s->kind != 0)
+        event_del(&s->ev);
     free(s);
 }
 
@@ -175,14 +179,16 @@ static int curl_socket_cb(CURL *easy, curl_socket_t fd, int what, void *userp, v
             ex->socks->prev = s;
         ex->socks = s;
         curl_multi_assign(ex->multi, fd, s);
-    } else {
-        event_del(s->ev);
-        event_free(s->ev);
+    } else if (s->kind == kind) {
+        return 0;
+    } else if (s->kind != 0) {
+        event_del(&s->ev);
     }
-    s->ev = event_new(ex->base, fd, kind, on_socket_event, s);
-    if (s->ev == NULL)
+    if (event_assign(&s->ev, ex->base, fd, kind, on_socket_event, s) != 0 || event_add(&s->ev, NULL) != 0) {
+        s->kind = 0;
         return -1;
-    event_add(s->ev, NULL);
+    }
+    s->kind = kind;
     return 0;
 }
 
@@ -653,6 +659,10 @@ static void advance(struct tg_upstream_req *rq)
         set_failure(rq, 500, NULL, "internal");
         next_target(rq, "internal");
     }
+    if (rq->in_start) {
+        arm(rq, T_RETRY, 0); /* report from the loop: handlers never run inside start */
+        return;
+    }
     /* Nothing left: one OpenAI-shaped error naming what happened on each target. */
     char msg[1024];
     snprintf(msg, sizeof msg, "all upstream targets failed: %s",
@@ -932,9 +942,17 @@ int tg_upstream_start(struct tg_upstream_exec *ex, const struct tg_upstream_call
     memcpy(rq->targets, call->targets, call->n_targets * sizeof *rq->targets);
     rq->n_targets = call->n_targets;
     rq->request = json_incref((json_t *)call->request);
-    /* Handlers never run inside this call: the first attempt starts from the loop. For the
-     * common case a zero timer costs one loop turn; curl itself would wait for its timer too. */
-    arm(rq, T_RETRY, 0);
+    if (ex->in_multi) {
+        /* Called from a curl callback (e.g. another request's on_chunk): curl refuses handles
+         * added from there, so the first attempt starts from the loop. */
+        arm(rq, T_RETRY, 0);
+    } else {
+        /* Start at once (saves a loop turn). Nothing can complete synchronously; an error found
+         * now (all targets disabled or open) is deferred to the loop by advance(). */
+        rq->in_start = true;
+        advance(rq);
+        rq->in_start = false;
+    }
     if (out != NULL)
         *out = rq;
     return TG_OK;
