@@ -14,6 +14,7 @@
 #include <event2/keyvalq_struct.h>
 
 #include "pipeline.h"
+#include "redis_glue.h"
 #include "tg/err.h"
 #include "tg/json.h"
 #include "tg/log.h"
@@ -118,6 +119,7 @@ void tg_req_reply_raw(struct tg_req *r, int status, const char *text, size_t len
     r->status = status;
     if (r->t_first <= 0)
         r->t_first = tg_now_s();
+    tg_glue_capture_body(r, status, text, len);
     if (r->exec_cb != NULL) {
         tg_pipeline_finish_record(r);
         r->exec_cb(status, "application/json", text, len, r->exec_user);
@@ -177,6 +179,7 @@ void tg_req_sse_write(struct tg_req *r, const char *data, size_t len)
     if (b == NULL)
         return;
     evbuffer_add(b, data, len);
+    tg_glue_capture_sse(r, b);
     evhttp_send_reply_chunk(r->http, b);
     evbuffer_free(b);
 }
@@ -195,6 +198,7 @@ void tg_req_sse_data_json(struct tg_req *r, const char *event, json_t *obj)
             evbuffer_add(b, "data: ", 6);
             evbuffer_add(b, text, strlen(text));
             evbuffer_add(b, "\n\n", 2);
+            tg_glue_capture_sse(r, b);
             evhttp_send_reply_chunk(r->http, b);
             evbuffer_free(b);
         }
@@ -295,6 +299,7 @@ void tg_req_client_gone(struct tg_req *r)
         tg_local_cancel(r);
     if (r->up_active)
         tg_remote_cancel(r);
+    tg_glue_stream_failed(r); /* a cut response is never cached */
     if (!r->replied) {
         if (r->status == 0)
             r->status = 499; /* nginx's "client closed request", for the metrics */

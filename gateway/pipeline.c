@@ -19,6 +19,7 @@
 #include <event2/keyvalq_struct.h>
 #include <openssl/evp.h>
 
+#include "redis_glue.h"
 #include "tg/err.h"
 #include "tg/json.h"
 #include "tg/log.h"
@@ -144,6 +145,7 @@ static void req_free(struct tg_req *r)
         r->next->prev = r->prev;
     if (r->closewatch != NULL)
         event_free(r->closewatch);
+    tg_glue_req_free(r);
     json_decref(r->body);
     json_decref(r->owned);
     json_decref(r->emb_data);
@@ -161,7 +163,7 @@ static void req_free(struct tg_req *r)
 
 void tg_req_maybe_free(struct tg_req *r)
 {
-    if (r->replied && r->jobs_active == 0 && !r->up_active)
+    if (r->replied && r->jobs_active == 0 && !r->up_active && r->redis_active == 0)
         req_free(r);
 }
 
@@ -227,6 +229,7 @@ void tg_pipeline_finish_record(struct tg_req *r)
         return;
     r->recorded = true;
     compute_cost(r);
+    tg_glue_finish(r);
     double now = tg_now_s();
     tg_info("%s %s tier=%s model=%s status=%d tokens=%lld+%lld cost=%s %.1fms%s%s", r->ep_name,
             r->model_req != NULL ? r->model_req : "-", r->tier, r->model_served, r->status,
@@ -741,6 +744,7 @@ static void build_route_request(struct tg_req *r, struct tg_route_request *rq,
     rq->local_available = r->local_model != NULL && tg_local_available(r->w->gw);
     rq->remote_available = r->remote_model != NULL && tg_remote_available(r);
     rq->remote_circuit_open = false;
+    rq->remote_budget_exhausted = tg_glue_budget_exhausted(r);
     rq->local_context_tokens = r->cfg->local.context;
 }
 
@@ -1059,6 +1063,7 @@ void tg_pipeline_emit_end(struct tg_req *r, const char *finish_reason)
 void tg_pipeline_emit_error(struct tg_req *r, const char *message, const char *code)
 {
     tg_warn("stream failed after it started: %s", message);
+    tg_glue_stream_failed(r);
     r->status = 200;
     tg_req_sse_data_json(r, r->ep == TG_GW_EP_RESPONSES ? "error" : NULL,
                          tg_json_error(message, "server_error", NULL, code));
@@ -1371,8 +1376,8 @@ static void run_body(struct tg_req *r, json_t *body)
     /* Task endpoints decide, they do not chat: deterministic unless asked otherwise. */
     if (r->stream && r->exec_cb != NULL)
         r->stream = false;
-    /* limits (Redis) and the cache lookup go here once those components are wired in. */
-    route_and_run(r);
+    /* limits and budgets, then the cache lookup (Redis); they call route_and_run on a miss */
+    tg_glue_before_route(r, route_and_run);
 }
 
 static json_t *models_list(struct tg_req *r)
@@ -1532,6 +1537,10 @@ void tg_pipeline_http(struct tg_worker *w, struct evhttp_request *http, const ch
     if (!auth(r, header(http, "Authorization")))
         goto out;
 
+    if (strcmp(path, "/v1/jobs") == 0 || strncmp(path, "/v1/jobs/", 9) == 0) {
+        tg_glue_jobs_http(r, path);
+        goto out;
+    }
     if (strcmp(path, "/v1/models") == 0 || strncmp(path, "/v1/models/", 11) == 0) {
         if (method != EVHTTP_REQ_GET)
             reject(r, 405, "method_not_allowed", NULL, "use GET for %s", path);
@@ -1553,8 +1562,12 @@ void tg_pipeline_http(struct tg_worker *w, struct evhttp_request *http, const ch
         reject(r, 405, "method_not_allowed", NULL, "use POST for %s", path);
         goto out;
     }
-    if (ep >= 0)
+    if (ep >= 0) {
         r->ep = endpoints[ep].ep;
+        r->ep_name = ep_name(r->ep);
+    } else {
+        r->ep_name = "explain";
+    }
     struct evbuffer *in = evhttp_request_get_input_buffer(http);
     size_t len = evbuffer_get_length(in);
     if (len > r->cfg->server.max_body_bytes) {

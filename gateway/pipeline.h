@@ -120,6 +120,10 @@ struct tg_req {
     int64_t created;
     int seq;                           /* responses API sequence_number */
     struct event *closewatch;          /* notices a client that hangs up mid-request */
+
+    /* Redis component (redis_glue.c): limits, cache, jobs */
+    void *redis_state;
+    int redis_active;                  /* Redis commands whose callback has not run */
 };
 
 /* server.c -> pipeline.c: an HTTP request for a /v1 path. */

@@ -17,9 +17,11 @@
 #include <event2/util.h>
 
 #include "pipeline.h"
+#include "redis_glue.h"
 #include "tg/err.h"
 #include "tg/json.h"
 #include "tg/log.h"
+#include "tg/engine_net.h"
 #include "tg/router.h"
 
 #if __has_include("metrics.h")
@@ -124,6 +126,23 @@ static void reply_dashboard(struct evhttp_request *req)
 }
 #endif
 
+#ifdef TG_HAVE_METRICS
+/* Scrape-time gauges: the engine's load and the requests in flight. */
+static void gauges_fn(void *user, struct tg_metrics_gauges *out)
+{
+    struct tg_gateway *gw = user;
+    out->inflight_requests = atomic_load(&gw->inflight);
+    struct tg_engine_client *c = atomic_load(&gw->engine);
+    if (c != NULL) {
+        struct tg_engine_client_stats st;
+        tg_engine_client_stats(c, &st);
+        out->engine_slots_busy = st.engine.slots_busy;
+        out->engine_queue_depth = st.engine.queue_depth;
+        out->engine_tokens_per_second = st.engine.tokens_per_s;
+    }
+}
+#endif
+
 static void handle_request(struct evhttp_request *req, void *arg)
 {
     struct tg_worker *w = arg;
@@ -131,8 +150,7 @@ static void handle_request(struct evhttp_request *req, void *arg)
     const char *path = evhttp_uri_get_path(evhttp_request_get_evhttp_uri(req));
     if (path == NULL)
         path = "/";
-    if (strncmp(path, "/v1/", 4) == 0 && strcmp(path, "/v1/usage") != 0 &&
-        strncmp(path, "/v1/jobs", 8) != 0) {
+    if (strncmp(path, "/v1/", 4) == 0 && strcmp(path, "/v1/usage") != 0) {
         tg_pipeline_http(w, req, path);
         return;
     }
@@ -243,6 +261,11 @@ static int worker_init(struct tg_worker *w, struct tg_gateway *gw, const struct 
         w->rng = 1;
     if (tg_local_worker_init(w) != TG_OK || tg_remote_worker_init(w) != TG_OK)
         return TG_NOMEM;
+    int grc = tg_glue_worker_init(w, cfg);
+    if (grc != TG_OK) {
+        tg_error("Redis component: %s", tg_strerror(grc));
+        return grc;
+    }
     w->sweep = event_new(w->base, -1, EV_PERSIST, on_sweep, w);
     w->drain_ev = event_new(w->base, -1, 0, on_drain, w);
     if (w->sweep == NULL || w->drain_ev == NULL)
@@ -281,11 +304,15 @@ static void on_drain_poll(evutil_socket_t fd, short what, void *arg)
 
 static void worker_fini(struct tg_worker *w)
 {
-    tg_local_worker_fini(w);  /* undelivered engine events */
-    for (struct tg_req *r = w->reqs; r != NULL; r = r->next)
+    /* Requests still alive were cut off by the drain deadline: nothing may continue them. */
+    for (struct tg_req *r = w->reqs; r != NULL; r = r->next) {
+        r->client_gone = true;
         if (r->up_active)
             tg_remote_cancel(r);
+    }
+    tg_local_worker_fini(w);  /* undelivered engine events */
     tg_remote_worker_fini(w);
+    tg_glue_worker_fini(w);   /* pending Redis callbacks run now, while requests still exist */
     if (w->http != NULL)
         evhttp_free(w->http);  /* closes connections; detached requests become ours */
     w->http = NULL;
@@ -376,6 +403,9 @@ int tg_gateway_run(const char *config_path)
         tg_warn("metrics registry could not be created");
 #endif
     pthread_mutex_init(&gw.cfg_lock, NULL);
+#ifdef TG_HAVE_METRICS
+    tg_metrics_set_gauges_fn(gauges_fn, &gw);
+#endif
     evthread_use_pthreads();
     signal(SIGPIPE, SIG_IGN);
 
@@ -439,6 +469,7 @@ int tg_gateway_run(const char *config_path)
     event_base_free(gw.main_base);
     free(gw.workers);
 #ifdef TG_HAVE_METRICS
+    tg_metrics_set_gauges_fn(NULL, NULL);
     tg_metrics_shutdown();
 #endif
     tg_config_unref(gw.cfg);

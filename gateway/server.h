@@ -20,6 +20,8 @@ struct tg_conn;
 struct tg_router_policy;
 struct tg_engine_local;
 struct tg_engine_client;
+struct tg_redis;
+struct tg_jobs;
 
 struct tg_worker {
     int index;
@@ -35,6 +37,8 @@ struct tg_worker {
     struct event *sweep;              /* periodic deadline check */
     struct event *drain_ev;           /* posted by the main thread on SIGTERM */
     uint64_t rng;                     /* request ids */
+    struct tg_redis *redis;           /* Redis client (redis.enabled), see redis_glue.c */
+    struct tg_jobs *jobs;             /* async jobs consumer */
 };
 
 struct tg_gateway {

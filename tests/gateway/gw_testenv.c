@@ -1,0 +1,134 @@
+#include "gw_testenv.h"
+
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#ifndef TG_FAKE_UPSTREAM
+#define TG_FAKE_UPSTREAM TG_BINARY_DIR "/tests/tg-fake-upstream"
+#endif
+#define TIERGATE TG_BINARY_DIR "/gateway/tiergate"
+/* sha256("secret") */
+#define KEY_SHA "2bb80d537b1da3e38bd30361aa855686bde0eacd7162fef6a25fe97bf527a25b"
+
+static char *slurp(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    if (f == NULL)
+        return calloc(1, 1);
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *p = calloc(1, (size_t)n + 1);
+    if (p != NULL && fread(p, 1, (size_t)n, f) != (size_t)n)
+        p[0] = '\0';
+    fclose(f);
+    return p;
+}
+
+bool gw_env_start(struct gw_env *e, const char *extra_server)
+{
+    memset(e, 0, sizeof *e);
+    e->auth_header = "Authorization: Bearer secret";
+    e->max_body = 65536;
+    e->fake_port = tg_test_free_port();
+    snprintf(e->fake_base, sizeof e->fake_base, "http://127.0.0.1:%d", e->fake_port);
+    snprintf(e->fake_log_path, sizeof e->fake_log_path, "/tmp/tg-gw-fake-%d.log", e->fake_port);
+    char fport[16];
+    snprintf(fport, sizeof fport, "%d", e->fake_port);
+    char *fargv[] = {TG_FAKE_UPSTREAM, "--port", fport, NULL};
+    e->fake_pid = tg_test_spawn(fargv, NULL, e->fake_log_path);
+    if (!tg_test_wait_port(e->fake_port, 10000))
+        return false;
+
+    e->port = tg_test_free_port();
+    snprintf(e->base, sizeof e->base, "http://127.0.0.1:%d", e->port);
+    snprintf(e->log_path, sizeof e->log_path, "/tmp/tg-gw-%d.log", e->port);
+    unlink(e->log_path);
+    char cfg[4096];
+    snprintf(cfg, sizeof cfg,
+             "server:\n"
+             "  listen: 127.0.0.1:%d\n"
+             "  io_threads: 2\n"
+             "  open_mode: false\n"
+             "  header_timeout_ms: 1000\n"
+             "  read_timeout_ms: 5000\n"
+             "  drain_timeout_ms: 30000\n"
+             "  max_body_bytes: %zu\n"
+             "  log_level: debug\n"
+             "  api_keys:\n"
+             "    - {name: test, sha256: " KEY_SHA "}\n"
+             "%s"
+             "redis:\n  enabled: false\n"
+             "local:\n  model: %s\n  slots: 2\n  context: 4096\n  price_per_mtok_usd: 0.02\n"
+             "providers:\n"
+             "  fake:\n    kind: openai\n    base_url: %s/v1\n    api_key: sk-fake-provider-key\n"
+             "    retries: 0\n    retry_base_ms: 10\n    circuit_failures: 1000\n"
+             "models:\n"
+             "  - {name: phi-3.5-mini, tier: local, target: engine, fallbacks: [gpt-fake]}\n"
+             "  - {name: gpt-fake, tier: remote, provider: fake, input_usd_per_mtok: 0.15, output_usd_per_mtok: 0.6}\n"
+             "  - {name: gpt-broken, tier: remote, provider: fake, upstream_model: \"script:status=503\", fallbacks: [gpt-fake]}\n"
+             "  - {name: gpt-dead, tier: remote, provider: fake, upstream_model: \"script:status=503\"}\n"
+             "aliases:\n  auto: {local: phi-3.5-mini, remote: gpt-fake}\n"
+             "cache:\n  enabled: false\n"
+             "metrics:\n  reference_model: gpt-fake\n",
+             e->port, e->max_body, extra_server, TG_TINY_MODEL, e->fake_base);
+    const char *path = tg_test_write_temp("routes.yaml", cfg);
+    char *argv[] = {TIERGATE, "--config", (char *)path, NULL};
+    e->gw_pid = tg_test_spawn(argv, NULL, e->log_path);
+    if (!tg_test_wait_port(e->port, 30000))
+        return false;
+    char url[128];
+    snprintf(url, sizeof url, "%s/readyz", e->base);
+    for (int i = 0; i < 600; i++) {
+        struct tg_test_response r;
+        if (tg_test_http("GET", url, NULL, NULL, &r) == 0 && r.status == 200) {
+            tg_test_response_free(&r);
+            return true;
+        }
+        tg_test_response_free(&r);
+        usleep(100000);
+    }
+    return false;
+}
+
+void gw_env_stop(struct gw_env *e)
+{
+    if (e->gw_pid > 0)
+        tg_test_stop(e->gw_pid, SIGTERM, 30000);
+    if (e->fake_pid > 0)
+        tg_test_stop(e->fake_pid, SIGTERM, 5000);
+    e->gw_pid = e->fake_pid = 0;
+}
+
+int gw_post(struct gw_env *e, const char *path, const char *body, const char *extra_header,
+            struct tg_test_response *out)
+{
+    char url[256];
+    snprintf(url, sizeof url, "%s%s", e->base, path);
+    const char *h[] = {e->auth_header, "Content-Type: application/json", extra_header, NULL};
+    return tg_test_http("POST", url, h, body, out);
+}
+
+int gw_get(struct gw_env *e, const char *path, struct tg_test_response *out)
+{
+    char url[256];
+    snprintf(url, sizeof url, "%s%s", e->base, path);
+    const char *h[] = {e->auth_header, NULL};
+    return tg_test_http("GET", url, h, NULL, out);
+}
+
+bool gw_log_wait(struct gw_env *e, const char *text, int timeout_ms)
+{
+    for (int waited = 0; waited <= timeout_ms; waited += 50) {
+        char *log = slurp(e->log_path);
+        bool found = strstr(log, text) != NULL;
+        free(log);
+        if (found)
+            return true;
+        usleep(50000);
+    }
+    return false;
+}

@@ -1,0 +1,35 @@
+/* A running tiergate for integration tests: the real binary on the tiny generated model, with the
+ * fake upstream (tests/fake-upstream) as its remote provider. Every wait is bounded. */
+#ifndef TG_GW_TESTENV_H
+#define TG_GW_TESTENV_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <sys/types.h>
+
+#include "tg_testlib.h"
+
+struct gw_env {
+    int port, fake_port;
+    pid_t gw_pid, fake_pid;
+    char base[64];           /* http://127.0.0.1:port */
+    char fake_base[64];
+    char log_path[128];
+    char fake_log_path[128];
+    const char *auth_header; /* "Authorization: Bearer secret" */
+    size_t max_body;
+};
+
+/* Start both processes; extra_server is appended to the server: section (indented lines).
+ * Waits until /readyz answers 200. */
+bool gw_env_start(struct gw_env *e, const char *extra_server);
+void gw_env_stop(struct gw_env *e);
+
+int gw_post(struct gw_env *e, const char *path, const char *body, const char *extra_header,
+            struct tg_test_response *out);
+int gw_get(struct gw_env *e, const char *path, struct tg_test_response *out);
+
+/* Wait until the gateway's log contains text. */
+bool gw_log_wait(struct gw_env *e, const char *text, int timeout_ms);
+
+#endif
