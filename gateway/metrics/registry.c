@@ -32,6 +32,8 @@ struct family {
     const char *overflow;
     struct series *s;
     size_t n, cap;
+    uint32_t *slots;     /* open-addressing index of s by label hash: series index + 1, 0 = free */
+    size_t n_slots;      /* power of two, > 2 × n */
 };
 
 /* Latency buckets in seconds: from a cache hit (ms) to a long remote generation (minutes). */
@@ -140,15 +142,15 @@ static const char *code_value(const char *v, size_t maxlen)
 int tg_metrics_escape_label(struct tg_buf *out, const char *v)
 {
     int rc = TG_OK;
-    for (const char *p = v; *p != '\0' && rc == TG_OK; p++) {
-        if (*p == '\\')
-            rc = tg_buf_append(out, "\\\\", 2);
-        else if (*p == '"')
-            rc = tg_buf_append(out, "\\\"", 2);
-        else if (*p == '\n')
-            rc = tg_buf_append(out, "\\n", 2);
-        else
-            rc = tg_buf_append(out, p, 1);
+    while (*v != '\0' && rc == TG_OK) {
+        size_t run = strcspn(v, "\\\"\n"); /* copy plain runs in one go */
+        if (run > 0)
+            rc = tg_buf_append(out, v, run);
+        v += run;
+        if (*v == '\0' || rc != TG_OK)
+            break;
+        rc = tg_buf_append(out, *v == '\\' ? "\\\\" : *v == '"' ? "\\\"" : "\\n", 2);
+        v++;
     }
     return rc;
 }
@@ -166,8 +168,12 @@ static int labels_build(struct tg_buf *b, ...)
         if (name == NULL)
             break;
         const char *value = va_arg(ap, const char *);
+        if (rc == TG_OK && !first)
+            rc = tg_buf_append(b, ",", 1);
         if (rc == TG_OK)
-            rc = tg_buf_printf(b, "%s%s=\"", first ? "" : ",", name);
+            rc = tg_buf_append_str(b, name);
+        if (rc == TG_OK)
+            rc = tg_buf_append(b, "=\"", 2);
         if (rc == TG_OK)
             rc = tg_metrics_escape_label(b, value);
         if (rc == TG_OK)
@@ -180,16 +186,55 @@ static int labels_build(struct tg_buf *b, ...)
 
 /* ---- series ------------------------------------------------------------------------------ */
 
+static uint32_t label_hash(const char *labels)
+{
+    uint32_t h = 2166136261u; /* FNV-1a */
+    for (const unsigned char *p = (const unsigned char *)labels; *p != '\0'; p++)
+        h = (h ^ *p) * 16777619u;
+    return h;
+}
+
 static struct series *series_find(struct family *f, const char *labels)
 {
-    for (size_t i = 0; i < f->n; i++)
-        if (strcmp(f->s[i].labels, labels) == 0)
-            return &f->s[i];
-    return NULL;
+    if (f->n_slots == 0)
+        return NULL;
+    size_t mask = f->n_slots - 1;
+    for (size_t i = label_hash(labels) & mask;; i = (i + 1) & mask) {
+        uint32_t k = f->slots[i];
+        if (k == 0)
+            return NULL;
+        if (strcmp(f->s[k - 1].labels, labels) == 0)
+            return &f->s[k - 1];
+    }
+}
+
+/* Keep the index at most half full; rebuilt from the series array when it grows. */
+static int index_grow(struct family *f)
+{
+    if (f->n_slots > 2 * (f->n + 1))
+        return TG_OK;
+    size_t n_slots = f->n_slots ? f->n_slots * 2 : 16;
+    while (n_slots <= 2 * (f->n + 1))
+        n_slots *= 2;
+    uint32_t *slots = calloc(n_slots, sizeof *slots);
+    if (slots == NULL)
+        return TG_NOMEM;
+    for (size_t k = 0; k < f->n; k++) {
+        size_t i = label_hash(f->s[k].labels) & (n_slots - 1);
+        while (slots[i] != 0)
+            i = (i + 1) & (n_slots - 1);
+        slots[i] = (uint32_t)k + 1;
+    }
+    free(f->slots);
+    f->slots = slots;
+    f->n_slots = n_slots;
+    return TG_OK;
 }
 
 static struct series *series_add(struct family *f, const char *labels)
 {
+    if (index_grow(f) != TG_OK)
+        return NULL;
     if (f->n == f->cap) {
         size_t cap = f->cap ? f->cap * 2 : 8;
         struct series *s = realloc(f->s, cap * sizeof *s);
@@ -209,6 +254,11 @@ static struct series *series_add(struct family *f, const char *labels)
             return NULL;
         }
     }
+    size_t mask = f->n_slots - 1;
+    size_t i = label_hash(labels) & mask;
+    while (f->slots[i] != 0)
+        i = (i + 1) & mask;
+    f->slots[i] = (uint32_t)f->n + 1;
     f->n++;
     return s;
 }
@@ -308,6 +358,7 @@ static void registry_free(struct registry *g)
             free(g->f[i].s[j].buckets);
         }
         free(g->f[i].s);
+        free(g->f[i].slots);
     }
     names_free(g);
     free(g->version);
