@@ -27,3 +27,18 @@ if(TG_BUILD_BENCH)
             --min-local-recall 0.90 --min-remote-recall 0.90)
   set_tests_properties(router_route_eval PROPERTIES LABELS "unit;router" TIMEOUT 120)
 endif()
+
+# Fuzz corpus as a regression test (any compiler); with clang also the libFuzzer target
+# (run it by hand: build/tests/fuzz-router -max_len=4096 tests/router/corpus).
+add_executable(router-fuzz-replay ${TG_TEST_DIR}/router/fuzz_replay.c ${TG_TEST_DIR}/router/fuzz_router.c)
+target_link_libraries(router-fuzz-replay PRIVATE tg_router tg_common)
+tg_target_defaults(router-fuzz-replay)
+add_test(NAME router_fuzz_corpus COMMAND router-fuzz-replay ${TG_TEST_DIR}/router/corpus)
+set_tests_properties(router_fuzz_corpus PROPERTIES LABELS "unit;router;fuzz")
+if(CMAKE_C_COMPILER_ID MATCHES "Clang")
+  add_executable(fuzz-router ${TG_TEST_DIR}/router/fuzz_router.c)
+  target_compile_options(fuzz-router PRIVATE -fsanitize=fuzzer)
+  target_link_options(fuzz-router PRIVATE -fsanitize=fuzzer)
+  target_link_libraries(fuzz-router PRIVATE tg_router tg_common)
+  tg_target_defaults(fuzz-router)
+endif()
