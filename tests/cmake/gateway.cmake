@@ -15,3 +15,11 @@ add_dependencies(test_gateway tiergate model-tiny)
 if(TARGET tg-fake-upstream)
   add_dependencies(test_gateway tg-fake-upstream)
 endif()
+
+# Conformance with the official openai@6 npm client (tests/conformance).
+tg_add_unit_test(test_conformance SOURCES ${TG_TEST_DIR}/conformance/test_conformance.c
+  LIBS tg_gw_testenv LABELS integration)
+add_dependencies(test_conformance tiergate model-tiny)
+if(TARGET tg-fake-upstream)
+  add_dependencies(test_conformance tg-fake-upstream)
+endif()
