@@ -16,7 +16,8 @@
  *             64 distinct values per metric, anything else "other"
  *   target    a model or provider name in the config, else "other"
  *   kind      upstream error kinds: [a-z0-9_], at most 32 distinct, else "other"
- *   tenant    only in the usage ledger (Redis), never a Prometheus label
+ *   tenant    a tenant on metrics.tenant_labels, "none" (open mode) or "other"; only on the two
+ *             tenant_* families (the usage ledger in Redis keeps every tenant)
  * Label sets follow config reloads (tg_metrics_configure); series created earlier stay.
  *
  * Money is kept in integer nano-dollars so sums are exact; it is exposed as float USD.
@@ -35,6 +36,7 @@
  *   fallbacks_total{reason}                              counter of fallback hops
  *   upstream_errors_total{target,kind}                   counter
  *   bad_requests_total{reason}                           counter
+ *   tenant_requests_total{tenant}, tenant_cost_usd_total{tenant}   counters (allow-listed tenants)
  *   circuit_state{target}                                gauge: 0 closed, 1 half-open, 2 open
  *   engine_slots_busy, engine_queue_depth, engine_tokens_per_second, inflight_requests  gauges
  *   build_info{version}                                  gauge, always 1

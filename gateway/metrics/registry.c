@@ -43,7 +43,8 @@ static const double k_bounds[] = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
 
 enum {
     F_REQUESTS, F_DURATION, F_TTFT, F_UPSTREAM_DURATION, F_TOKENS, F_COST, F_AVOIDED, F_CACHE,
-    F_ROUTE, F_ESCALATIONS, F_FALLBACKS, F_UPSTREAM_ERRORS, F_BAD_REQUESTS, F_COUNT
+    F_ROUTE, F_ESCALATIONS, F_FALLBACKS, F_UPSTREAM_ERRORS, F_BAD_REQUESTS, F_TENANT_REQUESTS,
+    F_TENANT_COST, F_COUNT
 };
 
 #define MAX_REASONS 64
@@ -55,6 +56,8 @@ struct registry {
     char *version;
     char **names;        /* model, alias and provider names from the config (label allow-list) */
     size_t n_names;
+    char **tenants;      /* metrics.tenant_labels */
+    size_t n_tenants;
     tg_metrics_gauges_fn gauges_fn;
     void *gauges_user;
     tg_metrics_circuits_fn circuits_fn;
@@ -91,6 +94,10 @@ static const struct family k_families[F_COUNT] = {
                            FAM_COUNTER, 1024, "target=\"other\",kind=\"other\""},
     [F_BAD_REQUESTS] = {"bad_requests_total", "Requests rejected before routing, by reason.",
                         FAM_COUNTER, MAX_REASONS, "reason=\"other\""},
+    [F_TENANT_REQUESTS] = {"tenant_requests_total", "Requests by tenant (tenants on metrics.tenant_labels; others \"other\", open mode \"none\").",
+                           FAM_COUNTER, 1024, "tenant=\"other\""},
+    [F_TENANT_COST] = {"tenant_cost_usd_total", "What requests cost in USD, by tenant (as tenant_requests_total).",
+                       FAM_COUNTER_NANO, 1024, "tenant=\"other\""},
 };
 
 /* ---- label values ------------------------------------------------------------------------ */
@@ -121,6 +128,16 @@ static const char *config_name(const struct registry *g, const char *v)
     for (size_t i = 0; i < g->n_names; i++)
         if (strcmp(v, g->names[i]) == 0)
             return g->names[i];
+    return "other";
+}
+
+static const char *tenant_name(const struct registry *g, const char *v)
+{
+    if (v == NULL || v[0] == '\0')
+        return "none";
+    for (size_t i = 0; i < g->n_tenants; i++)
+        if (strcmp(v, g->tenants[i]) == 0)
+            return g->tenants[i];
     return "other";
 }
 
@@ -312,39 +329,54 @@ static void histogram_observe(struct family *f, const char *labels, double v)
 
 /* ---- lifecycle --------------------------------------------------------------------------- */
 
+static void list_free(char **v, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        free(v[i]);
+    free(v);
+}
+
 static void names_free(struct registry *g)
 {
-    for (size_t i = 0; i < g->n_names; i++)
-        free(g->names[i]);
-    free(g->names);
+    list_free(g->names, g->n_names);
     g->names = NULL;
     g->n_names = 0;
+    list_free(g->tenants, g->n_tenants);
+    g->tenants = NULL;
+    g->n_tenants = 0;
 }
 
 static int names_take(struct registry *g, const struct tg_config *cfg)
 {
     size_t n = cfg->n_models + cfg->n_aliases + cfg->n_providers;
+    size_t nt = cfg->metrics.n_tenant_labels;
     char **names = calloc(n ? n : 1, sizeof *names);
-    if (names == NULL)
+    char **tenants = calloc(nt ? nt : 1, sizeof *tenants);
+    if (names == NULL || tenants == NULL) {
+        free(names);
+        free(tenants);
         return TG_NOMEM;
+    }
     size_t k = 0;
+    bool ok = true;
     for (size_t i = 0; i < cfg->n_models; i++)
-        names[k++] = strdup(cfg->models[i].name);
+        ok = (names[k++] = strdup(cfg->models[i].name)) != NULL && ok;
     for (size_t i = 0; i < cfg->n_aliases; i++)
-        names[k++] = strdup(cfg->aliases[i].name);
+        ok = (names[k++] = strdup(cfg->aliases[i].name)) != NULL && ok;
     for (size_t i = 0; i < cfg->n_providers; i++)
-        names[k++] = strdup(cfg->providers[i].name);
-    for (size_t i = 0; i < k; i++) {
-        if (names[i] == NULL) {
-            for (size_t j = 0; j < k; j++)
-                free(names[j]);
-            free(names);
-            return TG_NOMEM;
-        }
+        ok = (names[k++] = strdup(cfg->providers[i].name)) != NULL && ok;
+    for (size_t i = 0; i < nt; i++)
+        ok = (tenants[i] = strdup(cfg->metrics.tenant_labels[i])) != NULL && ok;
+    if (!ok) {
+        list_free(names, k);
+        list_free(tenants, nt);
+        return TG_NOMEM;
     }
     names_free(g);
     g->names = names;
     g->n_names = k;
+    g->tenants = tenants;
+    g->n_tenants = nt;
     return TG_OK;
 }
 
@@ -517,6 +549,10 @@ void tg_metrics_record(const struct tg_request_record *r)
         if (strcmp(tier, "none") != 0 &&
             labels_build(&lb, "tier", tier, "model", model, (char *)NULL) == TG_OK)
             nano_add(&g->f[F_COST], lb.data, tg_cost_nano(r->cost_usd));
+        if (labels_build(&lb, "tenant", tenant_name(g, r->tenant), (char *)NULL) == TG_OK) {
+            counter_add(&g->f[F_TENANT_REQUESTS], lb.data, 1);
+            nano_add(&g->f[F_TENANT_COST], lb.data, tg_cost_nano(r->cost_usd));
+        }
         int64_t avoided = tg_cost_nano(r->avoided_usd);
         if (avoided != 0 && r->avoided_reason != NULL &&
             labels_build(&lb, "reason",

@@ -75,21 +75,33 @@ static void field_part(char *dst, size_t len, const char *s, const char *dflt)
     dst[n] = '\0';
 }
 
-static int hincrby(struct tg_usage *u, const char *key, const char *field, int64_t by)
+/* One request's increments in one atomic round trip: a reader never sees half a request.
+ * KEYS[1] = the hour's hash; ARGV[1] = TTL in seconds; then field, increment pairs. */
+static struct tg_redis_script k_add_script = TG_REDIS_SCRIPT(
+    "for i = 2, #ARGV, 2 do redis.call('HINCRBY', KEYS[1], ARGV[i], ARGV[i + 1]) end\n"
+    "redis.call('EXPIRE', KEYS[1], ARGV[1])\n"
+    "return #ARGV\n");
+
+static void on_added(int err, const redisReply *reply, void *user)
 {
-    char num[24];
-    snprintf(num, sizeof num, "%lld", (long long)by);
-    const char *argv[] = {"HINCRBY", key, field, num};
-    size_t lens[] = {7, strlen(key), strlen(field), strlen(num)};
-    return tg_redis_command_argv(u->redis, NULL, NULL, 4, argv, lens);
+    if (err != TG_OK)
+        tg_debug("usage ledger: write lost: %s", tg_strerror(err));
+    else if (reply != NULL && reply->type == REDIS_REPLY_ERROR)
+        tg_warn("usage ledger: Redis refused the write: %s", reply->str);
 }
+
+#define MAX_INCS 10
 
 int tg_usage_add_at(struct tg_usage *u, const struct tg_request_record *r, time_t now)
 {
     if (u == NULL || r == NULL)
         return TG_INVAL;
-    char key[32], tier[24], model[72], tenant[72], group[200], field[240];
+    char key[32], tier[24], model[72], tenant[72], group[200], reason[72], ttl[24];
+    char fields[MAX_INCS][240], nums[MAX_INCS][24];
+    const char *args[2 + 2 * MAX_INCS];
+    size_t lens[2 + 2 * MAX_INCS];
     hour_key(now, key, sizeof key);
+    snprintf(ttl, sizeof ttl, "%lld", (long long)TG_USAGE_RETENTION_S);
     field_part(tier, sizeof tier, r->tier, "none");
     field_part(model, sizeof model, r->model, "none");
     field_part(tenant, sizeof tenant, r->tenant, "none");
@@ -109,30 +121,36 @@ int tg_usage_add_at(struct tg_usage *u, const struct tg_request_record *r, time_
         {"avoided_nano", r->avoided_reason != NULL ? tg_cost_nano(r->avoided_usd) : 0},
         {"dur_us", (int64_t)(dur * 1e6 + 0.5)},
     };
-    int rc = TG_OK;
-    for (size_t i = 0; i < sizeof inc / sizeof inc[0] && rc == TG_OK; i++) {
+    int n = 0;
+    for (size_t i = 0; i < sizeof inc / sizeof inc[0]; i++) {
         if (inc[i].by == 0)
             continue;
-        snprintf(field, sizeof field, "%s|%s", group, inc[i].name);
-        rc = hincrby(u, key, field, inc[i].by);
+        snprintf(fields[n], sizeof fields[n], "%s|%s", group, inc[i].name);
+        snprintf(nums[n], sizeof nums[n], "%lld", (long long)inc[i].by);
+        n++;
     }
-    if (rc == TG_OK && r->escalated) {
-        field_part(tier, sizeof tier, r->escalation_reason, "none");
-        snprintf(field, sizeof field, "esc|%s", tier);
-        rc = hincrby(u, key, field, 1);
+    if (r->escalated) {
+        field_part(reason, sizeof reason, r->escalation_reason, "none");
+        snprintf(fields[n], sizeof fields[n], "esc|%s", reason);
+        snprintf(nums[n], sizeof nums[n], "1");
+        n++;
     }
-    if (rc == TG_OK && r->fallbacks > 0) {
-        field_part(tier, sizeof tier, r->fallback_reason, "none");
-        snprintf(field, sizeof field, "fb|%s", tier);
-        rc = hincrby(u, key, field, r->fallbacks);
+    if (r->fallbacks > 0) {
+        field_part(reason, sizeof reason, r->fallback_reason, "none");
+        snprintf(fields[n], sizeof fields[n], "fb|%s", reason);
+        snprintf(nums[n], sizeof nums[n], "%d", r->fallbacks);
+        n++;
     }
-    if (rc == TG_OK) {
-        char ttl[24];
-        snprintf(ttl, sizeof ttl, "%lld", (long long)TG_USAGE_RETENTION_S);
-        const char *argv[] = {"EXPIRE", key, ttl};
-        size_t lens[] = {6, strlen(key), strlen(ttl)};
-        rc = tg_redis_command_argv(u->redis, NULL, NULL, 3, argv, lens);
+    args[0] = key;
+    args[1] = ttl;
+    for (int i = 0; i < n; i++) {
+        args[2 + 2 * i] = fields[i];
+        args[3 + 2 * i] = nums[i];
     }
+    int argc = 2 + 2 * n;
+    for (int i = 0; i < argc; i++)
+        lens[i] = strlen(args[i]);
+    int rc = tg_redis_eval(u->redis, &k_add_script, on_added, NULL, 1, argc, args, lens);
     if (rc != TG_OK)
         tg_debug("usage ledger: write skipped: %s", tg_strerror(rc));
     return rc;

@@ -6,7 +6,8 @@
  *   <g>|req  <g>|err (status >= 400)  <g>|prompt  <g>|completion  <g>|cached
  *   <g>|cost_nano  <g>|avoided_nano (USD × 1e9, exact integers)  <g>|dur_us (sum of durations)
  *   esc|<reason> (escalations)  fb|<reason> (fallback hops)
- * written with HINCRBY (integers only, so sums are exact) + EXPIRE, fire and forget.
+ * written by one Lua script per request (HINCRBY, integers only, so sums are exact; then EXPIRE):
+ * one atomic round trip, fire and forget.
  *
  * Threads: a struct tg_usage belongs to one I/O thread (the thread of its tg_redis client) and is
  * used only there. tg_usage_bind() makes it the ledger that tg_metrics_record() feeds on that

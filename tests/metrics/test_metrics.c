@@ -219,6 +219,9 @@ static void test_exposition(void **state)
     assert_int_equal(value_of(t, "tiergate_fallbacks_total{reason=\"http_5xx\"}"), 1);
     assert_int_equal(value_of(t, "tiergate_upstream_errors_total{target=\"mini\",kind=\"http_5xx\"}"), 1);
     assert_int_equal(value_of(t, "tiergate_bad_requests_total{reason=\"invalid_json\"}"), 1);
+    /* tenants: open mode "" → none */
+    assert_int_equal(value_of(t, "tiergate_tenant_requests_total{tenant=\"none\"}"), 5);
+    assert_non_null(strstr(t, "\ntiergate_tenant_cost_usd_total{tenant=\"none\"} 0.0004548\n"));
     /* histograms: cumulative buckets, +Inf = count */
     assert_int_equal(value_of(t, "tiergate_request_duration_seconds_bucket{tier=\"local\",le=\"0.1\"}"), 0);
     assert_int_equal(value_of(t, "tiergate_request_duration_seconds_bucket{tier=\"local\",le=\"0.25\"}"), 2);
@@ -248,7 +251,15 @@ static void test_label_bounds(void **state)
         tg_metrics_bad_request(i % 2 ? "has spaces in it" : reason);
         tg_metrics_upstream_error("https://evil.example/x", "Kind With Caps");
     }
+    struct tg_request_record ta = rec("chat", "local", "phi", 200, 1, 1);
+    ta.tenant = "default";       /* on metrics.tenant_labels */
+    tg_metrics_record(&ta);
+    ta.tenant = "customer-4711"; /* not on it */
+    tg_metrics_record(&ta);
     char *t = render();
+    assert_int_equal(value_of(t, "tiergate_tenant_requests_total{tenant=\"default\"}"), 1);
+    assert_int_equal(value_of(t, "tiergate_tenant_requests_total{tenant=\"other\"}"), 1);
+    assert_null(strstr(t, "customer-4711"));
     assert_null(strstr(t, "sk-live-secret"));
     assert_null(strstr(t, "evil.example"));
     assert_null(strstr(t, "has spaces"));

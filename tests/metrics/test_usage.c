@@ -161,6 +161,16 @@ static struct tg_request_record mk(const char *tier, const char *model, const ch
         .avoided_reason = cost->avoided_reason, .cache_result = "miss", .tenant = tenant};
 }
 
+static void on_ttl(int err, const redisReply *r, void *user)
+{
+    struct {
+        bool done;
+        long long ttl;
+    } *tc = user;
+    tc->done = true;
+    tc->ttl = err == TG_OK && r != NULL && r->type == REDIS_REPLY_INTEGER ? r->integer : -100;
+}
+
 /* 2025-11-21T03:00:00Z */
 #define H3 1763694000
 
@@ -199,6 +209,15 @@ static void test_ledger_totals(void **state)
     tg_usage_bind(NULL);
     tg_metrics_record(&r); /* unbound: not in the ledger */
     flush_redis();
+
+    /* the hour hashes expire (retention), so Redis does not grow forever */
+    struct ttl_check {
+        bool done;
+        long long ttl;
+    } tc = {0};
+    assert_int_equal(tg_redis_command(g.redis, on_ttl, &tc, "TTL tg:u:2025112103"), TG_OK);
+    loop_until(&tc.done, 5000);
+    assert_true(tc.ttl > 80LL * 24 * 3600 && tc.ttl <= TG_USAGE_RETENTION_S);
 
     struct answer a = ask("since=2025-11-21T03:00:00Z&until=2025-11-21T05:00:00Z&group_by=tier", H3);
     assert_int_equal(a.status, 200);
