@@ -23,3 +23,11 @@ add_dependencies(test_conformance tiergate model-tiny)
 if(TARGET tg-fake-upstream)
   add_dependencies(test_conformance tg-fake-upstream)
 endif()
+
+# Data-driven proxy cases: tests/gateway/cases/*.json
+tg_add_unit_test(test_gateway_cases SOURCES ${TG_TEST_DIR}/gateway/test_gateway_cases.c
+  LIBS tg_gw_testenv PkgConfig::JANSSON LABELS integration)
+add_dependencies(test_gateway_cases tiergate model-tiny)
+if(TARGET tg-fake-upstream)
+  add_dependencies(test_gateway_cases tg-fake-upstream)
+endif()
