@@ -162,7 +162,9 @@ int tg_cli_engine(int argc, char **argv)
     for (;;) {
         struct timespec tmo = {.tv_sec = STATS_LOG_INTERVAL_S, .tv_nsec = 0};
         sig = sigtimedwait(&set, NULL, &tmo);
-        if (sig == -1 && (errno == EAGAIN || errno == EINTR)) {
+        if (sig == -1 && errno == EINTR)
+            continue; /* e.g. SIGSTOP/SIGCONT */
+        if (sig == -1 && errno == EAGAIN) {
             struct tg_engine_stats st;
             tg_engine_stats(eng, &st);
             tg_info("engine worker: %d/%d slots busy, %d queued, %llu jobs done, %.1f tokens/s",
