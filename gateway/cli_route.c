@@ -81,7 +81,8 @@ static int emit(const struct cli_opts *o, const struct tg_router_policy *p,
         json_decref(ex);
         ex = wrapped;
     }
-    size_t flags = JSON_PRESERVE_ORDER | (o->pretty ? JSON_INDENT(2) : JSON_COMPACT);
+    size_t flags = JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(6) |
+                   (o->pretty ? JSON_INDENT(2) : JSON_COMPACT);
     char *s = json_dumps(ex, flags);
     json_decref(ex);
     if (s == NULL)
