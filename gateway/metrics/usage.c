@@ -47,6 +47,11 @@ void tg_usage_bind(struct tg_usage *u)
     t_bound = u;
 }
 
+struct tg_usage *tg_usage_bound(void)
+{
+    return t_bound;
+}
+
 void tg_usage_record_hook(const struct tg_request_record *r)
 {
     if (t_bound != NULL)

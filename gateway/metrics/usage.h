@@ -39,6 +39,8 @@ void tg_usage_destroy(struct tg_usage *u);
 /* Make u the calling thread's ledger (NULL unbinds): tg_metrics_record() on this thread then
  * also writes the record to Redis. Call on u's thread, e.g. when the I/O thread starts. */
 void tg_usage_bind(struct tg_usage *u);
+/* The ledger bound to the calling thread, or NULL. */
+struct tg_usage *tg_usage_bound(void);
 
 /* Write one record's usage into the hour bucket of unix time `now` (tg_usage_add uses time(NULL)).
  * TG_OK, TG_UNAVAILABLE (Redis down: the usage is lost for the ledger, /metrics still has it),
