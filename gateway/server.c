@@ -26,7 +26,12 @@
 
 #if __has_include("metrics.h")
 #include "metrics.h"
+#include "usage.h"
 #define TG_HAVE_METRICS 1
+#endif
+#if __has_include("metrics_http.h")
+#include "metrics_http.h"
+#define TG_HAVE_METRICS_HTTP 1
 #endif
 
 #ifdef TG_VERSION
@@ -83,7 +88,7 @@ static void reply_json(struct evhttp_request *req, int status, const char *reaso
     json_decref(body);
 }
 
-#ifdef TG_HAVE_METRICS
+#if defined(TG_HAVE_METRICS) && !defined(TG_HAVE_METRICS_HTTP)
 static void reply_metrics(struct tg_worker *w, struct evhttp_request *req)
 {
     struct tg_config *cfg = tg_gateway_config(w->gw);
@@ -156,7 +161,13 @@ static void handle_request(struct evhttp_request *req, void *arg)
     }
     if (atomic_load(&gw->draining))
         evhttp_add_header(evhttp_request_get_output_headers(req), "Connection", "close");
-#ifdef TG_HAVE_METRICS
+#ifdef TG_HAVE_METRICS_HTTP
+    struct tg_config *mcfg = tg_gateway_config(gw);
+    bool handled = tg_metrics_http_handle(req, path, mcfg, w->usage);
+    tg_config_unref(mcfg);
+    if (handled)
+        return;
+#elif defined(TG_HAVE_METRICS)
     if (strcmp(path, "/metrics") == 0) {
         reply_metrics(w, req);
         return;
@@ -210,7 +221,13 @@ static evutil_socket_t listen_socket(const char *host, int port)
 static void *worker_main(void *arg)
 {
     struct tg_worker *w = arg;
+#ifdef TG_HAVE_METRICS
+    tg_usage_bind(w->usage); /* tg_metrics_record on this thread also feeds the Redis ledger */
+#endif
     event_base_dispatch(w->base);
+#ifdef TG_HAVE_METRICS
+    tg_usage_bind(NULL);
+#endif
     return NULL;
 }
 
@@ -266,6 +283,10 @@ static int worker_init(struct tg_worker *w, struct tg_gateway *gw, const struct 
         tg_error("Redis component: %s", tg_strerror(grc));
         return grc;
     }
+#ifdef TG_HAVE_METRICS
+    if (w->redis != NULL && tg_usage_create(w->redis, &w->usage) != TG_OK)
+        tg_warn("usage ledger unavailable on I/O thread %d", w->index);
+#endif
     w->sweep = event_new(w->base, -1, EV_PERSIST, on_sweep, w);
     w->drain_ev = event_new(w->base, -1, 0, on_drain, w);
     if (w->sweep == NULL || w->drain_ev == NULL)
@@ -312,6 +333,10 @@ static void worker_fini(struct tg_worker *w)
     }
     tg_local_worker_fini(w);  /* undelivered engine events */
     tg_remote_worker_fini(w);
+#ifdef TG_HAVE_METRICS
+    tg_usage_destroy(w->usage); /* before its Redis client */
+    w->usage = NULL;
+#endif
     tg_glue_worker_fini(w);   /* pending Redis callbacks run now, while requests still exist */
     if (w->http != NULL)
         evhttp_free(w->http);  /* closes connections; detached requests become ours */

@@ -22,6 +22,7 @@ struct tg_engine_local;
 struct tg_engine_client;
 struct tg_redis;
 struct tg_jobs;
+struct tg_usage;
 
 struct tg_worker {
     int index;
@@ -39,6 +40,7 @@ struct tg_worker {
     uint64_t rng;                     /* request ids */
     struct tg_redis *redis;           /* Redis client (redis.enabled), see redis_glue.c */
     struct tg_jobs *jobs;             /* async jobs consumer */
+    struct tg_usage *usage;           /* usage ledger in Redis (metrics component) */
 };
 
 struct tg_gateway {
