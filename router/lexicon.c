@@ -28,7 +28,7 @@ static const struct kind_cues KIND_CUES[] = {
      "categories/1.5 one_word/1.5 as_hot/2 clasifica/4 clasificar/4 classez/4 classifica/4 "
      "classifique/4 classifiez/4 ordne/3 zuordnen/3 einordnen/3 kategorisiere/4 "
      "klassifiziere/4 positif/1 negatif/1 neutre/2 positiva/1 negativa/1 neutra/2 "
-     "etiqueta/2 auto_reply/2 iso/1 only_the/1 kategorie/4 kategorien/3 categoría/4 catégorie/4 categoria/4 which_team/2 right_team/2 urgency/3 rate_the/2 wähle/2 elige/2 choisis/2 scegli/2 contain_a/1.5"},
+     "etiqueta/2 auto_reply/2 iso/1 only_the/1 kategorie/4 kategorien/3 categoría/4 catégorie/4 categoria/4 which_team/2 right_team/2 urgency/3 rate_the/2 wähle/2 elige/2 choisis/2 scegli/2 contain_a/1.5 group_them/3 group/1.5 sort_into/3"},
     {TG_ROUTE_KIND_EXTRACT,
      "extract/4 extraction/3 extracts/3 parse/4 pull_the/2 pull_out/2 fields/2.5 field/1 "
      "json/2 key_value/2 fill_these/3 map_this/3 into_json/2 as_json/2 return_json/2 "
@@ -61,7 +61,7 @@ static const struct kind_cues KIND_CUES[] = {
      "combine_these/3 rename/3 split_this/3 korrigiere/4 korrigieren/4 corrigez/4 "
      "corrige/4 corrija/4 correggi/4 anonimiza/4 anonymisiere/4 reading_level/3 sms/1.5 "
      "reformat/4 e_164/3 iso_8601/2 uppercase/1.5 lowercase/1 clear_sentence/2 "
-     "for_a_customer/1 fix_punctuation/4 turn_this_into/3 markdown/2 sorted/2 alphabetically/3 sort/2 replace/2.5 replace_every/3 professional/2 sound_more/3 more_professional/3 format_to/2 put_these/2 into_utc/3 utc/1.5 timezone/2 time_zone/2 passive_voice/3 active_voice/3"},
+     "for_a_customer/1 fix_punctuation/4 turn_this_into/3 markdown/2 sorted/2 alphabetically/3 sort/2 replace/2.5 replace_every/3 professional/2 sound_more/3 more_professional/3 format_to/2 put_these/2 into_utc/3 utc/1.5 timezone/2 time_zone/2 passive_voice/3 active_voice/3 as_words/3 write_these/2 spell_out/3"},
     {TG_ROUTE_KIND_TRANSLATE,
      "translate/5 translation/4 translated/3 into_english/2 to_english/2 traduci/5 "
      "traduis/5 traduire/5 traduza/5 traduce/5 traduzca/5 traduzir/5 traducir/5 "
@@ -118,7 +118,7 @@ static const struct kind_cues KIND_CUES[] = {
      "character/1.5 stay_in/2 interview_me/4 socratic/4 dialogue/1.5 simulator/3 "
      "simulate/3 rôle/4 joue/4 le_rôle/4 improvise/4 at_a_time/2 being_an_ai/3 players/2 "
      "innkeeper/3 you_are_captain/4 sardonic/3 persona/3 pitching/2 skeptical/2 "
-     "objections/2 be_tough/3 stay_in_character/5 conversation/1 reste/1 spiel/2"},
+     "objections/2 be_tough/3 stay_in_character/5 conversation/1 reste/1 spiel/2 youre_a/2 youre_the/2 you_are_the/1.5 lets_play/3 dungeon_master/4 game_master/4 negotiation_partner/3 role_of/2"},
     {TG_ROUTE_KIND_OPEN_QA,
      "who/1.5 who_was/4 who_wrote/4 what_was/2.5 when_did/4 why_did/4 which_treaty/3 "
      "tell_me_about/4 history/2 historical/3 famous/3 key_differences/3 list_all/2.5 "
@@ -126,7 +126,7 @@ static const struct kind_cues KIND_CUES[] = {
      "unesco/3 rivers/2 river/1.5 invented/3 discovered/3 how_was/2.5 architecture/1 "
      "baroque/3 opera/3 roman/3 treaty/3 dynasty/3 kingdom/2 called_before/3 famous_for/3 "
      "what_did_he/3 what_did_she/3 based_on_what/2 philosopher/3 painter/3 composer/3 "
-     "mechanism/1.5 what_exactly/2 capital_of/3 heritage/2"},
+     "mechanism/1.5 what_exactly/2 capital_of/3 heritage/2 main_works/3 name_the/1.5 works_of/2 significance/2 influence/2 biography/3 explain_why/1.5 origins/2 origin_of/2 explain_the_difference/3 difference_between/2.5 how_the/1"},
     {TG_ROUTE_KIND_CURRENT_EVENTS,
      "right_now/4 today/2 todays/4 this_week/3 last_night/4 latest/1.5 news/2 "
      "headlines/4 any_update/4 update_this/3 trading_at/4 stock_price/4 markets/1.5 "
@@ -152,7 +152,7 @@ static const struct kind_cues KIND_CUES[] = {
      "consider/2 frameworks/2 preferred/1.5 cap/1 ratchet/4 dilution/4 push_back/2 "
      "unfriendly/2 obligations/2 negotiate/2 deposit/1 itemized/3 california/2 "
      "massachusetts/2 rebalancing/4 contributions/2 bracket/2 whats_our/2 exposure/2 "
-     "regulation/2 sales_cycle/3 hiring/1 localization/2 pediatrician/4 er/1"},
+     "regulation/2 sales_cycle/3 hiring/1 localization/2 pediatrician/4 er/1 good_idea/2.5 debt/2 credit_card/1.5 apr/2 heloc/4 pay_off/1.5"},
     {TG_ROUTE_KIND_PLANNING,
      "plan/2.5 planning/3 itinerary/4 day_by_day/4 roadmap/4 timeline/2 migration/2 "
      "migration_plan/4 propose/2.5 sequencing/3 milestones/3 trip/2 study_plan/4 "
@@ -201,7 +201,8 @@ static const struct lex_substr CJK_CUES[] = {
     {"写一首", TG_ROUTE_KIND_CREATIVE, 4}, {"故事", TG_ROUTE_KIND_CREATIVE, 4},
     {"証明", TG_ROUTE_KIND_PROOF, 5},      {"证明", TG_ROUTE_KIND_PROOF, 5},
     {"校正", TG_ROUTE_KIND_REWRITE, 4},    {"書き直", TG_ROUTE_KIND_REWRITE, 4},
-    {"改写", TG_ROUTE_KIND_REWRITE, 4},    {"いくら", TG_ROUTE_KIND_MATH, 3},
+    {"改写", TG_ROUTE_KIND_REWRITE, 4},    {"怎么说", TG_ROUTE_KIND_TRANSLATE, 4},
+    {"英文", TG_ROUTE_KIND_TRANSLATE, 1.5}, {"英語で", TG_ROUTE_KIND_TRANSLATE, 3},    {"いくら", TG_ROUTE_KIND_MATH, 3},
     {"何個", TG_ROUTE_KIND_MATH, 3},       {"多少", TG_ROUTE_KIND_MATH, 2},
 };
 
