@@ -234,8 +234,13 @@ int tg_router_decide_features(const struct tg_router_policy *p,
     int64_t local_limit = p->max_local_context_tokens;
     if (req->local_context_tokens > 0 && req->local_context_tokens < local_limit)
         local_limit = req->local_context_tokens;
-    /* the completion needs room in the context too */
-    int64_t need = f->n_prompt_tokens + (f->n_output_tokens > 0 ? f->n_output_tokens : 0);
+    /* the completion needs room in the context too: what the text asks for, or max_tokens up
+     * to 4096 (larger values are ceilings SDKs set by habit, and the engine stops at its
+     * context end anyway) */
+    int64_t out_need = f->n_output_tokens;
+    if (req->max_tokens > out_need)
+        out_need = req->max_tokens < 4096 ? req->max_tokens : (out_need > 4096 ? out_need : 4096);
+    int64_t need = f->n_prompt_tokens + out_need;
     const char *lang_hit = NULL;
     if (lang_in(p->remote_langs, p->n_remote_langs, f->lang))
         lang_hit = f->lang;

@@ -770,12 +770,11 @@ static void lang_of(const struct bytestats *b, const struct wordscan *ws, char o
             bl = l;
         }
     }
-    if (bl < 0 || bv < 2)
-        memcpy(out, bl < 0 ? "und" : CODES[bl], 3);
-    else
-        memcpy(out, CODES[bl], 3);
+    /* no stop word at all (a short "Write a haiku"): say so rather than guess */
     if (bl < 0)
         memcpy(out, "und", 4);
+    else
+        memcpy(out, CODES[bl], 3);
 }
 
 static size_t count_fences(const char *s, size_t n)
@@ -945,10 +944,8 @@ void tg_router_features(const struct tg_router_policy *p, const struct tg_route_
                            (has_system && user_len >= 80);
     out->has_math = total.math > 0;
     out->n_described_tokens = ws.described_tokens;
-    int64_t outtok = ws.output_words * 4 / 3;
-    if (req->max_tokens > outtok)
-        outtok = req->max_tokens;
-    out->n_output_tokens = outtok;
+    /* only what the text asks for: max_tokens is usually a ceiling, not a request */
+    out->n_output_tokens = ws.output_words * 4 / 3;
 
     /* evidence that comes from features rather than words */
     if (req->endpoint == TG_ROUTE_EP_CLASSIFY || req->n_labels > 0)

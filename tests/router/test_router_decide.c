@@ -27,6 +27,7 @@ struct row {
     const char *pinned;
     double wait_ms;
     int32_t ctx;
+    int64_t max_tokens; /* 0 = not given */
     /* expectations */
     enum tg_route_tier tier;
     const char *reason; /* must appear among the reasons */
@@ -113,6 +114,12 @@ static const struct row ROWS[] = {
     {"pinned model", NULL, NULL, {"Classify as positive or negative: \"great product\""},
      .pinned = "gpt-4o", .tier = TG_ROUTE_REMOTE, .reason = "force_remote.pinned_model",
      .hard = 1},
+    {"max_tokens is a ceiling, not a request", NULL, NULL,
+     {"Classify as positive or negative: \"great product\""}, .max_tokens = 16000,
+     .tier = TG_ROUTE_LOCAL, .reason = "kind.classify", .hard = 0},
+    {"max_tokens still needs room", NULL, NULL,
+     {"Classify as positive or negative: \"great product\""}, .max_tokens = 1000, .ctx = 512,
+     .tier = TG_ROUTE_REMOTE, .reason = "force_remote.context", .hard = 1},
     /* privacy */
     {"card number", NULL, NULL,
      {"Write a heartfelt poem for my bank; my card is 4111 1111 1111 1111."},
@@ -214,6 +221,8 @@ static void build(const struct row *r, struct tg_route_message *msgs, struct tg_
     req->pinned_model = r->pinned;
     req->engine_wait_ms = r->wait_ms;
     req->local_context_tokens = r->ctx;
+    if (r->max_tokens != 0)
+        req->max_tokens = r->max_tokens;
 }
 
 static void test_table(void **state)

@@ -123,7 +123,9 @@ struct tg_route_features {
     int64_t n_context_tokens;           /* estimate of provided source text (non-instruction) */
     int64_t n_described_tokens;         /* input size the text describes ("~220k tokens",
                                            "94,000 words", "218 pages"); 0 = none */
-    int64_t n_output_tokens;            /* requested output: max(max_tokens, "800 words"); 0 = ? */
+    int64_t n_output_tokens;            /* output the text asks for ("800 words" -> ~1066);
+                                           0 = not said. max_tokens is not counted here (SDKs
+                                           set it as a ceiling); the context check uses it */
     int32_t n_turns;                    /* non-system messages */
     int32_t n_user_turns;
     char lang[4];                       /* ISO 639-1 guess of the last user message ("und") */
@@ -204,8 +206,9 @@ const char *tg_router_policy_name(const struct tg_router_policy *p);
 void tg_router_features(const struct tg_router_policy *p, const struct tg_route_request *req,
                         struct tg_route_features *out);
 
-/* Decide. targets may be NULL. TG_OK and *out written; TG_INVAL for a NULL argument or a
- * request with neither tier available (out untouched). */
+/* Decide. targets may be NULL. TG_OK and *out written; TG_INVAL (out untouched) for a NULL
+ * argument, a request with neither tier available, or one that privacy keeps local while no
+ * local tier is available (the caller rejects it: the data must not go remote). */
 int tg_router_decide(const struct tg_router_policy *p, const struct tg_route_request *req,
                      const struct tg_route_targets *targets, struct tg_route_decision *out);
 
