@@ -70,6 +70,8 @@ struct worker {
     int32_t jobs;
     struct tg_engine_stats stats;
     uint64_t heartbeats;
+    bool have_info; /* info came on the current connection */
+    struct tg_engine_info info;
 };
 
 struct tg_engine_client {
@@ -344,8 +346,9 @@ static void poll_start(struct worker *w)
         return;
     }
     int n = snprintf(body, sizeof(body), "{\"v\":%d,\"sid\":\"%016" PRIx64 "\",\"op\":\"poll\","
-                     "\"hold\":%u}",
-                     TG_ENGINE_NET_PROTO_VERSION, w->sid, c->p.poll_hold_ms);
+                     "\"hold\":%u%s}",
+                     TG_ENGINE_NET_PROTO_VERSION, w->sid, c->p.poll_hold_ms,
+                     w->have_info ? "" : ",\"info\":true");
     w->poll_state = CH_SEND;
     pthread_mutex_unlock(&c->mtx);
     nng_msg *m;
@@ -379,6 +382,8 @@ static bool poll_process(struct worker *w, const json_t *o)
     }
     struct tg_engine_stats st;
     bool have_stats = tg_net_stats_decode(json_object_get(o, "st"), &st) == TG_OK;
+    struct tg_engine_info info;
+    bool have_info = tg_net_info_decode(json_object_get(o, "info"), &info) == TG_OK;
 
     pthread_mutex_lock(&c->cb_mtx);
     nng_msg *m = NULL;
@@ -413,6 +418,10 @@ static bool poll_process(struct worker *w, const json_t *o)
     pthread_mutex_lock(&c->mtx);
     if (have_stats)
         w->stats = st;
+    if (have_info && w->pipes > 0) {
+        w->info = info;
+        w->have_info = true;
+    }
     w->heartbeats++;
     if (!w->live && w->pipes > 0) {
         w->live = true;
@@ -662,6 +671,7 @@ static void on_pipe_inner(struct worker *w, nng_pipe_ev ev)
         return;
     }
     w->pipes--;
+    w->have_info = false; /* a restarted worker may serve another model */
     /* Abort requests in flight so REQ does not resend them (a submit would run twice) on
      * the next connection; their callbacks run on nng's threads after we unlock. */
     if (w->ops_state != CH_IDLE)
@@ -1028,6 +1038,20 @@ int tg_engine_client_worker_stats(struct tg_engine_client *c, size_t index,
     out->heartbeats = w->heartbeats;
     pthread_mutex_unlock(&c->mtx);
     return TG_OK;
+}
+
+int tg_engine_client_worker_info(struct tg_engine_client *c, size_t index,
+                                 struct tg_engine_info *out)
+{
+    if (index >= c->n)
+        return TG_NOTFOUND;
+    pthread_mutex_lock(&c->mtx);
+    const struct worker *w = &c->w[index];
+    bool have = w->have_info;
+    if (have)
+        *out = w->info;
+    pthread_mutex_unlock(&c->mtx);
+    return have ? TG_OK : TG_NOTFOUND;
 }
 
 void tg_engine_client_destroy(struct tg_engine_client *c)

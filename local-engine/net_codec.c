@@ -544,3 +544,48 @@ int tg_net_stats_decode(const json_t *o, struct tg_engine_stats *out)
     *out = st;
     return TG_OK;
 }
+
+/* ---- model info ---------------------------------------------------------------------- */
+
+json_t *tg_net_info_encode(const struct tg_engine_info *in)
+{
+    json_t *o = json_pack("{s:I,s:I,s:i,s:i,s:i,s:i,s:i,s:b,s:b}", "np",
+                          (json_int_t)in->n_params, "mb", (json_int_t)in->model_bytes, "ctx",
+                          in->n_ctx, "ctxt", in->n_ctx_train, "ns", in->n_slots, "ne", in->n_embd,
+                          "nv", in->n_vocab, "rw", in->random_weights, "emb", in->embeddings);
+    if (o == NULL)
+        return NULL;
+    if (json_object_set_new(o, "name", tg_net_string_lossy(in->model_name,
+                                                           strnlen(in->model_name,
+                                                                   sizeof(in->model_name)))) != 0 ||
+        json_object_set_new(o, "desc", tg_net_string_lossy(in->model_desc,
+                                                           strnlen(in->model_desc,
+                                                                   sizeof(in->model_desc)))) != 0) {
+        json_decref(o);
+        return NULL;
+    }
+    return o;
+}
+
+int tg_net_info_decode(const json_t *o, struct tg_engine_info *out)
+{
+    if (!json_is_object(o))
+        return TG_INVAL;
+    struct tg_engine_info in;
+    memset(&in, 0, sizeof(in));
+    const char *name = json_string_value(json_object_get(o, "name"));
+    const char *desc = json_string_value(json_object_get(o, "desc"));
+    snprintf(in.model_name, sizeof(in.model_name), "%s", name != NULL ? name : "");
+    snprintf(in.model_desc, sizeof(in.model_desc), "%s", desc != NULL ? desc : "");
+    in.n_params = (uint64_t)json_integer_value(json_object_get(o, "np"));
+    in.model_bytes = (uint64_t)json_integer_value(json_object_get(o, "mb"));
+    in.n_ctx = (int32_t)json_integer_value(json_object_get(o, "ctx"));
+    in.n_ctx_train = (int32_t)json_integer_value(json_object_get(o, "ctxt"));
+    in.n_slots = (int32_t)json_integer_value(json_object_get(o, "ns"));
+    in.n_embd = (int32_t)json_integer_value(json_object_get(o, "ne"));
+    in.n_vocab = (int32_t)json_integer_value(json_object_get(o, "nv"));
+    in.random_weights = json_is_true(json_object_get(o, "rw"));
+    in.embeddings = json_is_true(json_object_get(o, "emb"));
+    *out = in;
+    return TG_OK;
+}

@@ -54,6 +54,10 @@ void tg_net_event_release(struct tg_net_event *e);
 json_t *tg_net_stats_encode(const struct tg_engine_stats *st);
 int tg_net_stats_decode(const json_t *obj, struct tg_engine_stats *out);
 
+/* Model facts (tg_engine_info) as a JSON object and back; decode fills what is there. */
+json_t *tg_net_info_encode(const struct tg_engine_info *in);
+int tg_net_info_decode(const json_t *obj, struct tg_engine_info *out);
+
 /* A JSON string for arbitrary bytes: invalid UTF-8 sequences become U+FFFD. New reference,
  * NULL on allocation failure. */
 json_t *tg_net_string_lossy(const char *s, size_t len);

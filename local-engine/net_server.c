@@ -77,6 +77,7 @@ struct srv_ctx {
     enum ctx_state state;
     struct srv_session *sess; /* when PARKED */
     bool woken;               /* sleep cancelled because events arrived */
+    bool want_info;           /* the parked poll asked for the model info */
 };
 
 struct srv {
@@ -94,6 +95,7 @@ struct srv {
     struct srv_ctx *ctxs;
     size_t n_ctxs, n_recv;
     nng_aio *sweep_aio;
+    char *info_json; /* tg_engine_info, encoded once: the model does not change */
     int active; /* callbacks between enter() and leave(): they may still call nng */
 };
 
@@ -376,12 +378,17 @@ static char *stats_json(struct srv *s)
 
 /* Poll answer: as many queued events of x as fit in max_msg_bytes (at least one), plus stats.
  * mtx held; x may be NULL (session gone: empty answer). */
-static nng_msg *poll_answer(struct srv *s, struct srv_session *x, const char *stats)
+static nng_msg *poll_answer(struct srv *s, struct srv_session *x, const char *stats,
+                            bool want_info)
 {
     struct tg_buf b;
     tg_buf_init(&b, 0);
-    int rc = tg_buf_printf(&b, "{\"v\":%d,\"st\":%s,\"ev\":[", TG_ENGINE_NET_PROTO_VERSION,
+    int rc = tg_buf_printf(&b, "{\"v\":%d,\"st\":%s,", TG_ENGINE_NET_PROTO_VERSION,
                            stats != NULL ? stats : "{}");
+    if (rc == TG_OK && want_info && s->info_json != NULL)
+        rc = tg_buf_printf(&b, "\"info\":%s,", s->info_json);
+    if (rc == TG_OK)
+        rc = tg_buf_append_str(&b, "\"ev\":[");
     size_t budget = s->p.max_msg_bytes > 64 ? s->p.max_msg_bytes - 64 : 0;
     bool first = true;
     while (rc == TG_OK && x != NULL && x->head != NULL) {
@@ -652,6 +659,7 @@ static void handle_request(struct srv_ctx *c, nng_msg *req)
         return;
     }
     json_int_t hold = json_integer_value(json_object_get(o, "hold"));
+    bool want_info = json_is_true(json_object_get(o, "info"));
     json_decref(o);
     if (hold < 0)
         hold = 0;
@@ -674,6 +682,7 @@ static void handle_request(struct srv_ctx *c, nng_msg *req)
         x->parked = c;
         c->sess = x;
         c->woken = false;
+        c->want_info = want_info;
         c->state = CTX_PARKED;
         park = true;
         if (s->n_recv == 0)
@@ -681,7 +690,7 @@ static void handle_request(struct srv_ctx *c, nng_msg *req)
         /* Started under mtx so that an event arriving right now finds the sleep to cancel. */
         nng_sleep_aio((nng_duration)hold, c->aio);
     } else {
-        m = poll_answer(s, x, st);
+        m = poll_answer(s, x, st, want_info);
     }
     pthread_mutex_unlock(&s->mtx);
     free(st);
@@ -742,7 +751,7 @@ static void ctx_cb_inner(struct srv_ctx *c, int rv)
         if (x != NULL && x->parked == c)
             x->parked = NULL;
         c->sess = NULL;
-        nng_msg *m = poll_answer(s, x, st);
+        nng_msg *m = poll_answer(s, x, st, c->want_info);
         pthread_mutex_unlock(&s->mtx);
         free(st);
         ctx_send(c, m);
@@ -867,6 +876,15 @@ int tg_engine_server_start(struct tg_engine *eng, const char *url,
         rv = NNG_ENOMEM;
         goto fail;
     }
+    struct tg_engine_info info;
+    tg_engine_info(eng, &info);
+    json_t *io = tg_net_info_encode(&info);
+    s->info_json = io != NULL ? json_dumps(io, JSON_COMPACT) : NULL;
+    json_decref(io);
+    if (s->info_json == NULL) {
+        rv = NNG_ENOMEM;
+        goto fail;
+    }
     if ((rv = nng_rep0_open(&s->sock)) != 0)
         goto fail;
     sock_open = true;
@@ -910,6 +928,7 @@ fail:
         nng_aio_free(s->sweep_aio);
     pthread_mutex_destroy(&s->mtx);
     pthread_cond_destroy(&s->cond);
+    free(s->info_json);
     free(s->url);
     free(h);
     return code;
@@ -968,6 +987,7 @@ void tg_engine_server_stop(struct tg_engine_server *h)
     tg_info("engine server on %s stopped", s->url);
     pthread_mutex_destroy(&s->mtx);
     pthread_cond_destroy(&s->cond);
+    free(s->info_json);
     free(s->url);
     free(h);
 }

@@ -223,6 +223,21 @@ static void test_inproc_generate_matches_direct(void **state)
     assert_int_equal(cs.workers_live, 1);
     assert_int_equal(cs.engine.n_slots, 2);
     assert_non_null(strstr(tg_engine_local_url(l), "inproc://"));
+    /* The worker's model facts cross the boundary. */
+    struct tg_engine_info direct, remote;
+    tg_engine_info(tg_engine_local_engine(l), &direct);
+    assert_int_equal(tg_engine_client_worker_info(cli, 0, &remote), TG_OK);
+    assert_string_equal(remote.model_name, direct.model_name);
+    assert_string_equal(remote.model_desc, direct.model_desc);
+    assert_true(remote.n_params == direct.n_params && remote.model_bytes == direct.model_bytes);
+    assert_int_equal(remote.n_ctx, direct.n_ctx);
+    assert_int_equal(remote.n_ctx_train, direct.n_ctx_train);
+    assert_int_equal(remote.n_slots, 2);
+    assert_int_equal(remote.n_embd, direct.n_embd);
+    assert_int_equal(remote.n_vocab, direct.n_vocab);
+    assert_int_equal(remote.random_weights, direct.random_weights);
+    assert_int_equal(remote.embeddings, direct.embeddings);
+    assert_int_equal(tg_engine_client_worker_info(cli, 1, &remote), TG_NOTFOUND);
 
     /* Over nng, streaming. */
     struct tg_engine_job j = gen_job(24, true);
@@ -584,6 +599,14 @@ static void test_ipc_workers(void **state)
     tg_engine_client_stats(cli, &cs);
     assert_int_equal(cs.workers_live, 2);
     assert_int_equal(cs.engine.n_slots, 2);
+    for (size_t i = 0; i < 2; i++) {
+        struct tg_engine_info info;
+        assert_int_equal(tg_engine_client_worker_info(cli, i, &info), TG_OK);
+        assert_int_equal(info.n_slots, 1);
+        assert_int_equal(info.n_ctx, 16384);
+        assert_true(info.random_weights);
+        assert_true(info.model_name[0] != '\0');
+    }
 
     /* A short job round trip over ipc. */
     struct tg_engine_job shortj = gen_job(8, true);

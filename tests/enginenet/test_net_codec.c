@@ -299,6 +299,43 @@ static void test_stats_roundtrip(void **state)
     assert_int_equal(tg_net_stats_decode(NULL, &back), TG_INVAL);
 }
 
+static void test_info_roundtrip(void **state)
+{
+    (void)state;
+    struct tg_engine_info in;
+    memset(&in, 0, sizeof(in));
+    snprintf(in.model_name, sizeof(in.model_name), "phi-3.5 \"mini\"");
+    snprintf(in.model_desc, sizeof(in.model_desc), "phi3 3B Q4_K - Medium");
+    in.n_params = 3821079552ull;
+    in.model_bytes = 2393232384ull;
+    in.n_ctx = 4096;
+    in.n_ctx_train = 131072;
+    in.n_slots = 4;
+    in.n_embd = 3072;
+    in.n_vocab = 32064;
+    in.random_weights = true;
+    in.embeddings = true;
+    json_t *o = tg_net_info_encode(&in);
+    assert_non_null(o);
+    char *txt = json_dumps(o, JSON_COMPACT);
+    json_decref(o);
+    o = json_loads(txt, 0, NULL);
+    free(txt);
+    struct tg_engine_info back;
+    assert_int_equal(tg_net_info_decode(o, &back), TG_OK);
+    json_decref(o);
+    assert_string_equal(back.model_name, in.model_name);
+    assert_string_equal(back.model_desc, in.model_desc);
+    assert_true(back.n_params == in.n_params && back.model_bytes == in.model_bytes);
+    assert_int_equal(back.n_ctx, 4096);
+    assert_int_equal(back.n_ctx_train, 131072);
+    assert_int_equal(back.n_slots, 4);
+    assert_int_equal(back.n_embd, 3072);
+    assert_int_equal(back.n_vocab, 32064);
+    assert_true(back.random_weights && back.embeddings);
+    assert_int_equal(tg_net_info_decode(NULL, &back), TG_INVAL);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -310,6 +347,7 @@ int main(void)
         cmocka_unit_test(test_event_lossy_text),
         cmocka_unit_test(test_event_decode_rejects),
         cmocka_unit_test(test_stats_roundtrip),
+        cmocka_unit_test(test_info_roundtrip),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -18,11 +18,12 @@
  *               RES = {"id":J,"e":0} | {"id":J,"e":ERR,"m":"message"}
  *               Submits and cancels queued while a batch is in flight go in the next one,
  *               in order, so a cancel never overtakes its submit.
- *   poll stream {"v":1,"sid":S,"op":"poll","hold":MS}            → {"v":1,"ev":[EV,...],"st":STATS}
+ *   poll stream {"v":1,"sid":S,"op":"poll","hold":MS[,"info":true]}
+ *                                              → {"v":1,"st":STATS[,"info":INFO],"ev":[EV,...]}
  *               A long poll: the worker answers as soon as it has events for session S,
  *               or after MS milliseconds with none. The answer doubles as the heartbeat and
  *               carries the worker's tg_engine_stats, so tg_engine_client_stats() never
- *               touches the network.
+ *               touches the network. "info" asks for the model facts (once per connection).
  *   error       {"v":1,"e":ERR,"m":"message"}  (bad version, malformed request)
  *
  *   S   session id: 16 hex digits chosen by the client, new for every connection. The
@@ -39,6 +40,8 @@
  *       {"id":J,"t":2,"e":ERR,"m":message}                        error
  *   STATS {"ns","sb","qd","qm","ew","tps","ptps","jd","tg","ph","pm","pt","pe"}: the
  *       fields of struct tg_engine_stats in order.
+ *   INFO  {"name","desc","np","mb","ctx","ctxt","ns","ne","nv","rw","emb"}: struct
+ *       tg_engine_info.
  *   ERR is an enum tg_err value (tg/err.h: stable numbers).
  *
  * Messages are JSON (jansson), at most max_msg_bytes (default 8 MiB) each way; an nng
@@ -177,6 +180,12 @@ struct tg_engine_worker_stats {
 /* One worker's snapshot: TG_OK, or TG_NOTFOUND for index >= n_workers. Thread-safe. */
 int tg_engine_client_worker_stats(struct tg_engine_client *c, size_t index,
                                   struct tg_engine_worker_stats *out);
+
+/* The model a worker serves (its tg_engine_info, sent once per connection): TG_OK, or
+ * TG_NOTFOUND for a bad index or before the worker has answered on its current connection.
+ * Thread-safe, no network. */
+int tg_engine_client_worker_info(struct tg_engine_client *c, size_t index,
+                                 struct tg_engine_info *out);
 
 /* Close the sockets, fail in-flight jobs with TG_CLOSED (callbacks run on this thread), free.
  * NULL is a no-op. Never from an event callback. */
