@@ -26,7 +26,10 @@
  *   requests_total{endpoint,tier,model,status}           counter
  *   request_duration_seconds{tier}                       histogram
  *   time_to_first_token_seconds{tier}                    histogram
- *   upstream_duration_seconds{target}                    histogram
+ *   upstream_duration_seconds{target}                    histogram, per attempt from
+ *       tg_metrics_upstream_duration(); until that first reports, the records' upstream_s stands in
+ *       (then reset once: counters in a histogram may only go up, but a scrape in between sees a
+ *       reset like a restart, which rate() handles)
  *   tokens_total{tier,model,type=prompt|completion|cached} counter
  *   cost_usd_total{tier,model}                           counter (USD)
  *   cost_avoided_usd_total{reason=local|cache}           counter (USD, on metrics.reference_model)

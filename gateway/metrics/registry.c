@@ -62,6 +62,7 @@ struct registry {
     void *gauges_user;
     tg_metrics_circuits_fn circuits_fn;
     void *circuits_user;
+    bool upstream_hooked; /* tg_metrics_upstream_duration() has reported: it owns the histogram */
 };
 
 static pthread_mutex_t g_init_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -530,7 +531,10 @@ void tg_metrics_record(const struct tg_request_record *r)
             if (r->ttft_s >= 0)
                 histogram_observe(&g->f[F_TTFT], lb.data, r->ttft_s);
         }
-        if (r->upstream_s >= 0 && labels_build(&lb, "target", model, (char *)NULL) == TG_OK)
+        /* Per-attempt durations from the executor's hook are the better data; the request's
+         * total remote time stands in only while no hook reports, never both. */
+        if (r->upstream_s >= 0 && !g->upstream_hooked &&
+            labels_build(&lb, "target", model, (char *)NULL) == TG_OK)
             histogram_observe(&g->f[F_UPSTREAM_DURATION], lb.data, r->upstream_s);
 
         const struct {
@@ -614,6 +618,16 @@ void tg_metrics_upstream_duration(const char *target, double seconds)
     tg_buf_init(&lb, 1024);
     struct registry *g = reg_lock();
     if (g != NULL) {
+        if (!g->upstream_hooked) {
+            /* Drop what the request records stood in with, so the histogram has one source. */
+            struct family *f = &g->f[F_UPSTREAM_DURATION];
+            for (size_t i = 0; i < f->n; i++) {
+                memset(f->s[i].buckets, 0, N_BOUNDS * sizeof *f->s[i].buckets);
+                f->s[i].sum = 0;
+                f->s[i].count = 0;
+            }
+            g->upstream_hooked = true;
+        }
         if (labels_build(&lb, "target", config_name(g, target), (char *)NULL) == TG_OK)
             histogram_observe(&g->f[F_UPSTREAM_DURATION], lb.data, seconds);
         reg_unlock(g);

@@ -230,10 +230,16 @@ static void test_exposition(void **state)
     assert_true(value_of(t, "tiergate_request_duration_seconds_sum{tier=\"local\"}") > 0.39);
     assert_int_equal(value_of(t, "tiergate_time_to_first_token_seconds_bucket{tier=\"cache\",le=\"0.005\"}"), 1);
     assert_int_equal(value_of(t, "tiergate_time_to_first_token_seconds_count{tier=\"none\"}"), -1);
-    assert_int_equal(value_of(t, "tiergate_upstream_duration_seconds_count{target=\"mini\"}"), 2);
+    /* the executor's per-attempt hook took over from the records' upstream_s: one source only */
+    assert_int_equal(value_of(t, "tiergate_upstream_duration_seconds_count{target=\"mini\"}"), 1);
+    assert_true(value_of(t, "tiergate_upstream_duration_seconds_sum{target=\"mini\"}") == 0.3);
     assert_non_null(strstr(t, "# TYPE tiergate_request_duration_seconds histogram\n"));
     assert_non_null(strstr(t, "# TYPE tiergate_engine_slots_busy gauge\n"));
     assert_non_null(strstr(t, "\ntiergate_build_info{version=\"1.2.3\"} 1\n"));
+    free(t);
+    tg_metrics_record(&b); /* hooked: the record's upstream_s is not observed again */
+    t = render();
+    assert_int_equal(value_of(t, "tiergate_upstream_duration_seconds_count{target=\"mini\"}"), 1);
     free(t);
 }
 
