@@ -163,7 +163,9 @@ static const struct kind_cues KIND_CUES[] = {
 /* Stop words per language (Latin script). Ambiguous ones are listed under each language. */
 static const char *const LANG_WORDS[LANG_N] = {
     [LANG_EN] = "the and to of is this that for with you your what are was be it in on my "
-                "please can from have how which who when will me our we",
+                "please can from have how which who when will me our we a an about write "
+                "give make list tell all each as by at or not if do so than into out one two "
+                "some any i its their them they these those here there should would could",
     [LANG_FR] = "le la les des est et pour une un vous ce du dans que qui au aux avec "
                 "sur pas nous votre mon ma mes je sont ont cette leur",
     [LANG_DE] = "der die das und ist nicht mit sie ich bitte ein eine zu auf für den dem "
