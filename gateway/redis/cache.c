@@ -2,6 +2,7 @@
  * Redis GET/SET around them. See cache.h. */
 #include "cache.h"
 
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -81,6 +82,151 @@ struct tg_cache_decision tg_cache_decide(const struct tg_cfg_cache *cfg, const j
     return d;
 }
 
+/* Canonical form, fed straight into the digest: a tag byte per value, lengths as 8-byte
+ * little-endian, object keys sorted bytewise, strings as raw bytes. Unambiguous without JSON
+ * escaping (jansson's encoder costs ~20 µs per KB of text; this is one pass). Integral reals
+ * hash as integers, so "temperature": 0 and 0.0 are the same request. */
+struct hasher {
+    EVP_MD_CTX *md;
+    unsigned char buf[4096];
+    size_t n;
+    bool ok;
+};
+
+static void h_put(struct hasher *h, const void *p, size_t n)
+{
+    if (h->n + n > sizeof h->buf) {
+        h->ok = h->ok && EVP_DigestUpdate(h->md, h->buf, h->n) == 1;
+        h->n = 0;
+        if (n > sizeof h->buf) {
+            h->ok = h->ok && EVP_DigestUpdate(h->md, p, n) == 1;
+            return;
+        }
+    }
+    memcpy(h->buf + h->n, p, n);
+    h->n += n;
+}
+
+static void h_u64(struct hasher *h, uint64_t v)
+{
+    unsigned char b[8];
+    for (int i = 0; i < 8; i++)
+        b[i] = (unsigned char)(v >> (8 * i));
+    h_put(h, b, 8);
+}
+
+static void h_bytes(struct hasher *h, char tag, const char *p, size_t n)
+{
+    h_put(h, &tag, 1);
+    h_u64(h, n);
+    h_put(h, p, n);
+}
+
+struct kv {
+    const char *key;
+    size_t len;
+    json_t *value;
+};
+
+static int cmp_kv(const void *a, const void *b)
+{
+    const struct kv *x = a, *y = b;
+    size_t n = x->len < y->len ? x->len : y->len;
+    int c = memcmp(x->key, y->key, n);
+    return c != 0 ? c : (x->len > y->len) - (x->len < y->len);
+}
+
+static bool ignored_top(const char *key)
+{
+    for (size_t i = 0; i < sizeof k_ignored / sizeof k_ignored[0]; i++)
+        if (strcmp(key, k_ignored[i]) == 0)
+            return true;
+    return false;
+}
+
+static void h_value(struct hasher *h, json_t *v, int depth)
+{
+    if (depth > 64) { /* jansson's decoder already bounds depth; belt and braces */
+        h->ok = false;
+        return;
+    }
+    switch (json_typeof(v)) {
+    case JSON_OBJECT: {
+        size_t n = json_object_size(v), i = 0;
+        struct kv stack[16];
+        struct kv *kvs = n <= 16 ? stack : malloc(n * sizeof *kvs);
+        if (kvs == NULL) {
+            h->ok = false;
+            return;
+        }
+        const char *key;
+        json_t *val;
+        json_object_foreach(v, key, val)
+        {
+            if (depth == 0 && ignored_top(key))
+                continue;
+            kvs[i++] = (struct kv){key, strlen(key), val};
+        }
+        qsort(kvs, i, sizeof *kvs, cmp_kv);
+        h_put(h, "{", 1);
+        h_u64(h, i);
+        for (size_t k = 0; k < i; k++) {
+            h_bytes(h, 'k', kvs[k].key, kvs[k].len);
+            h_value(h, kvs[k].value, depth + 1);
+        }
+        if (kvs != stack)
+            free(kvs);
+        break;
+    }
+    case JSON_ARRAY: {
+        size_t n = json_array_size(v);
+        h_put(h, "[", 1);
+        h_u64(h, n);
+        for (size_t i = 0; i < n; i++)
+            h_value(h, json_array_get(v, i), depth + 1);
+        break;
+    }
+    case JSON_STRING:
+        h_bytes(h, 's', json_string_value(v), json_string_length(v));
+        break;
+    case JSON_INTEGER:
+        h_put(h, "i", 1);
+        h_u64(h, (uint64_t)json_integer_value(v));
+        break;
+    case JSON_REAL: {
+        double d = json_real_value(v);
+        if (d == (double)(int64_t)d && d > -9e18 && d < 9e18) {
+            h_put(h, "i", 1);
+            h_u64(h, (uint64_t)(int64_t)d);
+        } else {
+            uint64_t bits;
+            memcpy(&bits, &d, sizeof bits);
+            h_put(h, "r", 1);
+            h_u64(h, bits);
+        }
+        break;
+    }
+    case JSON_TRUE:
+        h_put(h, "t", 1);
+        break;
+    case JSON_FALSE:
+        h_put(h, "f", 1);
+        break;
+    default:
+        h_put(h, "n", 1);
+        break;
+    }
+}
+
+static EVP_MD *g_sha256;
+static pthread_once_t g_sha256_once = PTHREAD_ONCE_INIT;
+
+/* Explicit fetch once: the implicit one in EVP_DigestInit_ex costs ~1 µs per call. */
+static void fetch_sha256(void)
+{
+    g_sha256 = EVP_MD_fetch(NULL, "SHA256", NULL);
+}
+
 int tg_cache_key(const char *tenant, const char *endpoint, const char *resolved_model,
                  const json_t *body, bool stream, struct tg_cache_key *out)
 {
@@ -94,36 +240,32 @@ int tg_cache_key(const char *tenant, const char *endpoint, const char *resolved_
         const char *m = json_string_value(json_object_get(body, "model"));
         resolved_model = m != NULL ? m : "";
     }
-    json_t *copy = json_copy((json_t *)body); /* shallow: only top-level keys are removed */
-    if (copy == NULL)
-        return TG_NOMEM;
-    for (size_t i = 0; i < sizeof k_ignored / sizeof k_ignored[0]; i++)
-        json_object_del(copy, k_ignored[i]);
-    char *canon = json_dumps(copy, JSON_SORT_KEYS | JSON_COMPACT | JSON_ENCODE_ANY);
-    json_decref(copy);
-    if (canon == NULL)
-        return TG_NOMEM;
-
-    EVP_MD_CTX *md = EVP_MD_CTX_new();
+    pthread_once(&g_sha256_once, fetch_sha256);
+    struct hasher h = {.md = EVP_MD_CTX_new(), .ok = true};
     unsigned char digest[32];
     unsigned int dlen = 0;
-    const char *mode = stream ? "stream" : "json";
-    int ok = md != NULL && EVP_DigestInit_ex(md, EVP_sha256(), NULL) == 1 &&
-             EVP_DigestUpdate(md, "tgc1", 5) == 1 &&
-             EVP_DigestUpdate(md, tenant, strlen(tenant) + 1) == 1 &&
-             EVP_DigestUpdate(md, endpoint, strlen(endpoint) + 1) == 1 &&
-             EVP_DigestUpdate(md, mode, strlen(mode) + 1) == 1 &&
-             EVP_DigestUpdate(md, resolved_model, strlen(resolved_model) + 1) == 1 &&
-             EVP_DigestUpdate(md, canon, strlen(canon)) == 1 &&
-             EVP_DigestFinal_ex(md, digest, &dlen) == 1;
-    EVP_MD_CTX_free(md);
-    free(canon);
-    if (!ok || dlen != 32)
+    h.ok = h.md != NULL && EVP_DigestInit_ex(h.md, g_sha256 != NULL ? g_sha256 : EVP_sha256(), NULL) == 1;
+    if (h.ok) {
+        h_bytes(&h, 'v', "tgc2", 4);
+        h_bytes(&h, 's', tenant, strlen(tenant));
+        h_bytes(&h, 's', endpoint, strlen(endpoint));
+        h_bytes(&h, 's', stream ? "stream" : "json", stream ? 6 : 4);
+        h_bytes(&h, 's', resolved_model, strlen(resolved_model));
+        h_value(&h, (json_t *)body, 0);
+        h.ok = h.ok && EVP_DigestUpdate(h.md, h.buf, h.n) == 1 &&
+               EVP_DigestFinal_ex(h.md, digest, &dlen) == 1;
+    }
+    EVP_MD_CTX_free(h.md);
+    if (!h.ok || dlen != 32)
         return TG_NOMEM;
 
     struct tg_cache_key k;
-    for (int i = 0; i < 32; i++)
-        snprintf(k.hex + 2 * i, 3, "%02x", digest[i]);
+    static const char hexd[] = "0123456789abcdef";
+    for (int i = 0; i < 32; i++) {
+        k.hex[2 * i] = hexd[digest[i] >> 4];
+        k.hex[2 * i + 1] = hexd[digest[i] & 15];
+    }
+    k.hex[64] = '\0';
     /* The namespace is for humans and SCAN; the hash already separates tenants. */
     char ns[65];
     size_t n = 0;
