@@ -7,3 +7,5 @@ tg_add_unit_test(test_upstream SOURCES ${TG_TEST_DIR}/upstream/test_upstream.c
   LIBS tg_gw_upstream tg_config tg_testlib PkgConfig::LIBEVENT LABELS integration)
 target_compile_definitions(test_upstream PRIVATE TG_FAKE_UPSTREAM="$<TARGET_FILE:tg-fake-upstream>")
 add_dependencies(test_upstream tg-fake-upstream)
+
+tg_add_unit_test(test_upstream_sse SOURCES ${TG_TEST_DIR}/upstream/test_upstream_sse.c LIBS tg_gw_upstream)

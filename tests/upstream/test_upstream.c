@@ -123,6 +123,7 @@ struct outcome {
     bool completed, failed;
     int n_chunks;
     char text[4096];          /* concatenated delta.content of chunks */
+    char tool_args[1024];     /* concatenated delta.tool_calls[0].function.arguments */
     bool got_usage_chunk;
     json_t *response;         /* non-stream response (copy) */
     json_t *error;            /* error body (copy) */
@@ -153,6 +154,11 @@ static int on_chunk(void *user, const struct tg_upstream_chunk *c)
                                                       "content"));
     if (t != NULL)
         strncat(o->text, t, sizeof o->text - strlen(o->text) - 1);
+    const json_t *tc = json_array_get(
+        json_object_get(json_object_get(json_array_get(choices, 0), "delta"), "tool_calls"), 0);
+    const char *args = json_string_value(json_object_get(json_object_get(tc, "function"), "arguments"));
+    if (args != NULL)
+        strncat(o->tool_args, args, sizeof o->tool_args - strlen(o->tool_args) - 1);
     /* the serialised form must be the same JSON */
     json_t *re = json_loadb(c->data, c->len, 0, NULL);
     assert_non_null(re);
@@ -661,6 +667,109 @@ static void test_cancel(void **state)
     outcome_free(&o);
 }
 
+/* want ⊆ got: every key of every object in want is in got with a matching value; arrays match
+ * element by element with the same length. */
+static bool subset(const json_t *want, const json_t *got)
+{
+    if (got == NULL)
+        return false;
+    if (json_is_object(want)) {
+        const char *k;
+        json_t *v;
+        if (!json_is_object(got))
+            return false;
+        json_object_foreach((json_t *)want, k, v) if (!subset(v, json_object_get(got, k))) return false;
+        return true;
+    }
+    if (json_is_array(want)) {
+        if (!json_is_array(got) || json_array_size(want) != json_array_size(got))
+            return false;
+        for (size_t i = 0; i < json_array_size(want); i++)
+            if (!subset(json_array_get(want, i), json_array_get(got, i)))
+                return false;
+        return true;
+    }
+    return json_equal((json_t *)want, (json_t *)got);
+}
+
+/* Data-driven proxy cases (tests/upstream/proxy_cases.json): the client request, the exact
+ * request the provider must receive, and what the client must get back. */
+static void test_proxy_cases(void **state)
+{
+    json_error_t jerr;
+    json_t *cases = json_load_file(TG_TEST_DIR "/upstream/proxy_cases.json", 0, &jerr);
+    if (cases == NULL)
+        fail_msg("proxy_cases.json:%d: %s", jerr.line, jerr.text);
+    size_t i;
+    json_t *c;
+    json_array_foreach(cases, i, c) {
+        const char *name = json_string_value(json_object_get(c, "name"));
+        print_message("case %zu: %s\n", i, name);
+        fake_reset();
+        const char *script = json_string_value(json_object_get(c, "script"));
+        if (script != NULL) {
+            char q[256];
+            snprintf(q, sizeof q, "[\"%s\"]", script);
+            fake_script(q);
+        }
+        const char *targets[] = {json_string_value(json_object_get(c, "target")), NULL};
+        char *rq = json_dumps(json_object_get(c, "request"), JSON_COMPACT);
+        struct outcome o = {0};
+        run(rq, targets, &o, 5000);
+        free(rq);
+        json_t *reqs = fake_requests();
+        const json_t *want_up = json_object_get(c, "upstream_request");
+        if (want_up != NULL) {
+            const json_t *got = json_object_get(json_array_get(reqs, 0), "body");
+            if (!json_equal((json_t *)want_up, (json_t *)got)) {
+                char *g = json_dumps(got, JSON_COMPACT | JSON_SORT_KEYS);
+                char *w = json_dumps(want_up, JSON_COMPACT | JSON_SORT_KEYS);
+                print_error("case '%s': upstream request\n  got:  %s\n  want: %s\n", name, g, w);
+                free(g);
+                free(w);
+                fail();
+            }
+        }
+        const char *path = json_string_value(json_object_get(c, "upstream_path"));
+        if (path != NULL)
+            assert_string_equal(json_string_value(json_object_get(json_array_get(reqs, 0), "path")), path);
+        if (json_is_true(json_object_get(c, "no_upstream_request")))
+            assert_int_equal(json_array_size(reqs), 0);
+        json_decref(reqs);
+        const json_t *st = json_object_get(c, "error_status");
+        if (st != NULL) {
+            assert_true(o.failed);
+            assert_int_equal(o.status, json_integer_value(st));
+            const json_t *we = json_object_get(c, "error");
+            if (we != NULL)
+                assert_true(subset(we, o.error));
+        } else {
+            assert_true(o.completed);
+        }
+        const json_t *wr = json_object_get(c, "response");
+        if (wr != NULL && !subset(wr, o.response)) {
+            char *g = json_dumps(o.response, JSON_COMPACT | JSON_SORT_KEYS);
+            print_error("case '%s': response %s\n", name, g);
+            free(g);
+            fail();
+        }
+        const char *text = json_string_value(json_object_get(c, "text"));
+        if (text != NULL)
+            assert_string_equal(o.text, text);
+        const char *args = json_string_value(json_object_get(c, "tool_arguments"));
+        if (args != NULL)
+            assert_string_equal(o.tool_args, args);
+        const char *finish = json_string_value(json_object_get(c, "finish"));
+        if (finish != NULL)
+            assert_string_equal(o.finish, finish);
+        const json_t *att = json_object_get(c, "attempts");
+        if (att != NULL)
+            assert_int_equal(o.stats.attempts, json_integer_value(att));
+        outcome_free(&o);
+    }
+    json_decref(cases);
+}
+
 static void test_bad_arguments(void **state)
 {
     struct event_base *base = event_base_new();
@@ -695,6 +804,7 @@ int main(void)
         cmocka_unit_test(test_circuit_breaker),
         cmocka_unit_test(test_timeouts),
         cmocka_unit_test(test_cancel),
+        cmocka_unit_test(test_proxy_cases),
         cmocka_unit_test(test_bad_arguments),
     };
     return cmocka_run_group_tests(tests, setup_all, teardown_all);
