@@ -218,7 +218,7 @@ static char *scrape(void)
 struct sent {
     const char *endpoint;
     long status;
-    char tier[16], model[64], cache[16];
+    char tier[32], model[64], cache[32];
     int64_t cost_nano, prompt, completion;
     bool escalated;
     int fallbacks;
@@ -242,11 +242,11 @@ static void send(const char *endpoint, const char *path, const char *body, const
     snprintf(s->tier, sizeof s->tier, "none");
     snprintf(s->model, sizeof s->model, "none");
     if (tg_test_header(&r, "x-tiergate-tier", buf, sizeof buf))
-        snprintf(s->tier, sizeof s->tier, "%s", buf);
+        snprintf(s->tier, sizeof s->tier, "%.*s", (int)(sizeof s->tier - 1), buf);
     if (tg_test_header(&r, "x-tiergate-model", buf, sizeof buf))
         snprintf(s->model, sizeof s->model, "%.*s", (int)strcspn(buf, ";"), buf);
     if (tg_test_header(&r, "x-tiergate-cache", buf, sizeof buf))
-        snprintf(s->cache, sizeof s->cache, "%s", buf);
+        snprintf(s->cache, sizeof s->cache, "%.*s", (int)(sizeof s->cache - 1), buf);
     if (tg_test_header(&r, "x-tiergate-cost-usd", buf, sizeof buf))
         s->cost_nano = dec_to_nano(buf);
     if (tg_test_header(&r, "x-tiergate-escalated", buf, sizeof buf))
@@ -453,6 +453,10 @@ static void check_counters(const char *before, const char *after)
         prompt_local);
     assert_true(family_sum(after, "tiergate_bad_requests_total") -
                     family_sum(before, "tiergate_bad_requests_total") >= 1);
+
+    /* the scrape-time gauges are wired */
+    assert_non_null(strstr(after, "\ntiergate_inflight_requests "));
+    assert_non_null(strstr(after, "\ntiergate_engine_slots_busy "));
 }
 
 static json_t *usage_json(void)
@@ -558,7 +562,7 @@ static void check_dashboard(void)
         print_message("chromium not installed (deploy/install-deps.sh installs it): skipped\n");
         return;
     }
-    char cmd[2048], out[600], png[600], profile[600];
+    char cmd[4096], out[600], png[600], profile[600];
     snprintf(out, sizeof out, "%s/dashboard-dom.html", g.dir);
     snprintf(png, sizeof png, "%s/dashboard.png", g.dir);
     unlink(png);
