@@ -2,11 +2,12 @@
  *
  * Key: SHA-256 (OpenSSL EVP) over a canonical serialization of the request, stored under the
  * tenant's namespace `tg:c:<tenant>:<hex>` (the tenant is hashed too), so two tenants never share
- * an entry. The canonical form is, NUL-separated: a format version, the tenant, the endpoint path,
- * "stream" or "json", the resolved model (or tier) that will serve it, and the request body
- * serialized with sorted keys and no whitespace after removing the fields that do not change the
- * output: "model" (replaced by the resolved model), "stream", "stream_options", "user",
- * "metadata", "store", "service_tier".
+ * an entry. The hashed input is: a format version, the tenant, the endpoint path, "stream" or
+ * "json", the resolved model (the requested model or alias plus any X-Tiergate-Tier override),
+ * and the request body as a typed, length-prefixed tree with object keys sorted at every level
+ * (so key order and whitespace never matter, and 0 and 0.0 are the same number). At the top
+ * level the fields that do not change the output are left out: "model" (replaced by the resolved
+ * model), "stream", "stream_options", "user", "metadata", "store", "service_tier".
  * Everything else is kept: messages, prompt, input, tools, tool_choice, response_format, labels,
  * schema, and every sampling parameter (temperature, top_p, top_k, min_p, seed, max_tokens,
  * max_completion_tokens, stop, n, presence_penalty, frequency_penalty, repeat_penalty,

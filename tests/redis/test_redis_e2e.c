@@ -124,8 +124,12 @@ static int group_teardown(void **state)
     tg_test_stop(g_gw_pid, SIGTERM, 30000);
     tg_test_stop(g_fake_pid, SIGTERM, 5000);
     tg_test_redis_stop(&g_redis);
-    unlink(g_log);
-    unlink(g_fake_log);
+    if (getenv("TG_KEEP_LOGS") == NULL) {
+        unlink(g_log);
+        unlink(g_fake_log);
+    } else {
+        fprintf(stderr, "logs: %s %s\n", g_log, g_fake_log);
+    }
     return 0;
 }
 
