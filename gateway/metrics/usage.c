@@ -230,13 +230,16 @@ static int hexval(int c)
     return c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
 }
 
-/* The value of parameter `name` in query, percent-decoded into buf. false if absent or too long. */
-static bool query_param(const char *query, const char *name, char *buf, size_t buflen)
+enum param { P_ABSENT, P_OK, P_BAD };
+
+/* The value of parameter `name` in query, percent-decoded into buf. P_BAD when it does not fit
+ * or decodes to a NUL byte: such a value is refused, never silently ignored or cut. */
+static enum param query_param(const char *query, const char *name, char *buf, size_t buflen)
 {
     size_t nl = strlen(name);
     for (const char *p = query; p != NULL && *p != '\0';) {
         const char *end = p + strcspn(p, "&");
-        if ((size_t)(end - p) > nl && strncmp(p, name, nl) == 0 && p[nl] == '=') {
+        if ((size_t)(end - p) >= nl && strncmp(p, name, nl) == 0 && p[nl] == '=') {
             size_t n = 0;
             for (const char *q = p + nl + 1; q < end; q++) {
                 int c = (unsigned char)*q;
@@ -244,16 +247,16 @@ static bool query_param(const char *query, const char *name, char *buf, size_t b
                     c = hexval(q[1]) * 16 + hexval(q[2]);
                     q += 2;
                 }
-                if (n + 1 >= buflen)
-                    return false;
+                if (c == 0 || n + 1 >= buflen)
+                    return P_BAD;
                 buf[n++] = (char)c;
             }
             buf[n] = '\0';
-            return true;
+            return P_OK;
         }
         p = *end != '\0' ? end + 1 : end;
     }
-    return false;
+    return P_ABSENT;
 }
 
 /* ---- reading ------------------------------------------------------------------------------ */
@@ -558,29 +561,30 @@ int tg_usage_handle_at(struct tg_usage *u, const char *query, time_t now, tg_usa
     char val[96];
     time_t until = now, since;
     enum group_by by = BY_TIER;
-    if (query_param(query, "until", val, sizeof val) && tg_usage_parse_time(val, &until) != TG_OK) {
+    enum param pu = query_param(query, "until", val, sizeof val);
+    if (pu == P_BAD || (pu == P_OK && tg_usage_parse_time(val, &until) != TG_OK)) {
         reply_error(done, user, 400, "'until' must be RFC 3339 or unix seconds", "until",
                     "invalid_time");
         return TG_OK;
     }
     since = until - 24 * 3600;
-    if (query_param(query, "since", val, sizeof val) && tg_usage_parse_time(val, &since) != TG_OK) {
+    enum param ps = query_param(query, "since", val, sizeof val);
+    if (ps == P_BAD || (ps == P_OK && tg_usage_parse_time(val, &since) != TG_OK)) {
         reply_error(done, user, 400, "'since' must be RFC 3339 or unix seconds", "since",
                     "invalid_time");
         return TG_OK;
     }
-    if (query_param(query, "group_by", val, sizeof val)) {
-        if (strcmp(val, "tier") == 0)
-            by = BY_TIER;
-        else if (strcmp(val, "model") == 0)
-            by = BY_MODEL;
-        else if (strcmp(val, "tenant") == 0)
-            by = BY_TENANT;
-        else {
-            reply_error(done, user, 400, "'group_by' must be tier, model or tenant", "group_by",
-                        "invalid_group_by");
-            return TG_OK;
-        }
+    enum param pg = query_param(query, "group_by", val, sizeof val);
+    if (pg == P_OK && strcmp(val, "tier") == 0) {
+        by = BY_TIER;
+    } else if (pg == P_OK && strcmp(val, "model") == 0) {
+        by = BY_MODEL;
+    } else if (pg == P_OK && strcmp(val, "tenant") == 0) {
+        by = BY_TENANT;
+    } else if (pg != P_ABSENT) {
+        reply_error(done, user, 400, "'group_by' must be tier, model or tenant", "group_by",
+                    "invalid_group_by");
+        return TG_OK;
     }
     if (since >= until) {
         reply_error(done, user, 400, "'since' must be before 'until'", "since", "invalid_window");

@@ -283,6 +283,12 @@ static void test_bad_params(void **state)
         {"group_by=key", "group_by"},
         {"since=1763694000&until=1763694000", "since"},
         {"since=1000&until=1763694000", "since"}, /* longer than 93 days */
+        {"since=", "since"},
+        {"since=%zz", "since"},
+        {"until=2025-11-21T05:00:00Z%00junk", "until"},
+        {"since=2025-11-21T05:00:00Zxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx", "since"},
+        {"group_by=", "group_by"},
+        {"group_by=tier%7Cmodel", "group_by"},
     };
     for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++) {
         struct answer a = ask(rows[i].query, H3);
@@ -292,6 +298,60 @@ static void test_bad_params(void **state)
         assert_string_equal(json_string_value(json_object_get(e, "param")), rows[i].param);
         json_decref(a.body);
     }
+}
+
+/* Two replicas = two clients and ledgers on the same Redis: each reads the other's writes, and
+ * both report identical totals. Fields the ledger did not write are ignored. */
+static void test_replicas_agree(void **state)
+{
+    char url[64];
+    snprintf(url, sizeof url, "redis://127.0.0.1:%d/0", g.rs.port);
+    struct tg_cfg_redis rc = {.enabled = true, .url = url, .connect_timeout_ms = 1000,
+                              .command_timeout_ms = 2000, .limits_fail_open = true};
+    struct tg_redis *r2 = NULL;
+    struct tg_usage *u2 = NULL;
+    assert_int_equal(tg_redis_create(g.base, &rc, "replica-2", &r2), TG_OK);
+    for (int i = 0; i < 500 && !tg_redis_available(r2); i++) {
+        struct timeval tv = {0, 10000};
+        event_base_loopexit(g.base, &tv);
+        event_base_dispatch(g.base);
+    }
+    assert_true(tg_redis_available(r2));
+    assert_int_equal(tg_usage_create(r2, &u2), TG_OK);
+
+    time_t h = H3 + 5 * 24 * 3600; /* a day of its own */
+    struct tg_cost c;
+    int64_t cost = 0;
+    for (int i = 0; i < 20; i++) {
+        struct tg_request_record r = mk(i % 2 ? "remote" : "local", i % 2 ? "big" : "phi", "acme",
+                                        200, 10 + i, 5 + i, &c);
+        assert_int_equal(tg_usage_add_at(i % 3 ? g.usage : u2, &r, h + i), TG_OK);
+        cost += c.cost_nano;
+    }
+    /* junk a newer version or a person might have left in the hash */
+    assert_int_equal(tg_redis_command(g.redis, NULL, NULL, "HSET tg:u:2025112603 %s %s",
+                                      "no-bars", "7"), TG_OK);
+    assert_int_equal(tg_redis_command(g.redis, NULL, NULL, "HSET tg:u:2025112603 %s %s",
+                                      "local|phi|acme|unknown_stat", "9"), TG_OK);
+    assert_int_equal(tg_redis_command(g.redis, NULL, NULL, "HSET tg:u:2025112603 %s %s",
+                                      "local|phi|junk|req", "not-a-number"), TG_OK);
+    flush_redis();
+
+    char q[128];
+    snprintf(q, sizeof q, "since=%lld&until=%lld", (long long)h, (long long)h + 3600);
+    struct answer a1 = ask(q, h);
+    struct answer a2 = {0};
+    assert_int_equal(tg_usage_handle_at(u2, q, h, on_answer, &a2), TG_OK);
+    loop_until(&a2.done, 5000);
+    assert_int_equal(a1.status, 200);
+    assert_int_equal(a2.status, 200);
+    assert_true(json_equal(a1.body, a2.body));
+    assert_int_equal(jint(a1.body, "totals", NULL, "requests"), 20);
+    assert_int_equal(jint(a1.body, "totals", NULL, "spend_nano_usd"), cost);
+    json_decref(a1.body);
+    json_decref(a2.body);
+    tg_usage_destroy(u2);
+    tg_redis_destroy(r2);
 }
 
 static void test_redis_down(void **state)
@@ -316,6 +376,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_ledger_totals),
         cmocka_unit_test(test_bad_params),
+        cmocka_unit_test(test_replicas_agree),
         cmocka_unit_test(test_redis_down),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
