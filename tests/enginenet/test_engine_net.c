@@ -268,6 +268,25 @@ static void test_inproc_generate_matches_direct(void **state)
     assert_string_equal(a->finish_reason, b->finish_reason);
     assert_int_equal(a->usage.completion_tokens, b->usage.completion_tokens);
 
+    /* 8 at once through the boundary (2 slots, the rest queued): all complete, each with
+     * the solo run's text, each with exactly one final event. */
+    struct col *many[8];
+    for (int i = 0; i < 8; i++) {
+        many[i] = col_new();
+        assert_int_equal(
+            tg_engine_client_submit(cli, &j, on_event, many[i], NULL, err, sizeof(err)), TG_OK);
+    }
+    for (int i = 0; i < 8; i++) {
+        col_wait_done(many[i]);
+        if (many[i]->final_type != TG_EV_DONE)
+            fail_msg("job %d of 8: %s", i, many[i]->message);
+        assert_string_equal(many[i]->text, a->text);
+        assert_int_equal(many[i]->tokens_len, strlen(a->text));
+        assert_int_equal(many[i]->n_final, 1);
+        assert_false(many[i]->event_after_final);
+        col_free(many[i]);
+    }
+
     /* Not streaming: no token events, same text. */
     struct col *c = col_new();
     j.stream = false;
@@ -523,6 +542,39 @@ static void test_bad_requests(void **state)
     assert_int_equal(tg_engine_client_submit(cli, &j, on_event, c, NULL, err, sizeof(err)), TG_OK);
     col_wait_done(c);
     assert_int_equal(c->final_type, TG_EV_DONE);
+    col_free(c);
+    tg_engine_client_destroy(cli);
+    tg_engine_server_stop(srv);
+    tg_engine_destroy(eng);
+}
+
+/* tcp:// is the same code path: a worker on a loopback port serves a job. */
+static void test_tcp_round_trip(void **state)
+{
+    (void)state;
+    struct tg_engine_params p = tiny_params(1);
+    struct tg_engine *eng = NULL;
+    char err[512] = "";
+    assert_int_equal(tg_engine_create(&p, &eng, err, sizeof(err)), TG_OK);
+    struct tg_engine_server *srv = NULL;
+    char url[64];
+    int rc = TG_IO;
+    for (int attempt = 0; attempt < 5 && rc != TG_OK; attempt++) {
+        snprintf(url, sizeof(url), "tcp://127.0.0.1:%d", tg_test_free_port());
+        rc = tg_engine_server_start(eng, url, NULL, &srv, err, sizeof(err));
+    }
+    if (rc != TG_OK)
+        fail_msg("listen: %s", err);
+    const char *urls[] = {url};
+    struct tg_engine_client *cli = NULL;
+    assert_int_equal(tg_engine_client_create(urls, 1, NULL, &cli, err, sizeof(err)), TG_OK);
+    assert_int_equal(tg_engine_client_wait_ready(cli, 1, WAIT_S * 1000), TG_OK);
+    struct tg_engine_job j = gen_job(8, true);
+    struct col *c = col_new();
+    assert_int_equal(tg_engine_client_submit(cli, &j, on_event, c, NULL, err, sizeof(err)), TG_OK);
+    col_wait_done(c);
+    assert_int_equal(c->final_type, TG_EV_DONE);
+    assert_true(c->n_tokens > 0);
     col_free(c);
     tg_engine_client_destroy(cli);
     tg_engine_server_stop(srv);
@@ -824,6 +876,7 @@ int main(void)
         cmocka_unit_test(test_inproc_classify_errors_cancel),
         cmocka_unit_test(test_inproc_destroy_with_jobs),
         cmocka_unit_test(test_bad_requests),
+        cmocka_unit_test(test_tcp_round_trip),
         cmocka_unit_test(test_worker_cli_errors),
         cmocka_unit_test(test_ipc_workers),
         cmocka_unit_test(test_ipc_hung_and_restarted_worker),
