@@ -14,7 +14,7 @@
 
 /* Ceiling for one request read from stdin or one JSONL line: a 128K-token context is ~512 KB,
  * so 16 MB leaves room for anything the gateway itself would accept. */
-#define CLI_ROUTE_MAX_INPUT (16u << 20)
+#define CLI_ROUTE_MAX_INPUT     (16u << 20)
 #define CLI_ROUTE_MAX_FALLBACKS 8
 
 struct cli_opts {
@@ -81,8 +81,8 @@ static int emit(const struct cli_opts *o, const struct tg_router_policy *p,
         json_decref(ex);
         ex = wrapped;
     }
-    size_t flags = JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(6) |
-                   (o->pretty ? JSON_INDENT(2) : JSON_COMPACT);
+    size_t flags =
+        JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(6) | (o->pretty ? JSON_INDENT(2) : JSON_COMPACT);
     char *s = json_dumps(ex, flags);
     json_decref(ex);
     if (s == NULL)
@@ -206,8 +206,7 @@ int tg_cli_route(int argc, char **argv)
             o.targets.remote = argv[++i];
         } else if (strcmp(a, "--fallback") == 0 && has) {
             if (o.targets.n_remote_fallbacks == CLI_ROUTE_MAX_FALLBACKS) {
-                fprintf(stderr, "tiergate route: at most %d --fallback\n",
-                        CLI_ROUTE_MAX_FALLBACKS);
+                fprintf(stderr, "tiergate route: at most %d --fallback\n", CLI_ROUTE_MAX_FALLBACKS);
                 return 2;
             }
             o.fallbacks[o.targets.n_remote_fallbacks++] = argv[++i];

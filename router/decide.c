@@ -34,23 +34,34 @@ const char *tg_route_tier_name(enum tg_route_tier t)
 const char *tg_route_pii_name(unsigned bit)
 {
     switch (bit) {
-    case TG_ROUTE_PII_EMAIL: return "email";
-    case TG_ROUTE_PII_PHONE: return "phone";
-    case TG_ROUTE_PII_CARD: return "card";
-    case TG_ROUTE_PII_IBAN: return "iban";
-    case TG_ROUTE_PII_SSN: return "ssn";
-    default: return "?";
+    case TG_ROUTE_PII_EMAIL:
+        return "email";
+    case TG_ROUTE_PII_PHONE:
+        return "phone";
+    case TG_ROUTE_PII_CARD:
+        return "card";
+    case TG_ROUTE_PII_IBAN:
+        return "iban";
+    case TG_ROUTE_PII_SSN:
+        return "ssn";
+    default:
+        return "?";
     }
 }
 
 static const char *pii_code(unsigned bit)
 {
     switch (bit) {
-    case TG_ROUTE_PII_EMAIL: return "force_local.pii.email";
-    case TG_ROUTE_PII_PHONE: return "force_local.pii.phone";
-    case TG_ROUTE_PII_CARD: return "force_local.pii.card";
-    case TG_ROUTE_PII_IBAN: return "force_local.pii.iban";
-    default: return "force_local.pii.ssn";
+    case TG_ROUTE_PII_EMAIL:
+        return "force_local.pii.email";
+    case TG_ROUTE_PII_PHONE:
+        return "force_local.pii.phone";
+    case TG_ROUTE_PII_CARD:
+        return "force_local.pii.card";
+    case TG_ROUTE_PII_IBAN:
+        return "force_local.pii.iban";
+    default:
+        return "force_local.pii.ssn";
     }
 }
 
@@ -137,8 +148,7 @@ static double score_of(const struct tg_router_policy *p, const struct tg_route_f
     if (f->n_turns > 2 && p->w_turn != 0) {
         terms[n].code = "feature.turns";
         terms[n].weight = p->w_turn * (f->n_turns - 2);
-        snprintf(terms[n].text, sizeof terms[n].text, "%d turns of conversation",
-                 (int)f->n_turns);
+        snprintf(terms[n].text, sizeof terms[n].text, "%d turns of conversation", (int)f->n_turns);
         s += terms[n++].weight;
     }
     if (strcmp(f->lang, "und") != 0 && p->n_supported_langs > 0 &&
@@ -211,11 +221,9 @@ static int cmp_terms(const void *a, const void *b)
     return (x < y) - (x > y);
 }
 
-int tg_router_decide_features(const struct tg_router_policy *p,
-                              const struct tg_route_request *req,
+int tg_router_decide_features(const struct tg_router_policy *p, const struct tg_route_request *req,
                               const struct tg_route_features *f,
-                              const struct tg_route_targets *targets,
-                              struct tg_route_decision *out)
+                              const struct tg_route_targets *targets, struct tg_route_decision *out)
 {
     if (p == NULL || req == NULL || f == NULL || out == NULL)
         return TG_INVAL;
@@ -244,7 +252,8 @@ int tg_router_decide_features(const struct tg_router_policy *p,
     const char *lang_hit = NULL;
     if (lang_in(p->remote_langs, p->n_remote_langs, f->lang))
         lang_hit = f->lang;
-    else if (f->target_lang[0] != '\0' && lang_in(p->remote_langs, p->n_remote_langs, f->target_lang))
+    else if (f->target_lang[0] != '\0' &&
+             lang_in(p->remote_langs, p->n_remote_langs, f->target_lang))
         lang_hit = f->target_lang;
 
     /* 1. privacy */
@@ -264,8 +273,7 @@ int tg_router_decide_features(const struct tg_router_policy *p,
         if (p->allow_tier_header) {
             d.tier = req->tier_override == 1 ? TG_ROUTE_LOCAL : TG_ROUTE_REMOTE;
             d.hard = true;
-            add_reason(&d, "override.header", 0, "X-Tiergate-Tier: %s",
-                       tg_route_tier_name(d.tier));
+            add_reason(&d, "override.header", 0, "X-Tiergate-Tier: %s", tg_route_tier_name(d.tier));
         }
     }
     if (!d.hard && req->pinned_model != NULL && p->pinned_model_remote) {
@@ -310,8 +318,7 @@ int tg_router_decide_features(const struct tg_router_policy *p,
         d.tier = d.score >= p->threshold ? TG_ROUTE_REMOTE : TG_ROUTE_LOCAL;
         /* reasons: the kind first, then the terms that pushed the same way */
         add_reason(&d, terms[0].code, terms[0].weight, "%s; score %.2f %s threshold %.2f",
-                   terms[0].text, d.score, d.tier == TG_ROUTE_REMOTE ? ">=" : "<",
-                   p->threshold);
+                   terms[0].text, d.score, d.tier == TG_ROUTE_REMOTE ? ">=" : "<", p->threshold);
     }
     /* remaining score terms, largest first, for people reading the explanation */
     if (n_terms > 1)
@@ -411,16 +418,14 @@ static json_t *features_json(const struct tg_route_features *f)
     json_t *o = json_pack(
         "{s:s, s:f, s:o, s:I, s:I, s:I, s:I, s:i, s:i, s:s, s:s?, s:s, s:b, s:i, s:b, s:b, "
         "s:I, s:b, s:o}",
-        "kind", KIND_NAMES[f->kind], "kind_confidence",
-        round(f->kind_confidence * 1000.0) / 1000.0, "kind_evidence", ev, "prompt_tokens",
-        (json_int_t)f->n_prompt_tokens, "context_tokens", (json_int_t)f->n_context_tokens,
-        "described_tokens", (json_int_t)f->n_described_tokens, "output_tokens",
-        (json_int_t)f->n_output_tokens, "turns", (int)f->n_turns, "user_turns",
+        "kind", KIND_NAMES[f->kind], "kind_confidence", round(f->kind_confidence * 1000.0) / 1000.0,
+        "kind_evidence", ev, "prompt_tokens", (json_int_t)f->n_prompt_tokens, "context_tokens",
+        (json_int_t)f->n_context_tokens, "described_tokens", (json_int_t)f->n_described_tokens,
+        "output_tokens", (json_int_t)f->n_output_tokens, "turns", (int)f->n_turns, "user_turns",
         (int)f->n_user_turns, "language", f->lang, "target_language",
         f->target_lang[0] ? f->target_lang : NULL, "script", f->script, "source_text",
-        f->has_source_text, "code_blocks", (int)f->n_code_blocks, "math", f->has_math,
-        "question", f->is_question, "labels", (json_int_t)f->n_labels, "schema", f->has_schema,
-        "pii", pii);
+        f->has_source_text, "code_blocks", (int)f->n_code_blocks, "math", f->has_math, "question",
+        f->is_question, "labels", (json_int_t)f->n_labels, "schema", f->has_schema, "pii", pii);
     return o;
 }
 
@@ -437,20 +442,20 @@ json_t *tg_router_explain(const struct tg_router_policy *p, const struct tg_rout
     if (fj == NULL)
         return NULL;
     if (rc != TG_OK) {
-        return json_pack("{s:s, s:o, s:n, s:[], s:{s:n, s:s}}", "policy", p->name, "features",
-                         fj, "score", "rules_fired", "decision", "tier", "error",
+        return json_pack("{s:s, s:o, s:n, s:[], s:{s:n, s:s}}", "policy", p->name, "features", fj,
+                         "score", "rules_fired", "decision", "tier", "error",
                          "no usable tier for this request");
     }
     json_t *rules = json_array();
     for (size_t i = 0; i < d.n_reasons; i++)
-        json_array_append_new(rules, json_pack("{s:s, s:s, s:f}", "code", d.reasons[i].code,
-                                               "text", d.reasons[i].text, "weight",
+        json_array_append_new(rules, json_pack("{s:s, s:s, s:f}", "code", d.reasons[i].code, "text",
+                                               d.reasons[i].text, "weight",
                                                round(d.reasons[i].weight * 1000.0) / 1000.0));
     json_t *fb = json_array();
     for (size_t i = 0; i < d.n_fallbacks; i++)
         json_array_append_new(fb, json_string(d.fallbacks[i]));
-    return json_pack("{s:s, s:o, s:f, s:f, s:o, s:{s:s, s:s?, s:o, s:s, s:b, s:b, s:b}}",
-                     "policy", p->name, "features", fj, "score", round(d.score * 1000.0) / 1000.0,
+    return json_pack("{s:s, s:o, s:f, s:f, s:o, s:{s:s, s:s?, s:o, s:s, s:b, s:b, s:b}}", "policy",
+                     p->name, "features", fj, "score", round(d.score * 1000.0) / 1000.0,
                      "threshold", d.threshold, "rules_fired", rules, "decision", "tier",
                      tg_route_tier_name(d.tier), "target", d.target, "fallbacks", fb, "reason",
                      d.reason, "hard", d.hard, "fallback", d.fallback, "escalation_allowed",
@@ -560,8 +565,7 @@ int tg_router_check_local_result(const struct tg_router_policy *p,
     } else if (r->confidence >= 0 && r->confidence < p->esc_min_confidence &&
                (r->endpoint == TG_ROUTE_EP_CLASSIFY || r->endpoint == TG_ROUTE_EP_EXTRACT)) {
         reason = "escalate.low_confidence";
-        snprintf(text, sizeof text, "confidence %.2f < %.2f", r->confidence,
-                 p->esc_min_confidence);
+        snprintf(text, sizeof text, "confidence %.2f < %.2f", r->confidence, p->esc_min_confidence);
     } else if (p->esc_repetition && n > 0) {
         double dg = distinct_4grams(r->text, n);
         if (tail_loops(r->text, n)) {
@@ -569,8 +573,8 @@ int tg_router_check_local_result(const struct tg_router_policy *p,
             snprintf(text, sizeof text, "output ends in a repeating loop");
         } else if (dg < p->esc_min_distinct_4grams) {
             reason = "escalate.repetition";
-            snprintf(text, sizeof text, "only %.0f%% distinct word 4-grams (< %.0f%%)",
-                     dg * 100.0, p->esc_min_distinct_4grams * 100.0);
+            snprintf(text, sizeof text, "only %.0f%% distinct word 4-grams (< %.0f%%)", dg * 100.0,
+                     p->esc_min_distinct_4grams * 100.0);
         }
     }
     if (reason == NULL)

@@ -19,26 +19,57 @@ enum {
 
 /* Code point classes counted by the byte pass. */
 enum script {
-    SC_LATIN, SC_HAN, SC_KANA, SC_HANGUL, SC_CYRILLIC, SC_GREEK, SC_ARABIC, SC_HEBREW,
-    SC_DEVANAGARI, SC_BENGALI, SC_GURMUKHI, SC_GUJARATI, SC_TAMIL, SC_TELUGU, SC_KANNADA,
-    SC_MALAYALAM, SC_SINHALA, SC_THAI, SC_LAO, SC_MYANMAR, SC_ETHIOPIC, SC_KHMER, SC_N
+    SC_LATIN,
+    SC_HAN,
+    SC_KANA,
+    SC_HANGUL,
+    SC_CYRILLIC,
+    SC_GREEK,
+    SC_ARABIC,
+    SC_HEBREW,
+    SC_DEVANAGARI,
+    SC_BENGALI,
+    SC_GURMUKHI,
+    SC_GUJARATI,
+    SC_TAMIL,
+    SC_TELUGU,
+    SC_KANNADA,
+    SC_MALAYALAM,
+    SC_SINHALA,
+    SC_THAI,
+    SC_LAO,
+    SC_MYANMAR,
+    SC_ETHIOPIC,
+    SC_KHMER,
+    SC_N
 };
 
 static const struct {
     const char *name; /* tg_route_features.script */
     const char *lang; /* language when this script dominates */
 } SCRIPTS[SC_N] = {
-    [SC_LATIN] = {"latin", "en"},       [SC_HAN] = {"han", "zh"},
-    [SC_KANA] = {"kana", "ja"},         [SC_HANGUL] = {"hangul", "ko"},
-    [SC_CYRILLIC] = {"cyrillic", "ru"}, [SC_GREEK] = {"greek", "el"},
-    [SC_ARABIC] = {"arabic", "ar"},     [SC_HEBREW] = {"hebrew", "he"},
-    [SC_DEVANAGARI] = {"devanagari", "hi"}, [SC_BENGALI] = {"bengali", "bn"},
-    [SC_GURMUKHI] = {"gurmukhi", "pa"}, [SC_GUJARATI] = {"gujarati", "gu"},
-    [SC_TAMIL] = {"tamil", "ta"},       [SC_TELUGU] = {"telugu", "te"},
-    [SC_KANNADA] = {"kannada", "kn"},   [SC_MALAYALAM] = {"malayalam", "ml"},
-    [SC_SINHALA] = {"sinhala", "si"},   [SC_THAI] = {"thai", "th"},
-    [SC_LAO] = {"lao", "lo"},           [SC_MYANMAR] = {"myanmar", "my"},
-    [SC_ETHIOPIC] = {"ethiopic", "am"}, [SC_KHMER] = {"khmer", "km"},
+    [SC_LATIN] = {"latin", "en"},
+    [SC_HAN] = {"han", "zh"},
+    [SC_KANA] = {"kana", "ja"},
+    [SC_HANGUL] = {"hangul", "ko"},
+    [SC_CYRILLIC] = {"cyrillic", "ru"},
+    [SC_GREEK] = {"greek", "el"},
+    [SC_ARABIC] = {"arabic", "ar"},
+    [SC_HEBREW] = {"hebrew", "he"},
+    [SC_DEVANAGARI] = {"devanagari", "hi"},
+    [SC_BENGALI] = {"bengali", "bn"},
+    [SC_GURMUKHI] = {"gurmukhi", "pa"},
+    [SC_GUJARATI] = {"gujarati", "gu"},
+    [SC_TAMIL] = {"tamil", "ta"},
+    [SC_TELUGU] = {"telugu", "te"},
+    [SC_KANNADA] = {"kannada", "kn"},
+    [SC_MALAYALAM] = {"malayalam", "ml"},
+    [SC_SINHALA] = {"sinhala", "si"},
+    [SC_THAI] = {"thai", "th"},
+    [SC_LAO] = {"lao", "lo"},
+    [SC_MYANMAR] = {"myanmar", "my"},
+    [SC_ETHIOPIC] = {"ethiopic", "am"},
+    [SC_KHMER] = {"khmer", "km"},
 };
 
 struct bytestats {
@@ -63,9 +94,9 @@ static int script_of(uint32_t cp)
     if (cp >= 0x0600 && cp <= 0x06FF)
         return SC_ARABIC;
     if (cp >= 0x0900 && cp <= 0x0DFF) {
-        static const int INDIC[] = {SC_DEVANAGARI, SC_BENGALI, SC_GURMUKHI, SC_GUJARATI,
-                                    -1,           SC_TAMIL,   SC_TELUGU,   SC_KANNADA,
-                                    SC_MALAYALAM, SC_SINHALA};
+        static const int INDIC[] = {
+            SC_DEVANAGARI, SC_BENGALI, SC_GURMUKHI, SC_GUJARATI,  -1,
+            SC_TAMIL,      SC_TELUGU,  SC_KANNADA,  SC_MALAYALAM, SC_SINHALA};
         return INDIC[(cp - 0x0900) >> 7];
     }
     if (cp >= 0x0E00 && cp <= 0x0E7F)
@@ -331,7 +362,8 @@ static unsigned scan_digit_pii(const char *s, size_t n)
             if (nd >= 13 && nd <= 19 && consistent && sep != '.' && luhn_ok(digits, nd))
                 found |= TG_ROUTE_PII_CARD;
             else if (nd == 9 && ng == 3 && sep == '-' && groups[0] == 3 && groups[1] == 2 &&
-                     groups[2] == 4 && !(digits[0] == '0' && digits[1] == '0' && digits[2] == '0') &&
+                     groups[2] == 4 &&
+                     !(digits[0] == '0' && digits[1] == '0' && digits[2] == '0') &&
                      digits[0] != '9')
                 found |= TG_ROUTE_PII_SSN;
             /* the last test keeps the digit groups of an IBAN's BBAN from counting */
@@ -373,13 +405,14 @@ static const unsigned char CHAR_CLASS[256] = {
     ['J'] = CC_UPPER, ['K'] = CC_UPPER, ['L'] = CC_UPPER, ['M'] = CC_UPPER, ['N'] = CC_UPPER,
     ['O'] = CC_UPPER, ['P'] = CC_UPPER, ['Q'] = CC_UPPER, ['R'] = CC_UPPER, ['S'] = CC_UPPER,
     ['T'] = CC_UPPER, ['U'] = CC_UPPER, ['V'] = CC_UPPER, ['W'] = CC_UPPER, ['X'] = CC_UPPER,
-    ['Y'] = CC_UPPER, ['Z'] = CC_UPPER, ['+'] = CC_SYM, ['#'] = CC_SYM, ['\''] = CC_APOS,
-#define HI16(b) [b] = CC_HIGH, [b + 1] = CC_HIGH, [b + 2] = CC_HIGH, [b + 3] = CC_HIGH, \
-    [b + 4] = CC_HIGH, [b + 5] = CC_HIGH, [b + 6] = CC_HIGH, [b + 7] = CC_HIGH, [b + 8] = CC_HIGH, \
-    [b + 9] = CC_HIGH, [b + 10] = CC_HIGH, [b + 11] = CC_HIGH, [b + 12] = CC_HIGH, \
-    [b + 13] = CC_HIGH, [b + 14] = CC_HIGH, [b + 15] = CC_HIGH
-    HI16(0x80), HI16(0x90), HI16(0xA0), HI16(0xB0), HI16(0xC0), HI16(0xD0), HI16(0xE0),
-    HI16(0xF0),
+    ['Y'] = CC_UPPER, ['Z'] = CC_UPPER, ['+'] = CC_SYM,   ['#'] = CC_SYM,   ['\''] = CC_APOS,
+#define HI16(b)                                                                                    \
+    [b] = CC_HIGH, [b + 1] = CC_HIGH, [b + 2] = CC_HIGH, [b + 3] = CC_HIGH, [b + 4] = CC_HIGH,     \
+    [b + 5] = CC_HIGH, [b + 6] = CC_HIGH, [b + 7] = CC_HIGH, [b + 8] = CC_HIGH, [b + 9] = CC_HIGH, \
+    [b + 10] = CC_HIGH, [b + 11] = CC_HIGH, [b + 12] = CC_HIGH, [b + 13] = CC_HIGH,                \
+    [b + 14] = CC_HIGH, [b + 15] = CC_HIGH
+    HI16(0x80),       HI16(0x90),       HI16(0xA0),       HI16(0xB0),       HI16(0xC0),
+    HI16(0xD0),       HI16(0xE0),       HI16(0xF0),
 #undef HI16
 };
 
@@ -466,7 +499,9 @@ static void scan_words(struct wordscan *ws, const char *s, size_t n, float mult,
     const float code_mult = mult * 0.3f;
     while (i < n) {
         unsigned cc0 = CHAR_CLASS[p[i]];
-        size_t sl = cc0 == CC_SEP || cc0 == CC_APOS ? 1 : cc0 == CC_HIGH ? separator_len(p + i, n - i) : 0;
+        size_t sl = cc0 == CC_SEP || cc0 == CC_APOS ? 1
+                    : cc0 == CC_HIGH                ? separator_len(p + i, n - i)
+                                                    : 0;
         if (sl > 0) {
             if (p[i] == '`' && i + 2 < n && p[i + 1] == '`' && p[i + 2] == '`') {
                 /* a fenced block: code words are not instructions */
@@ -507,7 +542,8 @@ static void scan_words(struct wordscan *ws, const char *s, size_t n, float mult,
                 all_digits = false;
             } else if (cc == CC_APOS) {
                 /* inside a word ("what's") it is dropped; otherwise it ends the word */
-                if (i + 1 < n && CHAR_CLASS[p[i + 1]] != CC_SEP && CHAR_CLASS[p[i + 1]] != CC_APOS) {
+                if (i + 1 < n && CHAR_CLASS[p[i + 1]] != CC_SEP &&
+                    CHAR_CLASS[p[i + 1]] != CC_APOS) {
                     i++;
                     continue;
                 }
@@ -561,8 +597,8 @@ static void scan_words(struct wordscan *ws, const char *s, size_t n, float mult,
             num = 0;
             for (size_t k = 0; k < wn; k++)
                 num = num * 10 + (w[k] - '0');
-            if (prev_was_num && sep_count == 1 && (sep_char == ',' || sep_char == '.') &&
-                wn == 3 && prev_num_value >= 0 && prev_num_value < 1000000)
+            if (prev_was_num && sep_count == 1 && (sep_char == ',' || sep_char == '.') && wn == 3 &&
+                prev_num_value >= 0 && prev_num_value < 1000000)
                 num = prev_num_value * 1000 + num;
         } else if (wn >= 2 && wn <= 10 && w[wn - 1] == 'k') {
             bool digits = true;
@@ -607,8 +643,8 @@ static void scan_words(struct wordscan *ws, const char *s, size_t n, float mult,
                         if (sl2->langs & (1u << l))
                             ws->votes[l]++;
                 }
-                if (sl2->role >= ROLE_UNIT_WORDS && sl2->role <= ROLE_UNIT_LINES && since_num <= 2 &&
-                    last_num > 0)
+                if (sl2->role >= ROLE_UNIT_WORDS && sl2->role <= ROLE_UNIT_LINES &&
+                    since_num <= 2 && last_num > 0)
                     apply_unit(ws, sl2->role, last_num);
                 else if (sl2->role == ROLE_WH && first_window && n_words == 1)
                     ws->first_is_wh = true;
@@ -817,8 +853,7 @@ static bool has_option_list(const char *s, size_t n)
                     break;
                 items++;
                 item_len = 0;
-            } else if (s[k] == '\n' || s[k] == '.' || s[k] == '{' || s[k] == '"' ||
-                       s[k] == ':') {
+            } else if (s[k] == '\n' || s[k] == '.' || s[k] == '{' || s[k] == '"' || s[k] == ':') {
                 break; /* a sentence, JSON or code, not a list of labels */
             } else if (s[k] != ' ' || item_len > 0) {
                 item_len++;
@@ -940,8 +975,7 @@ void tg_router_features(const struct tg_router_policy *p, const struct tg_route_
     if (ws.target_lang[0] != '\0')
         memcpy(out->target_lang, ws.target_lang, 3);
 
-    out->has_source_text = passage_len >= 60 || user_len >= 1000 ||
-                           (has_system && user_len >= 80);
+    out->has_source_text = passage_len >= 60 || user_len >= 1000 || (has_system && user_len >= 80);
     out->has_math = total.math > 0;
     out->n_described_tokens = ws.described_tokens;
     /* only what the text asks for: max_tokens is usually a ceiling, not a request */
@@ -966,8 +1000,8 @@ void tg_router_features(const struct tg_router_policy *p, const struct tg_route_
         ws.ev[TG_ROUTE_KIND_CLOSED_QA] += 2.0f;
     if (ws.caps_pairs > 0)
         ws.ev[TG_ROUTE_KIND_CLASSIFY] += 3.0f;
-    if (last_user >= 0 && has_option_list(req->messages[last_user].content,
-                                          req->messages[last_user].content_len))
+    if (last_user >= 0 &&
+        has_option_list(req->messages[last_user].content, req->messages[last_user].content_len))
         ws.ev[TG_ROUTE_KIND_CLASSIFY] += 2.0f;
 
     float sum = 0, top = 0;

@@ -28,7 +28,9 @@ static const struct kind_cues KIND_CUES[] = {
      "categories/1.5 one_word/1.5 as_hot/2 clasifica/4 clasificar/4 classez/4 classifica/4 "
      "classifique/4 classifiez/4 ordne/3 zuordnen/3 einordnen/3 kategorisiere/4 "
      "klassifiziere/4 positif/1 negatif/1 neutre/2 positiva/1 negativa/1 neutra/2 "
-     "etiqueta/2 auto_reply/2 iso/1 only_the/1 kategorie/4 kategorien/3 categoría/4 catégorie/4 categoria/4 which_team/2 right_team/2 urgency/3 rate_the/2 wähle/2 elige/2 choisis/2 scegli/2 contain_a/1.5 group_them/3 group/1.5 sort_into/3"},
+     "etiqueta/2 auto_reply/2 iso/1 only_the/1 kategorie/4 kategorien/3 categoría/4 catégorie/4 "
+     "categoria/4 which_team/2 right_team/2 urgency/3 rate_the/2 wähle/2 elige/2 choisis/2 "
+     "scegli/2 contain_a/1.5 group_them/3 group/1.5 sort_into/3"},
     {TG_ROUTE_KIND_EXTRACT,
      "extract/4 extraction/3 extracts/3 parse/4 pull_the/2 pull_out/2 fields/2.5 field/1 "
      "json/2 key_value/2 fill_these/3 map_this/3 into_json/2 as_json/2 return_json/2 "
@@ -36,7 +38,8 @@ static const struct kind_cues KIND_CUES[] = {
      "null/1.5 extrayez/4 extrae/4 extrahiere/4 estrai/4 extraia/4 keywords/3 keyword/3 "
      "hashtags/3 main_topics/3 entities/3 organizations/2 people/1 skills/1 "
      "deduplicated/2 record/0.5 mentioned/1.5 data_as/2 cada/0.5 devuelve/1 "
-     "json_only/2 json_please/2 out_of_this/2 tracking_number/1 en_json/2 als_json/2 list_every/2 from_this/1.5 their_role/1"},
+     "json_only/2 json_please/2 out_of_this/2 tracking_number/1 en_json/2 als_json/2 list_every/2 "
+     "from_this/1.5 their_role/1"},
     {TG_ROUTE_KIND_CLOSED_QA,
      "based_on/2 according_to/2 using_only/4 only_from/3 strictly_from/4 from_the/1.5 "
      "per_the/3 the_passage/3 the_text/2 the_policy/2 the_recipe/2 read_the/2 using_the/1.5 "
@@ -44,7 +47,8 @@ static const struct kind_cues KIND_CUES[] = {
      "not_mentioned/4 true_false/3 yes_no/2 cite_the/2 anhand/3 lisez/3 texte/1.5 "
      "beantworte/3 match_the/1.5 the_manual/2 the_terms/2 the_transcript/2 the_table/2 "
      "rate_table/2 the_sla/2 press_release/2 not_specified/4 answer/1 handbook/2 "
-     "statement/1 said/0.5 use_the/1 answer_yes/3 yes_or_no/3 question/1 snippet/2 the_contract/2 the_faq/3 faq/1.5 the_document/2 the_email/1.5 the_clause/2"},
+     "statement/1 said/0.5 use_the/1 answer_yes/3 yes_or_no/3 question/1 snippet/2 the_contract/2 "
+     "the_faq/3 faq/1.5 the_document/2 the_email/1.5 the_clause/2"},
     {TG_ROUTE_KIND_SUMMARIZE,
      "summarize/4 summarise/4 summary/4 summaries/3 condense/4 tl_dr/4 sum_up/4 "
      "bullet_points/2 one_sentence/2 single_sentence/2 two_sentences/2 sentences/1 "
@@ -61,12 +65,17 @@ static const struct kind_cues KIND_CUES[] = {
      "combine_these/3 rename/3 split_this/3 korrigiere/4 korrigieren/4 corrigez/4 "
      "corrige/4 corrija/4 correggi/4 anonimiza/4 anonymisiere/4 reading_level/3 sms/1.5 "
      "reformat/4 e_164/3 iso_8601/2 uppercase/1.5 lowercase/1 clear_sentence/2 "
-     "for_a_customer/1 fix_punctuation/4 turn_this_into/3 markdown/2 sorted/2 alphabetically/3 sort/2 replace/2.5 replace_every/3 professional/2 sound_more/3 more_professional/3 format_to/2 put_these/2 into_utc/3 utc/1.5 timezone/2 time_zone/2 passive_voice/3 active_voice/3 as_words/3 write_these/2 spell_out/3"},
+     "for_a_customer/1 fix_punctuation/4 turn_this_into/3 markdown/2 sorted/2 alphabetically/3 "
+     "sort/2 replace/2.5 replace_every/3 professional/2 sound_more/3 more_professional/3 "
+     "format_to/2 put_these/2 into_utc/3 utc/1.5 timezone/2 time_zone/2 passive_voice/3 "
+     "active_voice/3 as_words/3 write_these/2 spell_out/3"},
     {TG_ROUTE_KIND_TRANSLATE,
      "translate/5 translation/4 translated/3 into_english/2 to_english/2 traduci/5 "
      "traduis/5 traduire/5 traduza/5 traduce/5 traduzca/5 traduzir/5 traducir/5 "
      "übersetze/5 übersetzen/5 übersetzung/4 tafsiri/5 in_french/1.5 in_spanish/1.5 "
-     "in_german/1.5 do_you_say/4 into_french/3 into_german/3 into_spanish/3 into_italian/3 into_portuguese/3 into_japanese/3 into_chinese/3 in_italian/1.5 in_portuguese/1.5 in_japanese/1.5 in_chinese/1.5 se_dice/4 comment_dit_on/4 wie_sagt_man/4 come_si_dice/4"},
+     "in_german/1.5 do_you_say/4 into_french/3 into_german/3 into_spanish/3 into_italian/3 "
+     "into_portuguese/3 into_japanese/3 into_chinese/3 in_italian/1.5 in_portuguese/1.5 "
+     "in_japanese/1.5 in_chinese/1.5 se_dice/4 comment_dit_on/4 wie_sagt_man/4 come_si_dice/4"},
     {TG_ROUTE_KIND_MATH,
      "how_many/2 how_much/2.5 average/2.5 percentage/2.5 percent/1.5 total/1.5 discount/2.5 "
      "tax/1 interest/1.5 sale_price/3 per_liter/3 per_day/1.5 cheaper/2.5 what_time/2.5 "
@@ -77,7 +86,8 @@ static const struct kind_cues KIND_CUES[] = {
     {TG_ROUTE_KIND_CODE_SNIPPET,
      "regex/5 regexp/5 regular_expression/5 sql/4 query/2.5 one_liner/4 formula/3 "
      "google_sheets/3 excel/3 just_the_pattern/3 pattern/1.5 one_query/3 mysql/2 postgres/1.5 "
-     "jq/3 awk/2 sed/1 cron_expression/4 sheets/1 vlookup/4 command/2 bash/2 shell/1.5 one_command/3 cells/3 column/1.5 crontab/3"},
+     "jq/3 awk/2 sed/1 cron_expression/4 sheets/1 vlookup/4 command/2 bash/2 shell/1.5 "
+     "one_command/3 cells/3 column/1.5 crontab/3"},
     {TG_ROUTE_KIND_CODE,
      "implement/4 implementation/3 function/1 class/1 full_stack/4 backend/2 "
      "frontend/2 react/2 typescript/2.5 python/1.5 rust/3 golang/3 in_go/3 java/2 kotlin/2 "
@@ -96,7 +106,8 @@ static const struct kind_cues KIND_CUES[] = {
      "transactional/3 plan_wants/3 replace_all/2 speed_up/2 slow/1.5 optimize/2 performance/1.5"},
     {TG_ROUTE_KIND_PROOF,
      "prove/5 proof/4 proofs/4 show_that/4 show_there/4 derive/4 rigorously/4 rigorous/4 "
-     "irrational/3 infinitely_many/4 divisible/3 find_all/1 how_many_ways/3 integral/3 evaluate/1.5 "
+     "irrational/3 infinitely_many/4 divisible/3 find_all/1 how_many_ways/3 integral/3 "
+     "evaluate/1.5 "
      "theorem/4 lemma/4 for_all/1.5 for_every/1.5 congruent/3 expected_number/3 "
      "justify/3 hamiltonian/3 tournament/1 functions/1.5 pairs/1 positive_integers/3 "
      "primes/3 prime/2 induction/3 démontrer/5 montrer_que/4 beweise/5 demuestra/5"},
@@ -118,7 +129,9 @@ static const struct kind_cues KIND_CUES[] = {
      "character/1.5 stay_in/2 interview_me/4 socratic/4 dialogue/1.5 simulator/3 "
      "simulate/3 rôle/4 joue/4 le_rôle/4 improvise/4 at_a_time/2 being_an_ai/3 players/2 "
      "innkeeper/3 you_are_captain/4 sardonic/3 persona/3 pitching/2 skeptical/2 "
-     "objections/2 be_tough/3 stay_in_character/5 conversation/1 reste/1 spiel/2 youre_a/2 youre_the/2 you_are_the/1.5 lets_play/3 dungeon_master/4 game_master/4 negotiation_partner/3 role_of/2"},
+     "objections/2 be_tough/3 stay_in_character/5 conversation/1 reste/1 spiel/2 youre_a/2 "
+     "youre_the/2 you_are_the/1.5 lets_play/3 dungeon_master/4 game_master/4 negotiation_partner/3 "
+     "role_of/2"},
     {TG_ROUTE_KIND_OPEN_QA,
      "who/1.5 who_was/4 who_wrote/4 what_was/2.5 when_did/4 why_did/4 which_treaty/3 "
      "tell_me_about/4 history/2 historical/3 famous/3 key_differences/3 list_all/2.5 "
@@ -126,12 +139,16 @@ static const struct kind_cues KIND_CUES[] = {
      "unesco/3 rivers/2 river/1.5 invented/3 discovered/3 how_was/2.5 architecture/1 "
      "baroque/3 opera/3 roman/3 treaty/3 dynasty/3 kingdom/2 called_before/3 famous_for/3 "
      "what_did_he/3 what_did_she/3 based_on_what/2 philosopher/3 painter/3 composer/3 "
-     "mechanism/1.5 what_exactly/2 capital_of/3 heritage/2 main_works/3 name_the/1.5 works_of/2 significance/2 influence/2 biography/3 explain_why/1.5 origins/2 origin_of/2 explain_the_difference/3 difference_between/2.5 how_the/1"},
+     "mechanism/1.5 what_exactly/2 capital_of/3 heritage/2 main_works/3 name_the/1.5 works_of/2 "
+     "significance/2 influence/2 biography/3 explain_why/1.5 origins/2 origin_of/2 "
+     "explain_the_difference/3 difference_between/2.5 how_the/1"},
     {TG_ROUTE_KIND_CURRENT_EVENTS,
      "right_now/4 today/2 todays/4 this_week/3 last_night/4 latest/1.5 news/2 "
      "headlines/4 any_update/4 update_this/3 trading_at/4 stock_price/4 markets/1.5 "
      "in_effect/2 strikes/2 fomc/3 this_morning/3 yesterday/2.5 won_the/2 "
-     "current/1.5 currently/1.5 pricing_in/3 disruptions/2 this_season/2 election/2 at_the_moment/3 this_weekend/3 weather/3 forecast/3 standings/3 championship/1.5 leading_the/1.5"},
+     "current/1.5 currently/1.5 pricing_in/3 disruptions/2 this_season/2 election/2 "
+     "at_the_moment/3 this_weekend/3 weather/3 forecast/3 standings/3 championship/1.5 "
+     "leading_the/1.5"},
     {TG_ROUTE_KIND_EXPERT,
      "should/1 should_we/2 should_i/2 advice/3 advise/3 recommend/1.5 recommendation/1.5 "
      "strategy/2.5 decision_framework/4 framework/1 walk_me_through/3 trade_offs/3 "
@@ -152,7 +169,8 @@ static const struct kind_cues KIND_CUES[] = {
      "consider/2 frameworks/2 preferred/1.5 cap/1 ratchet/4 dilution/4 push_back/2 "
      "unfriendly/2 obligations/2 negotiate/2 deposit/1 itemized/3 california/2 "
      "massachusetts/2 rebalancing/4 contributions/2 bracket/2 whats_our/2 exposure/2 "
-     "regulation/2 sales_cycle/3 hiring/1 localization/2 pediatrician/4 er/1 good_idea/2.5 debt/2 credit_card/1.5 apr/2 heloc/4 pay_off/1.5"},
+     "regulation/2 sales_cycle/3 hiring/1 localization/2 pediatrician/4 er/1 good_idea/2.5 debt/2 "
+     "credit_card/1.5 apr/2 heloc/4 pay_off/1.5"},
     {TG_ROUTE_KIND_PLANNING,
      "plan/2.5 planning/3 itinerary/4 day_by_day/4 roadmap/4 timeline/2 migration/2 "
      "migration_plan/4 propose/2.5 sequencing/3 milestones/3 trip/2 study_plan/4 "
@@ -193,19 +211,20 @@ static const char *const LANG_NAMES =
     "gujarati/gu marathi/mr telugu/te tamil/ta kannada/kn malayalam/ml urdu/ur";
 
 static const struct lex_substr CJK_CUES[] = {
-    {"翻訳", TG_ROUTE_KIND_TRANSLATE, 5},  {"翻译", TG_ROUTE_KIND_TRANSLATE, 5},
-    {"要約", TG_ROUTE_KIND_SUMMARIZE, 5},  {"总结", TG_ROUTE_KIND_SUMMARIZE, 5},
-    {"摘要", TG_ROUTE_KIND_SUMMARIZE, 4},  {"分類", TG_ROUTE_KIND_CLASSIFY, 5},
-    {"分类", TG_ROUTE_KIND_CLASSIFY, 5},   {"抜き出", TG_ROUTE_KIND_EXTRACT, 5},
-    {"抽出", TG_ROUTE_KIND_EXTRACT, 5},    {"提取", TG_ROUTE_KIND_EXTRACT, 5},
-    {"JSON", TG_ROUTE_KIND_EXTRACT, 1},    {"詩", TG_ROUTE_KIND_CREATIVE, 3},
-    {"小説", TG_ROUTE_KIND_CREATIVE, 4},   {"物語", TG_ROUTE_KIND_CREATIVE, 4},
-    {"写一首", TG_ROUTE_KIND_CREATIVE, 4}, {"故事", TG_ROUTE_KIND_CREATIVE, 4},
-    {"証明", TG_ROUTE_KIND_PROOF, 5},      {"证明", TG_ROUTE_KIND_PROOF, 5},
-    {"校正", TG_ROUTE_KIND_REWRITE, 4},    {"書き直", TG_ROUTE_KIND_REWRITE, 4},
-    {"改写", TG_ROUTE_KIND_REWRITE, 4},    {"怎么说", TG_ROUTE_KIND_TRANSLATE, 4},
-    {"英文", TG_ROUTE_KIND_TRANSLATE, 1.5}, {"英語で", TG_ROUTE_KIND_TRANSLATE, 3},    {"いくら", TG_ROUTE_KIND_MATH, 3},
-    {"何個", TG_ROUTE_KIND_MATH, 3},       {"多少", TG_ROUTE_KIND_MATH, 2},
+    {"翻訳", TG_ROUTE_KIND_TRANSLATE, 5},   {"翻译", TG_ROUTE_KIND_TRANSLATE, 5},
+    {"要約", TG_ROUTE_KIND_SUMMARIZE, 5},   {"总结", TG_ROUTE_KIND_SUMMARIZE, 5},
+    {"摘要", TG_ROUTE_KIND_SUMMARIZE, 4},   {"分類", TG_ROUTE_KIND_CLASSIFY, 5},
+    {"分类", TG_ROUTE_KIND_CLASSIFY, 5},    {"抜き出", TG_ROUTE_KIND_EXTRACT, 5},
+    {"抽出", TG_ROUTE_KIND_EXTRACT, 5},     {"提取", TG_ROUTE_KIND_EXTRACT, 5},
+    {"JSON", TG_ROUTE_KIND_EXTRACT, 1},     {"詩", TG_ROUTE_KIND_CREATIVE, 3},
+    {"小説", TG_ROUTE_KIND_CREATIVE, 4},    {"物語", TG_ROUTE_KIND_CREATIVE, 4},
+    {"写一首", TG_ROUTE_KIND_CREATIVE, 4},  {"故事", TG_ROUTE_KIND_CREATIVE, 4},
+    {"証明", TG_ROUTE_KIND_PROOF, 5},       {"证明", TG_ROUTE_KIND_PROOF, 5},
+    {"校正", TG_ROUTE_KIND_REWRITE, 4},     {"書き直", TG_ROUTE_KIND_REWRITE, 4},
+    {"改写", TG_ROUTE_KIND_REWRITE, 4},     {"怎么说", TG_ROUTE_KIND_TRANSLATE, 4},
+    {"英文", TG_ROUTE_KIND_TRANSLATE, 1.5}, {"英語で", TG_ROUTE_KIND_TRANSLATE, 3},
+    {"いくら", TG_ROUTE_KIND_MATH, 3},      {"何個", TG_ROUTE_KIND_MATH, 3},
+    {"多少", TG_ROUTE_KIND_MATH, 2},
 };
 
 const struct lex_substr *tg_router_lex_substrs(size_t *n)
@@ -259,8 +278,8 @@ static struct lex_slot *slot_get(struct lex_table *t, uint64_t hash)
 }
 
 /* Walk "word/weight word2/weight" (weight optional); calls back per entry. */
-typedef int (*entry_fn)(struct lex_table *t, const char *w, size_t n, const char *arg,
-                        size_t argn, const void *ctx);
+typedef int (*entry_fn)(struct lex_table *t, const char *w, size_t n, const char *arg, size_t argn,
+                        const void *ctx);
 
 static int walk(struct lex_table *t, const char *list, entry_fn fn, const void *ctx)
 {
@@ -329,8 +348,8 @@ static int add_lang(struct lex_table *t, const char *w, size_t n, const char *ar
     return TG_OK;
 }
 
-static int add_langname(struct lex_table *t, const char *w, size_t n, const char *arg,
-                        size_t argn, const void *ctx)
+static int add_langname(struct lex_table *t, const char *w, size_t n, const char *arg, size_t argn,
+                        const void *ctx)
 {
     struct lex_slot *s = slot_get(t, entry_hash(w, n));
     if (s == NULL || arg == NULL || argn != 2)
@@ -347,7 +366,7 @@ static int add_role(struct lex_table *t, const char *w, size_t n, const char *ar
     struct lex_slot *s = slot_get(t, entry_hash(w, n));
     if (s == NULL)
         return TG_INTERNAL;
-    s->role = (uint8_t)*(const enum lex_role *)ctx;
+    s->role = (uint8_t) * (const enum lex_role *)ctx;
     return TG_OK;
 }
 

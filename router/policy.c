@@ -15,13 +15,13 @@ void tg_router_policy_set_defaults(struct tg_router_policy *p)
     snprintf(p->name, sizeof p->name, "default");
     p->threshold = 0.5;
     static const double BASE[TG_ROUTE_N_KINDS] = {
-        [TG_ROUTE_KIND_CHAT] = 0.50,         [TG_ROUTE_KIND_CLASSIFY] = 0.10,
-        [TG_ROUTE_KIND_EXTRACT] = 0.15,      [TG_ROUTE_KIND_CLOSED_QA] = 0.20,
-        [TG_ROUTE_KIND_SUMMARIZE] = 0.20,    [TG_ROUTE_KIND_REWRITE] = 0.15,
-        [TG_ROUTE_KIND_TRANSLATE] = 0.20,    [TG_ROUTE_KIND_MATH] = 0.25,
-        [TG_ROUTE_KIND_CODE_SNIPPET] = 0.30, [TG_ROUTE_KIND_CODE] = 0.80,
-        [TG_ROUTE_KIND_PROOF] = 0.90,        [TG_ROUTE_KIND_CREATIVE] = 0.85,
-        [TG_ROUTE_KIND_ROLEPLAY] = 0.90,     [TG_ROUTE_KIND_OPEN_QA] = 0.80,
+        [TG_ROUTE_KIND_CHAT] = 0.50,           [TG_ROUTE_KIND_CLASSIFY] = 0.10,
+        [TG_ROUTE_KIND_EXTRACT] = 0.15,        [TG_ROUTE_KIND_CLOSED_QA] = 0.20,
+        [TG_ROUTE_KIND_SUMMARIZE] = 0.20,      [TG_ROUTE_KIND_REWRITE] = 0.15,
+        [TG_ROUTE_KIND_TRANSLATE] = 0.20,      [TG_ROUTE_KIND_MATH] = 0.25,
+        [TG_ROUTE_KIND_CODE_SNIPPET] = 0.30,   [TG_ROUTE_KIND_CODE] = 0.80,
+        [TG_ROUTE_KIND_PROOF] = 0.90,          [TG_ROUTE_KIND_CREATIVE] = 0.85,
+        [TG_ROUTE_KIND_ROLEPLAY] = 0.90,       [TG_ROUTE_KIND_OPEN_QA] = 0.80,
         [TG_ROUTE_KIND_CURRENT_EVENTS] = 0.95, [TG_ROUTE_KIND_EXPERT] = 0.85,
         [TG_ROUTE_KIND_PLANNING] = 0.75,
     };
@@ -43,10 +43,9 @@ void tg_router_policy_set_defaults(struct tg_router_policy *p)
     p->max_local_context_tokens = 32768;
     p->described_context = true;
     p->max_local_turns = 9;
-    static const char *const REMOTE_LANGS[] = {"sw", "bn", "vi", "yo", "ha", "ig", "am", "zu",
-                                               "xh", "so", "ne", "si", "km", "lo", "my", "tl",
-                                               "mg", "rw", "ti", "ps", "pa", "gu", "mr", "te",
-                                               "ta", "kn", "ml", "ur"};
+    static const char *const REMOTE_LANGS[] = {
+        "sw", "bn", "vi", "yo", "ha", "ig", "am", "zu", "xh", "so", "ne", "si", "km", "lo",
+        "my", "tl", "mg", "rw", "ti", "ps", "pa", "gu", "mr", "te", "ta", "kn", "ml", "ur"};
     p->n_remote_langs = sizeof REMOTE_LANGS / sizeof REMOTE_LANGS[0];
     for (size_t i = 0; i < p->n_remote_langs; i++)
         snprintf(p->remote_langs[i], sizeof p->remote_langs[i], "%s", REMOTE_LANGS[i]);
@@ -180,9 +179,9 @@ static bool read_pii(struct tg_yreader *r, const struct tg_ynode *map, unsigned 
 
 static bool read_weights(struct tg_yreader *r, const struct tg_ynode *w, struct tg_router_policy *p)
 {
-    static const char *const KEYS[] = {"kinds", "source_text", "code_block", "output_per_1k_tokens",
-                                       "output_max", "long_prompt", "long_prompt_tokens", "turn",
-                                       "other_language", NULL};
+    static const char *const KEYS[] = {
+        "kinds",       "source_text",        "code_block", "output_per_1k_tokens", "output_max",
+        "long_prompt", "long_prompt_tokens", "turn",       "other_language",       NULL};
     if (!tg_yr_map(r, w, "weights", KEYS))
         return false;
     const struct tg_ynode *kinds = tg_y_get(w, "kinds");
@@ -213,9 +212,16 @@ static bool read_weights(struct tg_yreader *r, const struct tg_ynode *w, struct 
 static bool read_rules(struct tg_yreader *r, const struct tg_ynode *rules,
                        struct tg_router_policy *p)
 {
-    static const char *const KEYS[] = {"privacy", "tier_header", "pinned_model", "embeddings",
-                                       "force_remote", "budget_exhausted", "max_engine_wait_ms",
-                                       "circuit_open", "remote_fallback_local", NULL};
+    static const char *const KEYS[] = {"privacy",
+                                       "tier_header",
+                                       "pinned_model",
+                                       "embeddings",
+                                       "force_remote",
+                                       "budget_exhausted",
+                                       "max_engine_wait_ms",
+                                       "circuit_open",
+                                       "remote_fallback_local",
+                                       NULL};
     if (!tg_yr_map(r, rules, "rules", KEYS))
         return false;
     const struct tg_ynode *priv = tg_y_get(rules, "privacy");
@@ -266,9 +272,9 @@ static bool read_rules(struct tg_yreader *r, const struct tg_ynode *rules,
 static bool read_escalation(struct tg_yreader *r, const struct tg_ynode *e,
                             struct tg_router_policy *p)
 {
-    static const char *const KEYS[] = {"enabled",    "empty",          "schema_invalid",
-                                       "truncated",  "repetition",     "min_confidence",
-                                       "min_distinct_4grams", NULL};
+    static const char *const KEYS[] = {
+        "enabled",    "empty",          "schema_invalid",      "truncated",
+        "repetition", "min_confidence", "min_distinct_4grams", NULL};
     return tg_yr_map(r, e, "escalation", KEYS) && tg_yr_bool(r, e, "enabled", &p->esc_enabled) &&
            tg_yr_bool(r, e, "empty", &p->esc_empty) &&
            tg_yr_bool(r, e, "schema_invalid", &p->esc_schema) &&
@@ -288,13 +294,14 @@ static int load_doc(struct tg_ydoc *doc, struct tg_router_policy **out, char *er
         snprintf(err, errlen, "%s: out of memory", tg_ydoc_path(doc));
         return TG_NOMEM;
     }
-    static const char *const KEYS[] = {"name",  "description",         "threshold",
-                                       "weights", "supported_languages", "rules",
-                                       "escalation", NULL};
+    static const char *const KEYS[] = {
+        "name",  "description", "threshold", "weights", "supported_languages",
+        "rules", "escalation",  NULL};
     bool ok = true;
     if (root->type != TG_Y_MAP)
-        ok = tg_yr_fail(&r, root->line, "a policy must be a mapping with name, threshold, "
-                                        "weights, rules, escalation");
+        ok = tg_yr_fail(&r, root->line,
+                        "a policy must be a mapping with name, threshold, "
+                        "weights, rules, escalation");
     ok = ok && tg_yr_map(&r, root, "policy", KEYS);
     const char *name = NULL;
     const char *desc = NULL;
@@ -311,8 +318,7 @@ static int load_doc(struct tg_ydoc *doc, struct tg_router_policy **out, char *er
     if (ok && (n = tg_y_get(root, "weights")) != NULL)
         ok = read_weights(&r, n, p);
     if (ok)
-        ok = read_langs(&r, root, "supported_languages", p->supported_langs,
-                        &p->n_supported_langs);
+        ok = read_langs(&r, root, "supported_languages", p->supported_langs, &p->n_supported_langs);
     if (ok && (n = tg_y_get(root, "rules")) != NULL)
         ok = read_rules(&r, n, p);
     if (ok && (n = tg_y_get(root, "escalation")) != NULL)
@@ -326,8 +332,7 @@ static int load_doc(struct tg_ydoc *doc, struct tg_router_policy **out, char *er
     return TG_OK;
 }
 
-int tg_router_policy_load(const char *path, struct tg_router_policy **out, char *err,
-                          size_t errlen)
+int tg_router_policy_load(const char *path, struct tg_router_policy **out, char *err, size_t errlen)
 {
     char dummy[8];
     if (err == NULL || errlen == 0) {

@@ -11,8 +11,18 @@
 
 /* Languages the word lexicon votes for (Latin-script ones; other scripts are told apart by
  * code point ranges). */
-enum lex_lang { LANG_EN, LANG_FR, LANG_DE, LANG_ES, LANG_IT, LANG_PT, LANG_SW, LANG_YO, LANG_VI,
-                LANG_N };
+enum lex_lang {
+    LANG_EN,
+    LANG_FR,
+    LANG_DE,
+    LANG_ES,
+    LANG_IT,
+    LANG_PT,
+    LANG_SW,
+    LANG_YO,
+    LANG_VI,
+    LANG_N
+};
 
 /* Extra word roles, beside kind cues and language votes. */
 enum lex_role {
@@ -59,14 +69,14 @@ struct tg_router_policy {
     /* scoring */
     double threshold;
     double kind_base[TG_ROUTE_N_KINDS];
-    double w_source_text;     /* added when source text is provided */
-    double w_code_block;      /* added when a ``` block is present */
-    double w_output_per_1k;   /* per 1000 requested output tokens */
-    double w_output_max;      /* cap for the output-length term */
-    double w_long_prompt;     /* added when the prompt is over long_prompt_tokens */
+    double w_source_text;   /* added when source text is provided */
+    double w_code_block;    /* added when a ``` block is present */
+    double w_output_per_1k; /* per 1000 requested output tokens */
+    double w_output_max;    /* cap for the output-length term */
+    double w_long_prompt;   /* added when the prompt is over long_prompt_tokens */
     int64_t long_prompt_tokens;
-    double w_turn;            /* per non-system message over 2 */
-    double w_other_language;  /* language not in `supported_languages` */
+    double w_turn;           /* per non-system message over 2 */
+    double w_other_language; /* language not in `supported_languages` */
 
     /* hard rules */
     bool privacy_key_flag;
@@ -82,10 +92,10 @@ struct tg_router_policy {
     char supported_langs[POLICY_MAX_LANGS][4];
 
     /* constraints */
-    bool budget_local;           /* exhausted remote budget -> LOCAL */
-    double max_engine_wait_ms;   /* 0 = off */
-    bool circuit_open_local;     /* remote circuit open -> LOCAL */
-    bool remote_fallback_local;  /* remote decisions list the local target as last fallback */
+    bool budget_local;          /* exhausted remote budget -> LOCAL */
+    double max_engine_wait_ms;  /* 0 = off */
+    bool circuit_open_local;    /* remote circuit open -> LOCAL */
+    bool remote_fallback_local; /* remote decisions list the local target as last fallback */
 
     /* escalation */
     bool esc_enabled, esc_empty, esc_schema, esc_truncated, esc_repetition;
@@ -104,7 +114,7 @@ const struct lex_substr *tg_router_lex_substrs(size_t *n);
 /* Word hash: FNV-1a 64 over the bytes, lower-cased (ASCII; Latin-1 capitals in UTF-8 too, which
  * the scanner folds the same way before hashing). Never 0 (0 marks an empty slot). */
 #define LEX_FNV_OFFSET 0xcbf29ce484222325ULL
-#define LEX_FNV_PRIME 0x100000001b3ULL
+#define LEX_FNV_PRIME  0x100000001b3ULL
 static inline uint64_t lex_word_hash(const char *w, size_t n)
 {
     uint64_t h = LEX_FNV_OFFSET;

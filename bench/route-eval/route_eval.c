@@ -170,8 +170,8 @@ int main(int argc, char **argv)
         rl += !want_local && got_local;
         rr += !want_local && !got_local;
         double in_tok = (double)feat.n_prompt_tokens;
-        double out_tok = feat.n_output_tokens > 0 ? (double)feat.n_output_tokens
-                                                  : out_tokens_default;
+        double out_tok =
+            feat.n_output_tokens > 0 ? (double)feat.n_output_tokens : out_tokens_default;
         double remote_cost = (in_tok * in_usd + out_tok * out_usd) / 1e6;
         cost_all_remote += remote_cost;
         cost_routed += got_local ? (in_tok + out_tok) * local_usd / 1e6 : remote_cost;

@@ -27,9 +27,9 @@
 #define TG_SOURCE_DIR "."
 #endif
 
-#define HASH_BITS 18
-#define N_HASH (1u << HASH_BITS)
-#define N_DENSE (8 + TG_ROUTE_N_KINDS + 1)
+#define HASH_BITS  18
+#define N_HASH     (1u << HASH_BITS)
+#define N_DENSE    (8 + TG_ROUTE_N_KINDS + 1)
 #define MAX_SPARSE 4096
 
 struct example {
@@ -242,8 +242,7 @@ static void print_tally(const char *what, const struct tally *t)
 {
     int n = t->ll + t->lr + t->rl + t->rr;
     printf("%-34s n=%3d  accuracy %.3f  local recall %.3f  remote recall %.3f\n", what, n,
-           n ? (double)(t->ll + t->rr) / n : 0,
-           t->ll + t->lr ? (double)t->ll / (t->ll + t->lr) : 0,
+           n ? (double)(t->ll + t->rr) / n : 0, t->ll + t->lr ? (double)t->ll / (t->ll + t->lr) : 0,
            t->rl + t->rr ? (double)t->rr / (t->rl + t->rr) : 0);
 }
 

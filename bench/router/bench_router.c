@@ -116,8 +116,8 @@ int main(int argc, char **argv)
         }
         qsort(t, (size_t)it, sizeof *t, cmp_u64);
         unsigned long long med = t[it / 2], p90 = t[it * 9 / 10];
-        printf("%6zuKB %12llu %12llu %12llu %10s\n", SIZES_KB[s], med, p90,
-               med / SIZES_KB[s], tg_route_tier_name(d.tier));
+        printf("%6zuKB %12llu %12llu %12llu %10s\n", SIZES_KB[s], med, p90, med / SIZES_KB[s],
+               tg_route_tier_name(d.tier));
         free(t);
         free(text);
     }

@@ -81,8 +81,9 @@ static void test_prompt_args(void **state)
 {
     (void)state;
     static struct captured c;
-    char *argv[] = {"route",    "--explain", "--policy", BALANCED, "--remote-target", "gpt-4o",
-                    "Write",    "a",         "poem",     "about",  "the",             "sea"};
+    char *argv[] = {"route",  "--explain", "--policy", BALANCED, "--remote-target",
+                    "gpt-4o", "Write",     "a",        "poem",   "about",
+                    "the",    "sea"};
     run(&c, 12, argv);
     assert_int_equal(c.rc, 0);
     json_t *ex = line_json(c.out, 0);
@@ -90,8 +91,8 @@ static void test_prompt_args(void **state)
     assert_string_equal(tier_of(ex), "remote");
     assert_string_equal(
         json_string_value(json_object_get(json_object_get(ex, "decision"), "target")), "gpt-4o");
-    assert_string_equal(
-        json_string_value(json_object_get(json_object_get(ex, "features"), "kind")), "creative");
+    assert_string_equal(json_string_value(json_object_get(json_object_get(ex, "features"), "kind")),
+                        "creative");
     assert_non_null(json_object_get(ex, "rules_fired"));
     assert_non_null(json_object_get(ex, "score"));
     json_decref(ex);
@@ -205,8 +206,8 @@ static void test_stdin(void **state)
     json_t *ex = line_json(c.out, 0);
     assert_non_null(ex);
     assert_string_equal(tier_of(ex), "local");
-    assert_string_equal(
-        json_string_value(json_object_get(json_object_get(ex, "features"), "kind")), "translate");
+    assert_string_equal(json_string_value(json_object_get(json_object_get(ex, "features"), "kind")),
+                        "translate");
     json_decref(ex);
     unlink(path);
 }

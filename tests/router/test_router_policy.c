@@ -64,8 +64,8 @@ static void test_bad_policies(void **state)
     for (size_t i = 0; i < sizeof BAD / sizeof BAD[0]; i++) {
         char err[512] = "";
         struct tg_router_policy *p = NULL;
-        int rc = tg_router_policy_load_string("bad.yaml", BAD[i].yaml, strlen(BAD[i].yaml), &p,
-                                              err, sizeof err);
+        int rc = tg_router_policy_load_string("bad.yaml", BAD[i].yaml, strlen(BAD[i].yaml), &p, err,
+                                              sizeof err);
         if (rc != TG_CONFIG || p != NULL || strcmp(err, BAD[i].err) != 0) {
             print_error("row %zu: rc %d err '%s'\n  want '%s'\n", i, rc, err, BAD[i].err);
             failures++;
@@ -102,8 +102,7 @@ static void test_bad_file(void **state)
 static void test_shipped_policies(void **state)
 {
     (void)state;
-    static const char *const NAMES[] = {"balanced", "cost-saver", "quality-first",
-                                        "privacy-first"};
+    static const char *const NAMES[] = {"balanced", "cost-saver", "quality-first", "privacy-first"};
     for (size_t i = 0; i < 4; i++) {
         char path[512], err[512] = "";
         snprintf(path, sizeof path, TG_SOURCE_DIR "/policies/%s.yaml", NAMES[i]);
@@ -123,12 +122,14 @@ static void test_defaults_match_balanced(void **state)
     struct tg_router_policy *def = NULL, *bal = NULL;
     char err[512];
     assert_int_equal(tg_router_policy_default(&def), TG_OK);
-    assert_int_equal(tg_router_policy_load(TG_SOURCE_DIR "/policies/balanced.yaml", &bal, err,
-                                           sizeof err),
-                     TG_OK);
+    assert_int_equal(
+        tg_router_policy_load(TG_SOURCE_DIR "/policies/balanced.yaml", &bal, err, sizeof err),
+        TG_OK);
     static const char *const PROMPTS[] = {
-        "Classify as positive or negative: \"great\"", "Write a poem about rain.",
-        "Who founded Carthage?", "Translate into Swahili: good morning",
+        "Classify as positive or negative: \"great\"",
+        "Write a poem about rain.",
+        "Who founded Carthage?",
+        "Translate into Swahili: good morning",
         "Write a 3,000-word essay on the history of tea.",
         "Summarize this:\n\nThe meeting moved to Tuesday at 10am in room 4.",
     };
@@ -166,10 +167,8 @@ static void test_refcount(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_bad_policies),
-        cmocka_unit_test(test_bad_file),
-        cmocka_unit_test(test_shipped_policies),
-        cmocka_unit_test(test_defaults_match_balanced),
+        cmocka_unit_test(test_bad_policies),     cmocka_unit_test(test_bad_file),
+        cmocka_unit_test(test_shipped_policies), cmocka_unit_test(test_defaults_match_balanced),
         cmocka_unit_test(test_refcount),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -48,23 +48,23 @@ enum tg_route_endpoint {
 enum tg_route_tier { TG_ROUTE_LOCAL = 1, TG_ROUTE_REMOTE = 2 };
 
 /* Task kinds. The names (tg_route_kind_name) are the keys of `weights.kinds` in policies. */
-#define TG_ROUTE_KIND_MAP(X)                                                                      \
-    X(CHAT, "chat")                     /* nothing recognisable: general chat */                 \
-    X(CLASSIFY, "classify")             /* pick a label */                                       \
-    X(EXTRACT, "extract")               /* fields / JSON from provided text */                   \
-    X(CLOSED_QA, "closed_qa")           /* answer from provided text */                          \
-    X(SUMMARIZE, "summarize")           /* summary of provided text */                           \
-    X(REWRITE, "rewrite")               /* grammar, tone, format conversion, redaction */        \
-    X(TRANSLATE, "translate")           /* translation */                                        \
-    X(MATH, "math")                     /* arithmetic, grade-school word problems */             \
-    X(CODE_SNIPPET, "code_snippet")     /* one regex / SQL query / formula / one-liner */        \
-    X(CODE, "code")                     /* programs, algorithms, debugging */                    \
-    X(PROOF, "proof")                   /* competition math, proofs, derivations */              \
-    X(CREATIVE, "creative")             /* stories, poems, copy, speeches */                     \
-    X(ROLEPLAY, "roleplay")             /* stay in character */                                  \
-    X(OPEN_QA, "open_qa")               /* world knowledge, no text provided */                  \
-    X(CURRENT_EVENTS, "current_events") /* needs today's information */                          \
-    X(EXPERT, "expert")                 /* legal, medical, financial, strategy, architecture */  \
+#define TG_ROUTE_KIND_MAP(X)                                                                       \
+    X(CHAT, "chat")                     /* nothing recognisable: general chat */                   \
+    X(CLASSIFY, "classify")             /* pick a label */                                         \
+    X(EXTRACT, "extract")               /* fields / JSON from provided text */                     \
+    X(CLOSED_QA, "closed_qa")           /* answer from provided text */                            \
+    X(SUMMARIZE, "summarize")           /* summary of provided text */                             \
+    X(REWRITE, "rewrite")               /* grammar, tone, format conversion, redaction */          \
+    X(TRANSLATE, "translate")           /* translation */                                          \
+    X(MATH, "math")                     /* arithmetic, grade-school word problems */               \
+    X(CODE_SNIPPET, "code_snippet")     /* one regex / SQL query / formula / one-liner */          \
+    X(CODE, "code")                     /* programs, algorithms, debugging */                      \
+    X(PROOF, "proof")                   /* competition math, proofs, derivations */                \
+    X(CREATIVE, "creative")             /* stories, poems, copy, speeches */                       \
+    X(ROLEPLAY, "roleplay")             /* stay in character */                                    \
+    X(OPEN_QA, "open_qa")               /* world knowledge, no text provided */                    \
+    X(CURRENT_EVENTS, "current_events") /* needs today's information */                            \
+    X(EXPERT, "expert")                 /* legal, medical, financial, strategy, architecture */    \
     X(PLANNING, "planning")             /* multi-step plans, itineraries, migrations */
 
 enum tg_route_kind {
@@ -97,17 +97,17 @@ struct tg_route_request {
     enum tg_route_endpoint endpoint;
     const struct tg_route_message *messages;
     size_t n_messages;
-    size_t n_labels;            /* classify: number of labels given; 0 = none */
-    bool has_schema;            /* extract / response_format json_schema given */
-    int64_t max_tokens;         /* requested completion limit; -1 = not given */
-    const char *pinned_model;   /* non-NULL when the client named a concrete remote model */
-    int tier_override;          /* X-Tiergate-Tier: 0 none, 1 local, 2 remote */
-    bool key_privacy;           /* the API key is marked "data must not leave" */
+    size_t n_labels;              /* classify: number of labels given; 0 = none */
+    bool has_schema;              /* extract / response_format json_schema given */
+    int64_t max_tokens;           /* requested completion limit; -1 = not given */
+    const char *pinned_model;     /* non-NULL when the client named a concrete remote model */
+    int tier_override;            /* X-Tiergate-Tier: 0 none, 1 local, 2 remote */
+    bool key_privacy;             /* the API key is marked "data must not leave" */
     bool remote_budget_exhausted; /* the key's remote budget is spent */
-    double engine_wait_ms;      /* engine's estimated queue wait, ms; 0 = idle/unknown */
-    bool remote_circuit_open;   /* remote tier's circuit breaker is open */
-    bool local_available;       /* a local tier exists and is up */
-    bool remote_available;      /* a remote tier is configured (key set) and up */
+    double engine_wait_ms;        /* engine's estimated queue wait, ms; 0 = idle/unknown */
+    bool remote_circuit_open;     /* remote tier's circuit breaker is open */
+    bool local_available;         /* a local tier exists and is up */
+    bool remote_available;        /* a remote tier is configured (key set) and up */
     int32_t local_context_tokens; /* local engine context size, tokens; 0 = policy limit only */
 };
 
@@ -116,38 +116,38 @@ struct tg_route_request tg_route_request_default(void);
 
 /* Features the router extracted. Plain value; no pointers into the request. */
 struct tg_route_features {
-    enum tg_route_kind kind;            /* the kind with most evidence */
+    enum tg_route_kind kind;               /* the kind with most evidence */
     float kind_evidence[TG_ROUTE_N_KINDS]; /* cue weight found per kind (>= 0) */
-    float kind_confidence;              /* top evidence / total evidence, 0 when none */
-    int64_t n_prompt_tokens;            /* estimate over all messages (formula above) */
-    int64_t n_context_tokens;           /* estimate of provided source text (non-instruction) */
-    int64_t n_described_tokens;         /* input size the text describes ("~220k tokens",
-                                           "94,000 words", "218 pages"); 0 = none */
-    int64_t n_output_tokens;            /* output the text asks for ("800 words" -> ~1066);
-                                           0 = not said. max_tokens is not counted here (SDKs
-                                           set it as a ceiling); the context check uses it */
-    int32_t n_turns;                    /* non-system messages */
+    float kind_confidence;                 /* top evidence / total evidence, 0 when none */
+    int64_t n_prompt_tokens;               /* estimate over all messages (formula above) */
+    int64_t n_context_tokens;              /* estimate of provided source text (non-instruction) */
+    int64_t n_described_tokens;            /* input size the text describes ("~220k tokens",
+                                              "94,000 words", "218 pages"); 0 = none */
+    int64_t n_output_tokens;               /* output the text asks for ("800 words" -> ~1066);
+                                              0 = not said. max_tokens is not counted here (SDKs
+                                              set it as a ceiling); the context check uses it */
+    int32_t n_turns;                       /* non-system messages */
     int32_t n_user_turns;
-    char lang[4];                       /* ISO 639-1 guess of the last user message ("und") */
-    char target_lang[4];                /* a poorly supported language the text names
-                                           ("into Swahili" -> "sw"); "" when none */
-    const char *script;                 /* static: "latin", "han", "kana", "hangul", "cyrillic",
-                                           "arabic", "devanagari", "bengali", "other", "none" */
-    bool has_source_text;               /* a passage/data is provided to work on */
-    int32_t n_code_blocks;              /* ``` fenced blocks */
-    bool has_math;                      /* equations, math symbols, many numbers */
-    bool is_question;                   /* the last user message asks a question */
-    size_t n_labels;                    /* from the request, else 0 */
+    char lang[4];          /* ISO 639-1 guess of the last user message ("und") */
+    char target_lang[4];   /* a poorly supported language the text names
+                              ("into Swahili" -> "sw"); "" when none */
+    const char *script;    /* static: dominant script of the last user message ("latin",
+                              "han", "kana", "hangul", "cyrillic", "bengali", ...; "none") */
+    bool has_source_text;  /* a passage/data is provided to work on */
+    int32_t n_code_blocks; /* ``` fenced blocks */
+    bool has_math;         /* math symbols (∫ √ ≤ ℝ ...) or '^' anywhere */
+    bool is_question;      /* the last user message asks a question */
+    size_t n_labels;       /* from the request, else 0 */
     bool has_schema;
-    unsigned pii;                       /* enum tg_route_pii bits found anywhere */
+    unsigned pii; /* enum tg_route_pii bits found anywhere */
 };
 
 /* A reason: `code` is a static string from a small fixed set (safe as a metric label):
  *   force_local.key_privacy, force_local.pii.{email,phone,card,iban,ssn},
  *   override.header, force_remote.pinned_model, endpoint.embeddings, force_remote.context,
  *   force_remote.described_context, force_remote.turns, force_remote.language,
- *   kind.<kind name>, feature.{source_text,code_block,output_length,long_prompt,turns,language,
- *   math,question}, score.threshold, budget.exhausted, load.engine_wait, load.circuit_open,
+ *   kind.<kind name>, feature.{source_text,code_block,output_length,long_prompt,turns,
+ *   language}, budget.exhausted, load.engine_wait, load.circuit_open,
  *   unavailable.local, unavailable.remote
  * `text` is for people. `weight` is the score contribution (0 for hard rules). */
 struct tg_route_reason {
@@ -156,29 +156,29 @@ struct tg_route_reason {
     double weight;
 };
 
-#define TG_ROUTE_MAX_REASONS 8
+#define TG_ROUTE_MAX_REASONS   8
 #define TG_ROUTE_MAX_FALLBACKS 8
 
 /* Targets are config's job: the caller passes the names, the decision echoes the chosen one. */
 struct tg_route_targets {
-    const char *local;                  /* local target name (may be NULL) */
-    const char *remote;                 /* primary remote target (may be NULL) */
+    const char *local;                   /* local target name (may be NULL) */
+    const char *remote;                  /* primary remote target (may be NULL) */
     const char *const *remote_fallbacks; /* further remote targets, in order */
     size_t n_remote_fallbacks;
 };
 
 struct tg_route_decision {
     enum tg_route_tier tier;
-    double score;             /* complexity in [0,1]; >= policy threshold prefers REMOTE */
-    double threshold;         /* the policy's threshold, for headers and explain */
+    double score;     /* complexity in [0,1]; >= policy threshold prefers REMOTE */
+    double threshold; /* the policy's threshold, for headers and explain */
     enum tg_route_kind kind;
-    bool hard;                /* a hard rule (not the score) chose the tier */
-    bool fallback;            /* a constraint moved the request off its preferred tier */
-    bool escalation_allowed;  /* a failed local result may be retried remote */
-    const char *reason;       /* the deciding reason code (metric label), static */
-    size_t n_reasons;         /* reasons[0] decided; the rest are the top contributors */
+    bool hard;               /* a hard rule (not the score) chose the tier */
+    bool fallback;           /* a constraint moved the request off its preferred tier */
+    bool escalation_allowed; /* a failed local result may be retried remote */
+    const char *reason;      /* the deciding reason code (metric label), static */
+    size_t n_reasons;        /* reasons[0] decided; the rest are the top contributors */
     struct tg_route_reason reasons[TG_ROUTE_MAX_REASONS];
-    const char *target;       /* borrowed from tg_route_targets; NULL if none given */
+    const char *target; /* borrowed from tg_route_targets; NULL if none given */
     size_t n_fallbacks;
     const char *fallbacks[TG_ROUTE_MAX_FALLBACKS]; /* borrowed, in the order to try */
 };
@@ -213,8 +213,7 @@ int tg_router_decide(const struct tg_router_policy *p, const struct tg_route_req
                      const struct tg_route_targets *targets, struct tg_route_decision *out);
 
 /* Same, from features already computed (the gateway may log them). */
-int tg_router_decide_features(const struct tg_router_policy *p,
-                              const struct tg_route_request *req,
+int tg_router_decide_features(const struct tg_router_policy *p, const struct tg_route_request *req,
                               const struct tg_route_features *f,
                               const struct tg_route_targets *targets,
                               struct tg_route_decision *out);
@@ -232,9 +231,9 @@ struct tg_route_local_result {
     enum tg_route_endpoint endpoint; /* CLASSIFY / EXTRACT / chat-like */
     const char *text;                /* output text (borrowed), may be NULL */
     size_t text_len;
-    int schema_valid;                /* -1 not checked, 0 invalid, 1 valid */
-    double confidence;               /* label probability in [0,1]; < 0 = unknown */
-    const char *finish_reason;       /* "stop", "length", ...; NULL = unknown */
+    int schema_valid;          /* -1 not checked, 0 invalid, 1 valid */
+    double confidence;         /* label probability in [0,1]; < 0 = unknown */
+    const char *finish_reason; /* "stop", "length", ...; NULL = unknown */
 };
 
 struct tg_route_escalation {
