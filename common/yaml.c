@@ -17,7 +17,11 @@ struct tg_ydoc {
     struct tg_ynode *root;
     void **allocs;
     size_t n_allocs, cap_allocs;
+    size_t n_nodes; /* converted so far; aliases are expanded, so this bounds "billion laughs" */
 };
+
+/* A config tree has hundreds of nodes; alias bombs reach billions from a few hundred bytes. */
+#define TG_YDOC_MAX_NODES 100000
 
 static void *doc_alloc(struct tg_ydoc *d, size_t n)
 {
@@ -100,7 +104,7 @@ static int interpolate(struct tg_ydoc *d, const char *in, const char **out, cons
 
 static struct tg_ynode *convert(struct tg_ydoc *d, yaml_document_t *yd, yaml_node_t *yn, int depth)
 {
-    if (depth > 64)
+    if (depth > 64 || ++d->n_nodes > TG_YDOC_MAX_NODES)
         return NULL;
     struct tg_ynode *n = doc_alloc(d, sizeof *n);
     if (n == NULL)
@@ -208,7 +212,7 @@ struct tg_ydoc *tg_ydoc_load_string(const char *name, const char *text, size_t l
     yaml_document_delete(&doc);
     yaml_parser_delete(&parser);
     if (d->root == NULL) {
-        snprintf(err, errlen, "%s:1: document too deep, malformed, or out of memory", name);
+        snprintf(err, errlen, "%s:1: document too deep, too many nodes (alias expansion), malformed, or out of memory", name);
         doc_destroy(d);
         return NULL;
     }
