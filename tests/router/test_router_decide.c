@@ -914,6 +914,81 @@ static void test_parse_json(void **state)
     }
 }
 
+/* Every deciding reason is from the documented, bounded set (it becomes a metric label). */
+static bool reason_allowed(const char *code)
+{
+    static const char *const FIXED[] = {"force_local.key_privacy",
+                                        "force_local.pii.email",
+                                        "force_local.pii.phone",
+                                        "force_local.pii.card",
+                                        "force_local.pii.iban",
+                                        "force_local.pii.ssn",
+                                        "override.header",
+                                        "force_remote.pinned_model",
+                                        "endpoint.embeddings",
+                                        "force_remote.context",
+                                        "force_remote.described_context",
+                                        "force_remote.turns",
+                                        "force_remote.language",
+                                        "budget.exhausted",
+                                        "load.engine_wait",
+                                        "load.circuit_open",
+                                        "unavailable.local",
+                                        "unavailable.remote",
+                                        NULL};
+    for (size_t i = 0; FIXED[i] != NULL; i++)
+        if (strcmp(code, FIXED[i]) == 0)
+            return true;
+    for (int k = 0; k < TG_ROUTE_N_KINDS; k++) {
+        char buf[64];
+        snprintf(buf, sizeof buf, "kind.%s", tg_route_kind_name((enum tg_route_kind)k));
+        if (strcmp(code, buf) == 0)
+            return true;
+    }
+    return false;
+}
+
+static void test_reason_codes_bounded(void **state)
+{
+    (void)state;
+    struct tg_router_policy *p = load(NULL);
+    FILE *f = fopen(TG_SOURCE_DIR "/bench/route-eval/route-dev.jsonl", "r");
+    assert_non_null(f);
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t len;
+    size_t rows = 0;
+    while ((len = getline(&line, &cap, f)) != -1) {
+        json_t *row = json_loadb(line, (size_t)len, 0, NULL);
+        assert_non_null(row);
+        struct tg_route_parsed pr;
+        char err[128];
+        assert_int_equal(tg_router_parse_json(row, TG_ROUTE_EP_CHAT, &pr, err, sizeof err), TG_OK);
+        /* the same request under each set of circumstances the gateway can report */
+        for (int v = 0; v < 6; v++) {
+            struct tg_route_request req = pr.req;
+            req.key_privacy = v == 1;
+            req.remote_budget_exhausted = v == 2;
+            req.engine_wait_ms = v == 3 ? 1e5 : 0;
+            req.tier_override = v == 4 ? 2 : 0;
+            req.remote_circuit_open = v == 5;
+            struct tg_route_decision d;
+            assert_int_equal(tg_router_decide(p, &req, NULL, &d), TG_OK);
+            if (!reason_allowed(d.reason))
+                fail_msg("row %zu variant %d: reason '%s' is not in the bounded set", rows, v,
+                         d.reason);
+            assert_true(d.score >= 0 && d.score <= 1);
+        }
+        tg_router_parsed_free(&pr);
+        json_decref(row);
+        rows++;
+    }
+    free(line);
+    fclose(f);
+    assert_int_equal(rows, 240);
+    tg_router_policy_unref(p);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -923,7 +998,7 @@ int main(void)
         cmocka_unit_test(test_language),   cmocka_unit_test(test_pii),
         cmocka_unit_test(test_sizes),      cmocka_unit_test(test_escalation),
         cmocka_unit_test(test_cascade),    cmocka_unit_test(test_explain),
-        cmocka_unit_test(test_parse_json),
+        cmocka_unit_test(test_parse_json), cmocka_unit_test(test_reason_codes_bounded),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
