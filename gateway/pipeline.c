@@ -80,6 +80,13 @@ static const char *own_str(struct tg_req *r, const char *s, size_t len)
     return json_string_value(j);
 }
 
+/* Parsers return -1 once they have answered (r may be freed by then): out of memory too. */
+static int oom(struct tg_req *r)
+{
+    tg_req_reply_error(r, 500, "out of memory", "server_error", NULL, "internal_error");
+    return -1;
+}
+
 static uint64_t next_rand(struct tg_worker *w)
 {
     /* xorshift64*: request ids only need to be unique, not secret. */
@@ -303,7 +310,7 @@ static int content_text(struct tg_req *r, json_t *content, const char **out, con
     }
     *out = own_str(r, b.data != NULL ? b.data : "", b.len);
     tg_buf_free(&b);
-    return *out != NULL ? 0 : -1;
+    return *out != NULL ? 0 : oom(r);
 }
 
 static const char *engine_role(const char *role)
@@ -330,7 +337,7 @@ static int parse_messages(struct tg_req *r, json_t *msgs, const char *param)
     }
     r->msgs = calloc(n, sizeof *r->msgs);
     if (r->msgs == NULL)
-        return -1;
+        return oom(r);
     for (size_t i = 0; i < n; i++) {
         json_t *m = json_array_get(msgs, i);
         char p[64];
@@ -463,7 +470,7 @@ static int parse_text_or_messages(struct tg_req *r, json_t *b)
         }
         r->msgs = calloc(1, sizeof *r->msgs);
         if (r->msgs == NULL)
-            return -1;
+            return oom(r);
         r->msgs[0].role = "user";
         r->msgs[0].content = json_string_value(text);
         r->n_msgs = 1;
@@ -510,7 +517,7 @@ static int parse_classify(struct tg_req *r, json_t *b)
     }
     r->labels = calloc(n, sizeof *r->labels);
     if (r->labels == NULL)
-        return -1;
+        return oom(r);
     for (size_t i = 0; i < n; i++) {
         json_t *l = json_array_get(labels, i);
         if (!json_is_string(l)) {
@@ -561,7 +568,7 @@ static int parse_extract(struct tg_req *r, json_t *b)
         return -1;
     }
     r->schema_text = tg_json_dumps(schema);
-    return r->schema_text != NULL ? 0 : -1;
+    return r->schema_text != NULL ? 0 : oom(r);
 }
 
 static int parse_embeddings(struct tg_req *r, json_t *b)
@@ -582,7 +589,7 @@ static int parse_embeddings(struct tg_req *r, json_t *b)
     }
     r->inputs = calloc(n, sizeof *r->inputs);
     if (r->inputs == NULL)
-        return -1;
+        return oom(r);
     for (size_t i = 0; i < n; i++) {
         json_t *s = json_is_array(in) ? json_array_get(in, i) : in;
         if (!json_is_string(s) || json_string_length(s) == 0) {
@@ -603,7 +610,7 @@ static int parse_embeddings(struct tg_req *r, json_t *b)
     r->emb_data = json_array();
     for (size_t i = 0; i < n && r->emb_data != NULL; i++)
         json_array_append_new(r->emb_data, json_null());
-    return r->emb_data != NULL ? 0 : -1;
+    return r->emb_data != NULL ? 0 : oom(r);
 }
 
 static int parse_responses(struct tg_req *r, json_t *b)
@@ -625,7 +632,7 @@ static int parse_responses(struct tg_req *r, json_t *b)
     }
     r->msgs = calloc(n + 1, sizeof *r->msgs);
     if (r->msgs == NULL)
-        return -1;
+        return oom(r);
     if (ins != NULL) {
         r->msgs[r->n_msgs].role = "system";
         r->msgs[r->n_msgs++].content = ins;
@@ -674,7 +681,7 @@ static int parse_completions(struct tg_req *r, json_t *b)
     /* The router (and remote providers) see the prompt as one user message. */
     r->msgs = calloc(1, sizeof *r->msgs);
     if (r->msgs == NULL)
-        return -1;
+        return oom(r);
     r->msgs[0].role = "user";
     r->msgs[0].content = r->prompt;
     r->n_msgs = 1;
@@ -1368,11 +1375,8 @@ static void run_body(struct tg_req *r, json_t *body)
     case TG_GW_EP_CLASSIFY: rc = parse_classify(r, body); break;
     case TG_GW_EP_EXTRACT: rc = parse_extract(r, body); break;
     }
-    if (rc != 0) {
-        if (!r->replied)
-            tg_req_reply_error(r, 500, "out of memory", "server_error", NULL, "internal_error");
-        return;
-    }
+    if (rc != 0)
+        return; /* answered; r may be gone */
     /* Task endpoints decide, they do not chat: deterministic unless asked otherwise. */
     if (r->stream && r->exec_cb != NULL)
         r->stream = false;
