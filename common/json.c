@@ -67,4 +67,8 @@ json_t *tg_json_error(const char *message, const char *type, const char *param, 
                      "param", param, "code", code);
 }
 
-char *tg_json_dumps(const json_t *v) { return json_dumps(v, JSON_COMPACT | JSON_PRESERVE_ORDER); }
+/* 10 significant digits: costs and scores read as 0.85, not 0.84999999999999998 */
+char *tg_json_dumps(const json_t *v)
+{
+    return json_dumps(v, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(10));
+}
