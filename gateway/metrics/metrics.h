@@ -120,7 +120,7 @@ typedef void (*tg_metrics_circuits_fn)(void *user, tg_metrics_circuit_visit_fn v
 void tg_metrics_set_circuits_fn(tg_metrics_circuits_fn fn, void *user); /* NULL fn unregisters */
 
 /* Append the whole exposition (text/plain; version=0.0.4) to out. TG_OK, TG_TOOBIG or TG_NOMEM
- * (out may then hold a partial text). Before init it writes only build_info-less empty text. */
+ * (out may then hold a partial text). Before init it appends nothing and returns TG_OK. */
 int tg_metrics_render(struct tg_buf *out);
 #define TG_METRICS_CONTENT_TYPE "text/plain; version=0.0.4; charset=utf-8"
 

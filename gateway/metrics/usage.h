@@ -31,9 +31,9 @@ struct tg_usage;
 /* A ledger writing and reading through redis (borrowed: it must outlive the ledger; same thread).
  * TG_OK and *out, or TG_NOMEM / TG_INVAL (redis NULL). */
 int tg_usage_create(struct tg_redis *redis, struct tg_usage **out);
-/* Unbinds it if bound. Queries still waiting for Redis answer 503 first (through their callback,
- * before this returns, if the redis client is destroyed first; destroy the ledger, then the
- * client). NULL is a no-op. */
+/* Unbinds it if bound. Queries in flight keep no reference to the ledger: they still answer when
+ * Redis replies, or 503 when the redis client is destroyed (destroy the ledger, then the client,
+ * on their thread). NULL is a no-op. */
 void tg_usage_destroy(struct tg_usage *u);
 
 /* Make u the calling thread's ledger (NULL unbinds): tg_metrics_record() on this thread then
