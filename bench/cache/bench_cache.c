@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <event2/event.h>
 
@@ -136,9 +137,14 @@ int main(int argc, char **argv)
                                    .command_timeout_ms = 1000};
         if (tg_redis_create(r.base, &cfg, "bench", &r.c) != TG_OK)
             return 1;
-        for (int i = 0; i < 200 && !tg_redis_available(r.c); i++)
-            event_base_loop(r.base, EVLOOP_ONCE);
-        tg_cache_store(r.c, &key, e, 300);
+        for (int i = 0; i < 5000 && !tg_redis_available(r.c); i++) {
+            event_base_loop(r.base, EVLOOP_NONBLOCK);
+            usleep(1000);
+        }
+        if (tg_cache_store(r.c, &key, e, 300) != TG_OK) {
+            fprintf(stderr, "cannot reach Redis on port %d\n", port);
+            return 1;
+        }
         r.target = iters < 50000 ? iters : 50000;
         r.samples = calloc((size_t)r.target, sizeof *r.samples);
         next_get(&r);

@@ -50,6 +50,12 @@ def wait_port(port, timeout=20):
     return False
 
 
+def cpu_s(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def cache_header(url):
     out = subprocess.run(["curl", "-s", "-D", "-", "-o", "/dev/null", url, "-H",
                           "Content-Type: application/json", "-d", BODY],
@@ -115,7 +121,7 @@ metrics:
 """
         with open(f"{work}/routes.yaml", "w") as f:
             f.write(cfg)
-        start([f"{build}/gateway/tiergate", "--config", f"{work}/routes.yaml"], f"{work}/tiergate.log")
+        tg = start([f"{build}/gateway/tiergate", "--config", f"{work}/routes.yaml"], f"{work}/tiergate.log")
         assert wait_port(tport), "tiergate did not start"
         url = f"http://127.0.0.1:{tport}/v1/chat/completions"
         time.sleep(0.5)
@@ -141,8 +147,12 @@ metrics:
             cmd = [f"{build}/bench/gateway/tg-loadgen", "--url", url, "--rate", str(a.rate),
                    "--duration", str(a.duration), "--warmup", "1", "--connections", str(a.connections),
                    "--body", BODY]
+            c0 = cpu_s(tg.pid)
             out = subprocess.run(cmd, capture_output=True, text=True, timeout=a.duration + 60)
-            runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+            run = json.loads(out.stdout.strip().splitlines()[-1])
+            # tiergate's CPU (user + system) per request, warm-up requests included
+            run["tiergate_cpu_us_per_req"] = (cpu_s(tg.pid) - c0) * 1e6 / max(1.0, run["ok"] * (a.duration + 1) / a.duration)
+            runs.append(run)
         res["loadgen"] = runs
         res["still_hit"] = cache_header(url)
         res["loadavg_after"] = os.getloadavg()[0]
@@ -175,6 +185,8 @@ metrics:
     if "get_roundtrip_us" in m:
         g = m["get_roundtrip_us"]
         print(f"| tg_redis GET of the entry, 1 in flight (bench-cache) | {g['p50']:.0f} µs | {g['p99']:.0f} µs | |")
+    print(f"| tiergate CPU per cache hit (user + system) | "
+          f"{statistics.median(r['tiergate_cpu_us_per_req'] for r in res['loadgen']):.0f} µs | | |")
     print(f"\nCPU per hit, in process: key {m['key_ns']/1000:.1f} µs (1 KB body), decode "
           f"{m['decode_json_ns']/1000:.2f} µs (1 KB JSON entry), {m['decode_stream40_ns']/1000:.1f} µs "
           f"(40-chunk stream); load average {res['loadavg_before']:.1f} → {res['loadavg_after']:.1f} on "
