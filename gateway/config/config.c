@@ -9,6 +9,7 @@
 
 #include "tg/err.h"
 #include "tg/log.h"
+#include "tg/model_ref.h"
 #include "tg/yaml.h"
 
 #define KEYS(...) ((const char *const[]){__VA_ARGS__, NULL})
@@ -271,7 +272,16 @@ static bool load_local(struct tg_yreader *r, const struct tg_ynode *n, struct tg
         return false;
     if (model != NULL) {
         free(l->model);
-        l->model = resolve_path(c, model);
+        l->model = NULL;
+        if (tg_model_ref_is_ollama(model)) {
+            /* ollama:NAME[:TAG] -> the GGUF blob in the local Ollama store (gateway/config/model_ref.c) */
+            char path[4096], merr[400];
+            if (tg_model_ref_resolve(model, path, sizeof path, merr, sizeof merr) != 0)
+                return tg_yr_fail(r, tg_y_get(n, "model")->line, "local.model: %s", merr);
+            l->model = strdup(path);
+        } else {
+            l->model = resolve_path(c, model);
+        }
     }
     if (l->context < l->slots * 64)
         return tg_yr_fail(r, tg_y_get(n, "context") ? tg_y_get(n, "context")->line : n->line,
