@@ -238,7 +238,7 @@ void tg_pipeline_finish_record(struct tg_req *r)
     compute_cost(r);
     tg_glue_finish(r);
     double now = tg_now_s();
-    tg_info("%s %s tier=%s model=%s status=%d tokens=%lld+%lld cost=%s %.1fms%s%s", r->ep_name,
+    tg_debug("%s %s tier=%s model=%s status=%d tokens=%lld+%lld cost=%s %.1fms%s%s", r->ep_name,
             r->model_req != NULL ? r->model_req : "-", r->tier, r->model_served, r->status,
             (long long)r->prompt_tokens, (long long)r->completion_tokens, r->cost_str,
             (now - r->t_start) * 1e3, r->escalated ? " escalated" : "",
@@ -757,6 +757,36 @@ static void build_route_request(struct tg_req *r, struct tg_route_request *rq,
 
 static void run_local(struct tg_req *r);
 
+/* A reason code when the request uses something only a remote provider offers, else NULL. */
+static const char *local_cannot_serve(const struct tg_req *r)
+{
+    if (r->ep != TG_GW_EP_CHAT && r->ep != TG_GW_EP_RESPONSES)
+        return NULL;
+    json_t *tools = json_object_get(r->body, "tools");
+    if (json_is_array(tools) && json_array_size(tools) > 0)
+        return "feature.tools";
+    json_int_t n = json_integer_value(json_object_get(r->body, "n"));
+    if (n > 1)
+        return "feature.n";
+    json_t *msgs = json_object_get(r->body, "messages");
+    size_t i;
+    json_t *m;
+    json_array_foreach(msgs, i, m)
+    {
+        json_t *content = json_object_get(m, "content");
+        size_t k;
+        json_t *part;
+        if (json_is_array(content))
+            json_array_foreach(content, k, part)
+            {
+                const char *type = json_string_value(json_object_get(part, "type"));
+                if (type != NULL && strcmp(type, "text") != 0)
+                    return "feature.non_text";
+            }
+    }
+    return NULL;
+}
+
 /* Resolve the model, ask the router, and start the chosen tier. */
 static void route_and_run(struct tg_req *r)
 {
@@ -827,6 +857,14 @@ static void route_and_run(struct tg_req *r)
     if (r->dec.fallback) {
         r->fallbacks = 1;
         r->fallback_reason = r->dec.reason;
+    }
+    /* Tools, several choices, images: the embedded engine cannot serve them; the remote tier
+     * can, unless the data must stay local. */
+    const char *needs = local_cannot_serve(r);
+    if (tier == TG_ROUTE_LOCAL && needs != NULL && r->remote_model != NULL && tg_remote_available(r) &&
+        !(r->key != NULL && r->key->privacy) && r->tier_override != 1) {
+        tier = TG_ROUTE_REMOTE;
+        r->route_reason = needs;
     }
     if (tier == TG_ROUTE_LOCAL && r->local_model != NULL)
         run_local(r);

@@ -564,7 +564,19 @@ static void test_disconnect_cancels(void **state)
     close(fd);
     /* the gateway notices, cancels the engine job, and logs it */
     assert_true(gw_log_wait(&env, "client closed the connection; cancelling the request", 10000));
-    assert_true(gw_log_wait(&env, "status=499", 10000));
+    assert_true(gw_log_wait(&env, "chat phi-3.5-mini tier=local model=phi-3.5-mini status=499", 10000));
+
+    /* the same on the remote tier: the upstream transfer is dropped */
+    fd = raw_connect(env.port);
+    body = "{\"model\":\"gpt-slow\",\"messages\":[{\"role\":\"user\",\"content\":\"go on\"}]}";
+    snprintf(req, sizeof req,
+             "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n%s\r\nContent-Length: %zu\r\n\r\n%s",
+             env.auth_header, strlen(body), body);
+    assert_int_equal(send(fd, req, strlen(req), 0), (ssize_t)strlen(req));
+    usleep(300000);
+    close(fd);
+    /* well before the fake's 5 s delay is over */
+    assert_true(gw_log_wait(&env, "chat gpt-slow tier=remote model=gpt-slow status=499", 3000));
 }
 
 static void test_sigterm_drain(void **state)
