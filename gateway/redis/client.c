@@ -73,6 +73,11 @@ uint64_t tg_redis_outages_total(void)
     return atomic_load(&g_outages);
 }
 
+int tg_redis_clients_down(void)
+{
+    return atomic_load(&g_clients_down);
+}
+
 static int64_t now_ms(void)
 {
     struct timespec ts;

@@ -48,8 +48,10 @@ void tg_redis_destroy(struct tg_redis *c);
 /* true while the connection is up (cheap; what the gateway reads per request). */
 bool tg_redis_available(const struct tg_redis *c);
 
-/* Process-wide count of outages seen by all clients since start (for a metric). */
+/* Process-wide count of outages seen by all clients since start (a counter for /metrics), and
+ * how many clients are down right now (0 = Redis fully available; a gauge). Thread-safe. */
 uint64_t tg_redis_outages_total(void);
+int tg_redis_clients_down(void);
 
 /* The client's event base (for components that schedule their own timers on it). */
 struct event_base *tg_redis_base(const struct tg_redis *c);

@@ -708,6 +708,30 @@ static void test_jobs_basic(void **state)
         if (b.status != 400)
             fail_msg("%s → %d", bad[i], b.status);
     }
+    /* results are kept result_ttl_s */
+    struct reply_box ttl = {0};
+    tg_redis_command(c, on_reply, &ttl, "TTL tg:job:%s", idbuf);
+    assert_true(run_until(base, &ttl.done, 2000));
+    assert_true(ttl.integer > 0 && ttl.integer <= 300);
+    tg_jobs_destroy(j);
+    tg_redis_destroy(c);
+
+    /* Redis down: both handlers answer 503 at once */
+    char url[64];
+    snprintf(url, sizeof url, "redis://127.0.0.1:%d", tg_test_free_port());
+    struct tg_cfg_redis dcfg = {.enabled = true, .url = url, .connect_timeout_ms = 100, .command_timeout_ms = 100};
+    assert_int_equal(tg_redis_create(base, &dcfg, "down", &c), TG_OK);
+    assert_int_equal(tg_jobs_create(c, &p, test_exec, &ex, &j), TG_OK);
+    struct http_box hb = {0};
+    tg_jobs_handle_post(j, "{\"messages\":[]}", 14, NULL, NULL, NULL, on_http, &hb);
+    assert_true(hb.done);
+    assert_int_equal(hb.status, 503);
+    memset(&hb, 0, sizeof hb);
+    tg_jobs_handle_get(j, "job_000000000000000000000000", NULL, on_http, &hb);
+    assert_true(hb.done);
+    assert_int_equal(hb.status, 503);
+    run_for(base, 100); /* the refused connection is noticed */
+    assert_true(tg_redis_clients_down() >= 1);
     tg_jobs_destroy(j);
     tg_redis_destroy(c);
     event_base_free(base);
