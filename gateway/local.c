@@ -392,6 +392,12 @@ int tg_local_submit(struct tg_req *r, char *err, size_t errlen)
         }
         return TG_OK;
     }
+    case TG_GW_EP_COMPLETIONS:
+        /* Legacy text completion: the prompt is tokenized as is, no chat template. */
+        job.kind = TG_JOB_GENERATE;
+        job.messages = NULL;
+        job.n_messages = 0;
+        break;
     default:
         job.kind = TG_JOB_GENERATE;
         break;
