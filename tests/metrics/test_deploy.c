@@ -105,10 +105,16 @@ static void test_grafana(void **state)
             assert_non_null(strstr(expr, "tiergate_"));
             check_expr(expr, &n_names);
         }
-        assert_string_equal(json_string_value(json_object_get(json_object_get(p, "datasource"), "type")),
-                            "prometheus");
+        /* ${datasource}: works both provisioned (deploy/grafana/provisioning) and imported */
+        json_t *ds = json_object_get(p, "datasource");
+        assert_string_equal(json_string_value(json_object_get(ds, "type")), "prometheus");
+        assert_string_equal(json_string_value(json_object_get(ds, "uid")), "${datasource}");
     }
     assert_true(n_names >= 20);
+    json_t *var = json_array_get(json_object_get(json_object_get(d, "templating"), "list"), 0);
+    assert_string_equal(json_string_value(json_object_get(var, "name")), "datasource");
+    assert_string_equal(json_string_value(json_object_get(var, "type")), "datasource");
+    assert_string_equal(json_string_value(json_object_get(var, "query")), "prometheus");
     /* the panels of the built-in dashboard */
     static const char *const must[] = {"Spend vs avoided spend", "Share served", "Requests per second",
                                        "Latency", "Top escalation reasons", "Top fallback reasons"};
