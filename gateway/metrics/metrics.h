@@ -40,6 +40,7 @@
  *   upstream_errors_total{target,kind}                   counter
  *   bad_requests_total{reason}                           counter
  *   tenant_requests_total{tenant}, tenant_cost_usd_total{tenant}   counters (allow-listed tenants)
+ *   usage_ledger_errors_total{kind=unavailable|refused|lost}  records /v1/usage (Redis) missed
  *   circuit_state{target}                                gauge: 0 closed, 1 half-open, 2 open
  *   engine_slots_busy, engine_queue_depth, engine_tokens_per_second, inflight_requests  gauges
  *   build_info{version}                                  gauge, always 1

@@ -44,7 +44,7 @@ static const double k_bounds[] = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
 enum {
     F_REQUESTS, F_DURATION, F_TTFT, F_UPSTREAM_DURATION, F_TOKENS, F_COST, F_AVOIDED, F_CACHE,
     F_ROUTE, F_ESCALATIONS, F_FALLBACKS, F_UPSTREAM_ERRORS, F_BAD_REQUESTS, F_TENANT_REQUESTS,
-    F_TENANT_COST, F_COUNT
+    F_TENANT_COST, F_LEDGER_ERRORS, F_COUNT
 };
 
 #define MAX_REASONS 64
@@ -101,6 +101,8 @@ static const struct family k_families[F_COUNT] = {
                            FAM_COUNTER, 1024, "tenant=\"other\""),
     [F_TENANT_COST] = FAM("tenant_cost_usd_total", "What requests cost in USD, by tenant (as tenant_requests_total).",
                        FAM_COUNTER_NANO, 1024, "tenant=\"other\""),
+    [F_LEDGER_ERRORS] = FAM("usage_ledger_errors_total", "Request records the Redis usage ledger (/v1/usage) did not get, by kind (unavailable, refused, lost).",
+                            FAM_COUNTER, 8, "kind=\"other\""),
 };
 
 /* ---- label values ------------------------------------------------------------------------ */
@@ -595,6 +597,19 @@ void tg_metrics_bad_request(const char *reason)
     if (g != NULL) {
         if (labels_build(&lb, "reason", code_value(reason, 48), (char *)NULL) == TG_OK)
             counter_add(&g->f[F_BAD_REQUESTS], lb.data, 1);
+        reg_unlock(g);
+    }
+    tg_buf_free(&lb);
+}
+
+void tg_metrics_ledger_error(const char *kind)
+{
+    struct tg_buf lb;
+    tg_buf_init(&lb, 256);
+    struct registry *g = reg_lock();
+    if (g != NULL) {
+        if (labels_build(&lb, "kind", code_value(kind, 16), (char *)NULL) == TG_OK)
+            counter_add(&g->f[F_LEDGER_ERRORS], lb.data, 1);
         reg_unlock(g);
     }
     tg_buf_free(&lb);

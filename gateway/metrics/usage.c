@@ -89,10 +89,13 @@ static struct tg_redis_script k_add_script = TG_REDIS_SCRIPT(
 
 static void on_added(int err, const redisReply *reply, void *user)
 {
-    if (err != TG_OK)
+    if (err != TG_OK) {
+        tg_metrics_ledger_error("lost");
         tg_debug("usage ledger: write lost: %s", tg_strerror(err));
-    else if (reply != NULL && reply->type == REDIS_REPLY_ERROR)
+    } else if (reply != NULL && reply->type == REDIS_REPLY_ERROR) {
+        tg_metrics_ledger_error("refused");
         tg_warn("usage ledger: Redis refused the write: %s", reply->str);
+    }
 }
 
 #define MAX_INCS 10
@@ -156,8 +159,10 @@ int tg_usage_add_at(struct tg_usage *u, const struct tg_request_record *r, time_
     for (int i = 0; i < argc; i++)
         lens[i] = strlen(args[i]);
     int rc = tg_redis_eval(u->redis, &k_add_script, on_added, NULL, 1, argc, args, lens);
-    if (rc != TG_OK)
+    if (rc != TG_OK) {
+        tg_metrics_ledger_error("unavailable");
         tg_debug("usage ledger: write skipped: %s", tg_strerror(rc));
+    }
     return rc;
 }
 

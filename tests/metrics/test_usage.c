@@ -369,6 +369,12 @@ static void test_redis_down(void **state)
     struct tg_cost c;
     struct tg_request_record r = mk("local", "phi", "", 200, 1, 1, &c);
     assert_int_not_equal(tg_usage_add_at(g.usage, &r, H3), TG_OK);
+    /* /metrics says the ledger missed it */
+    struct tg_buf b;
+    tg_buf_init(&b, 0);
+    assert_int_equal(tg_metrics_render(&b), TG_OK);
+    assert_non_null(strstr(b.data, "\ntiergate_usage_ledger_errors_total{kind=\"unavailable\"} 1\n"));
+    tg_buf_free(&b);
 }
 
 int main(void)
