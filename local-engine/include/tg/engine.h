@@ -121,14 +121,14 @@ struct tg_engine_job {
     float top_p;
     int32_t top_k;
     uint32_t seed;
-    int32_t max_tokens; /* completion tokens; 0 = GENERATE 256, CLASSIFY 64, EXTRACT 1024;
-                           always clamped to what is left of n_ctx */
+    int32_t max_tokens; /* completion tokens; 0 = as many as the context has room for
+                           (n_ctx - prompt tokens); larger values are clamped to that */
     const char *const *stop; /* GENERATE: stop strings (not included in the output) */
     size_t n_stop;           /* at most 8, each at most 128 bytes */
     /* CLASSIFY */
     const char *const *labels; /* 1..256 distinct non-empty labels, each <= 256 bytes */
     size_t n_labels;
-    bool multi_label;           /* answer is a set: "a, b" (labels in the model's order) */
+    bool multi_label;           /* answer is a set: a JSON array of labels, ["a","b"] */
     const char *instructions;   /* CLASSIFY/EXTRACT: task description for the system message;
                                    NULL = a generic one */
     /* EXTRACT */
@@ -150,8 +150,9 @@ struct tg_engine_event {
     enum tg_engine_event_type type;
     uint64_t job_id;
     /* TOKEN: the next piece of output (always whole UTF-8 characters; never part of a stop
-     * string). DONE: the whole output: text (GENERATE), the label or "a, b" label set
-     * (CLASSIFY), the JSON document (EXTRACT), "" (EMBED). NUL-terminated too. */
+     * string). DONE: the whole output: text (GENERATE), the label, or the JSON array of
+     * labels with multi_label (CLASSIFY), the JSON document (EXTRACT), "" (EMBED).
+     * NUL-terminated too. */
     const char *text;
     size_t text_len;
     const char *finish_reason; /* DONE: "stop" | "length" | "cancelled" */
@@ -201,9 +202,10 @@ struct tg_engine_stats {
     int32_t queue_depth;      /* jobs waiting for a slot */
     int32_t queue_max;
     double est_wait_ms;       /* expected wait for a job submitted now before it gets a
-                                 slot: 0 with a free slot, else
-                                 ceil((queue_depth + 1) / n_slots) * mean job time
-                                 (EWMA, alpha 0.2, of recent jobs' slot time, ms) */
+                                 slot: 0 when a slot is free for it, else
+                                 ceil((queue_depth + 1 - free_slots) / n_slots) *
+                                 mean job time (EWMA, alpha 0.2, of recent jobs' time
+                                 in a slot, ms) */
     double tokens_per_s;      /* decode throughput of recent decode steps, tokens/s
                                  (EWMA, alpha 0.1, of sampled tokens / step time) */
     double prefill_tokens_per_s; /* prompt tokens/s of recent prefill steps (EWMA) */

@@ -1,0 +1,1668 @@
+/* The local engine: one llama_context, one scheduler thread, continuous batching over
+ * n_slots sequences, chunked prefill, LRU prefix cache on a unified KV cache, grammar-
+ * constrained classify/extract, pooled embeddings on a second context.
+ *
+ * Sequence ids: slot i decodes on seq i; prefix-cache entry j holds its prompt KV on seq
+ * n_slots + j. With kv_unified=true a seq_cp only tags cells with another sequence id, so a
+ * cached prefix costs KV cells only for the tokens no running job shares.
+ *
+ * Locking: e->mu guards the queues, the job <-> slot assignment, cancel flags and the
+ * counters. The scheduler thread never holds it while calling llama.cpp or a callback.
+ */
+#include "tg/engine.h"
+
+#include "engine_int.h"
+#include "tg/buf.h"
+#include "tg/err.h"
+#include "tg/grammar.h"
+#include "tg/log.h"
+#include "tg/schema.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <jansson.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "ggml-backend.h"
+#include "llama.h"
+
+#ifndef TG_LLAMA_BACKEND_DIR
+#define TG_LLAMA_BACKEND_DIR ""
+#endif
+
+#define MAX_SLOTS 64
+#define MAX_STOP 8
+#define MAX_STOP_BYTES 128
+#define MAX_INPUT_BYTES (64u << 20) /* formatted prompt; far above any n_ctx we can hold */
+#define DEFAULT_SEED 42u
+
+enum slot_state { SLOT_IDLE, SLOT_PREFILL, SLOT_GEN };
+
+struct job {
+    uint64_t id;
+    enum tg_job_kind kind;
+    tg_engine_event_cb cb;
+    void *user;
+    llama_token *tokens;
+    int32_t n_tokens;
+    int32_t max_tokens;
+    char **stop;
+    size_t n_stop;
+    char **labels;
+    size_t n_labels;
+    bool multi;
+    struct tg_schema *schema;
+    struct llama_sampler *chain;   /* top-k/top-p/temp/dist or greedy */
+    struct llama_sampler *grammar; /* applied before the chain; NULL = unconstrained */
+    bool stream;
+    bool cancelled; /* under e->mu */
+    double t_submit_ms;
+    struct job *next;
+};
+
+struct slot {
+    int32_t seq;
+    struct job *job; /* written under e->mu by the scheduler; read by cancel/stats */
+    enum slot_state state;
+    int32_t n_past;      /* tokens of this sequence in the KV cache */
+    int32_t n_gen;       /* tokens sampled */
+    int32_t batch_idx;   /* row of this slot's logits in the current batch, -1 = none */
+    int32_t n_in_batch;  /* tokens this slot put in the current batch */
+    llama_token pending; /* sampled, to be decoded next step (SLOT_GEN) */
+    struct tg_buf out;   /* generated text */
+    size_t emitted;      /* bytes of out already sent as TOKEN events */
+    size_t searched;     /* bytes of out already searched for stop strings */
+    double logp;         /* CLASSIFY: sum of log p of the sampled tokens */
+    int32_t cached;      /* prompt tokens reused from the prefix cache */
+    double t_first_ms;
+    double t_start_ms;
+    llama_token_data *cand; /* n_vocab candidates, reused every step */
+};
+
+struct pcache_entry {
+    llama_token *tokens; /* NULL = empty entry */
+    int32_t n;
+    int32_t seq;
+    uint64_t last_used;
+};
+
+struct tg_engine {
+    struct tg_engine_params p;
+    char *model_path;
+    char *kv_type;
+    struct llama_model *model;
+    const struct llama_vocab *vocab;
+    struct llama_context *ctx;
+    llama_memory_t mem;
+    struct llama_context *ectx; /* embeddings; NULL = disabled */
+    struct llama_batch batch;
+    struct llama_batch ebatch;
+    const char *tmpl; /* owned by the model */
+    struct tg_engine_info info;
+    int32_t n_vocab;
+    int32_t n_ctx;
+    int32_t n_batch;
+    int32_t embed_ctx;
+
+    struct slot slots[MAX_SLOTS];
+    int32_t n_slots;
+    struct pcache_entry *pc;
+    int32_t n_pc;
+    uint64_t pc_clock;
+
+    pthread_t thread;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool stopping;
+    struct job *q_head, *q_tail; /* waiting for a slot */
+    int32_t q_len;
+    struct job *eq_head, *eq_tail; /* embeddings waiting */
+    int32_t eq_len;
+    struct job *cancelled; /* cancelled while queued; the scheduler delivers their DONE */
+    uint64_t next_id;
+
+    /* counters (under mu) */
+    double tps_ewma;
+    double prefill_tps_ewma;
+    double job_ms_ewma;
+    uint64_t jobs_done;
+    uint64_t tokens_generated;
+    uint64_t pc_hits, pc_misses, pc_tokens;
+};
+
+/* ---------------------------------------------------------------- process-wide setup */
+
+static _Thread_local char tls_llama_err[256];
+static pthread_once_t g_once = PTHREAD_ONCE_INIT;
+static const char *g_backend_dir;
+
+static void llama_log_cb(enum ggml_log_level level, const char *text, void *ud)
+{
+    (void)ud;
+    if (level == GGML_LOG_LEVEL_ERROR) {
+        /* Keep the last error so create() can say why a load failed. */
+        size_t n = strlen(text);
+        while (n > 0 && (text[n - 1] == '\n' || text[n - 1] == ' '))
+            n--;
+        if (n >= sizeof tls_llama_err)
+            n = sizeof tls_llama_err - 1;
+        memcpy(tls_llama_err, text, n);
+        tls_llama_err[n] = '\0';
+        tg_warn("llama: %s", tls_llama_err);
+        return;
+    }
+    if (tg_log_get_level() > TG_LOG_DEBUG)
+        return;
+    size_t n = strlen(text);
+    while (n > 0 && text[n - 1] == '\n')
+        n--;
+    if (n > 0)
+        tg_debug("llama: %.*s", (int)n, text);
+}
+
+static void global_init(void)
+{
+    llama_log_set(llama_log_cb, NULL);
+    if (g_backend_dir && g_backend_dir[0])
+        ggml_backend_load_all_from_path(g_backend_dir);
+    llama_backend_init();
+    tg_debug("engine: %zu ggml backend device(s) loaded from '%s'", ggml_backend_dev_count(),
+             g_backend_dir ? g_backend_dir : "");
+}
+
+static double now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
+static void errf(char *err, size_t errlen, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void errf(char *err, size_t errlen, const char *fmt, ...)
+{
+    if (!err || errlen == 0)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+}
+
+/* ---------------------------------------------------------------- params */
+
+struct tg_engine_params tg_engine_default_params(void)
+{
+    struct tg_engine_params p;
+    memset(&p, 0, sizeof p);
+    p.n_ctx = 4096;
+    p.n_slots = 4;
+    p.n_threads = 0;
+    p.n_gpu_layers = 0;
+    p.kv_cache_type = "f16";
+    p.n_batch = 512;
+    p.queue_max = 64;
+    p.prefix_cache_entries = 8;
+    p.prefix_cache_min_tokens = 32;
+    p.embed_ctx = 512;
+    p.backend_dir = NULL;
+    return p;
+}
+
+static int kv_type_parse(const char *s, enum ggml_type *out)
+{
+    if (!s || strcmp(s, "f16") == 0)
+        *out = GGML_TYPE_F16;
+    else if (strcmp(s, "q8_0") == 0)
+        *out = GGML_TYPE_Q8_0;
+    else if (strcmp(s, "q4_0") == 0)
+        *out = GGML_TYPE_Q4_0;
+    else
+        return TG_INVAL;
+    return TG_OK;
+}
+
+/* ---------------------------------------------------------------- job memory */
+
+static void strv_free(char **v, size_t n)
+{
+    if (!v)
+        return;
+    for (size_t i = 0; i < n; i++)
+        free(v[i]);
+    free(v);
+}
+
+static char **strv_dup(const char *const *v, size_t n)
+{
+    char **out = calloc(n ? n : 1, sizeof *out);
+    if (!out)
+        return NULL;
+    for (size_t i = 0; i < n; i++) {
+        out[i] = strdup(v[i]);
+        if (!out[i]) {
+            strv_free(out, i);
+            return NULL;
+        }
+    }
+    return out;
+}
+
+static void job_free(struct job *j)
+{
+    if (!j)
+        return;
+    free(j->tokens);
+    strv_free(j->stop, j->n_stop);
+    strv_free(j->labels, j->n_labels);
+    tg_schema_free(j->schema);
+    if (j->chain)
+        llama_sampler_free(j->chain);
+    if (j->grammar)
+        llama_sampler_free(j->grammar);
+    free(j);
+}
+
+/* ---------------------------------------------------------------- events */
+
+static void ev_init(struct tg_engine_event *ev, enum tg_engine_event_type type, uint64_t id)
+{
+    memset(ev, 0, sizeof *ev);
+    ev->type = type;
+    ev->job_id = id;
+    ev->text = "";
+    ev->message = "";
+}
+
+static void deliver_error(struct job *j, int err, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void deliver_error(struct job *j, int err, const char *fmt, ...)
+{
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    struct tg_engine_event ev;
+    ev_init(&ev, TG_EV_ERROR, j->id);
+    ev.err = err;
+    ev.message = msg;
+    ev.total_ms = now_ms() - j->t_submit_ms;
+    tg_debug("engine: job %llu failed: %s: %s", (unsigned long long)j->id, tg_errname(err), msg);
+    j->cb(&ev, j->user);
+}
+
+static void deliver_cancelled_queued(struct job *j)
+{
+    struct tg_engine_event ev;
+    ev_init(&ev, TG_EV_DONE, j->id);
+    ev.finish_reason = "cancelled";
+    ev.usage.prompt_tokens = j->n_tokens;
+    ev.total_ms = now_ms() - j->t_submit_ms;
+    j->cb(&ev, j->user);
+}
+
+/* ---------------------------------------------------------------- prompt building */
+
+static int format_chat(const struct tg_engine *e, const struct llama_chat_message *msgs,
+                       size_t n, char **out, char *err, size_t errlen)
+{
+    size_t total = 0;
+    for (size_t i = 0; i < n; i++)
+        total += strlen(msgs[i].role) + strlen(msgs[i].content);
+    if (total > MAX_INPUT_BYTES) {
+        errf(err, errlen, "input is %zu bytes, more than the %u-byte limit", total,
+             MAX_INPUT_BYTES);
+        return TG_TOOBIG;
+    }
+    int32_t cap = (int32_t)(total * 2 + 1024);
+    for (int attempt = 0; attempt < 2; attempt++) {
+        char *buf = malloc((size_t)cap + 1);
+        if (!buf)
+            return TG_NOMEM;
+        int32_t r = llama_chat_apply_template(e->tmpl, msgs, n, true, buf, cap);
+        if (r < 0) {
+            free(buf);
+            errf(err, errlen, "the model's chat template could not format the messages");
+            return TG_MODEL;
+        }
+        if (r <= cap) {
+            buf[r] = '\0';
+            *out = buf;
+            return TG_OK;
+        }
+        free(buf);
+        cap = r;
+    }
+    errf(err, errlen, "chat template output kept growing");
+    return TG_INTERNAL;
+}
+
+static int tokenize(const struct tg_engine *e, const char *text, bool parse_special,
+                    int32_t limit, const char *what, llama_token **out, int32_t *n_out,
+                    char *err, size_t errlen)
+{
+    size_t len = strlen(text);
+    if (len > MAX_INPUT_BYTES) {
+        errf(err, errlen, "%s is %zu bytes, more than the %u-byte limit", what, len,
+             MAX_INPUT_BYTES);
+        return TG_TOOBIG;
+    }
+    llama_token *toks = malloc(sizeof *toks * ((size_t)limit + 1));
+    if (!toks)
+        return TG_NOMEM;
+    int32_t n = llama_tokenize(e->vocab, text, (int32_t)len, toks, limit + 1, true,
+                               parse_special);
+    if (n == INT32_MIN) {
+        free(toks);
+        errf(err, errlen, "%s is too long to tokenize", what);
+        return TG_TOOBIG;
+    }
+    if (n < 0 || n > limit) {
+        free(toks);
+        errf(err, errlen, "%s is %d tokens but the %s holds at most %d tokens (n_ctx %d)", what,
+             n < 0 ? -n : n, strcmp(what, "embedding input") == 0 ? "embedding context"
+                                                                   : "context",
+             limit, strcmp(what, "embedding input") == 0 ? e->embed_ctx : e->n_ctx);
+        return TG_CONTEXT;
+    }
+    if (n == 0) {
+        free(toks);
+        errf(err, errlen, "%s is empty", what);
+        return TG_INVAL;
+    }
+    *out = toks;
+    *n_out = n;
+    return TG_OK;
+}
+
+/* The system message for CLASSIFY/EXTRACT, then the caller's messages (their own system
+ * message, if first, is folded into ours so the template sees one). */
+static int build_task_prompt(const struct tg_engine *e, const struct tg_engine_job *jb,
+                             char **out, char *err, size_t errlen)
+{
+    struct tg_buf sys;
+    tg_buf_init(&sys, MAX_INPUT_BYTES);
+    int rc = TG_OK;
+    if (jb->kind == TG_JOB_CLASSIFY) {
+        rc |= tg_buf_append_str(&sys, jb->instructions ? jb->instructions
+                                                       : "Classify the user's text.");
+        json_t *arr = json_array();
+        for (size_t i = 0; arr && i < jb->n_labels; i++)
+            json_array_append_new(arr, json_string(jb->labels[i]));
+        char *labels = arr ? json_dumps(arr, JSON_COMPACT) : NULL;
+        json_decref(arr);
+        if (!labels) {
+            tg_buf_free(&sys);
+            return TG_NOMEM;
+        }
+        if (jb->multi_label)
+            rc |= tg_buf_printf(&sys,
+                                "\nAnswer with a JSON array of every label that applies, "
+                                "chosen from: %s. Answer with the array only.",
+                                labels);
+        else
+            rc |= tg_buf_printf(&sys,
+                                "\nAnswer with exactly one of these labels and nothing else: "
+                                "%s.",
+                                labels);
+        free(labels);
+    } else {
+        rc |= tg_buf_append_str(&sys, jb->instructions
+                                          ? jb->instructions
+                                          : "Extract the requested information from the "
+                                            "user's text.");
+        rc |= tg_buf_printf(&sys,
+                            "\nAnswer with only a JSON value that conforms to this JSON "
+                            "Schema:\n%s",
+                            jb->schema_json);
+    }
+    size_t first = 0;
+    struct llama_chat_message *msgs = calloc(jb->n_messages + 2, sizeof *msgs);
+    if (!msgs) {
+        tg_buf_free(&sys);
+        return TG_NOMEM;
+    }
+    if (jb->n_messages > 0 && strcmp(jb->messages[0].role, "system") == 0) {
+        rc |= tg_buf_printf(&sys, "\n\n%s", jb->messages[0].content);
+        first = 1;
+    }
+    if (rc != TG_OK) {
+        free(msgs);
+        tg_buf_free(&sys);
+        errf(err, errlen, "instructions too long");
+        return TG_TOOBIG;
+    }
+    size_t n = 0;
+    msgs[n++] = (struct llama_chat_message){"system", sys.data};
+    if (jb->n_messages > 0) {
+        for (size_t i = first; i < jb->n_messages; i++)
+            msgs[n++] = (struct llama_chat_message){jb->messages[i].role,
+                                                    jb->messages[i].content};
+    } else {
+        msgs[n++] = (struct llama_chat_message){"user", jb->prompt};
+    }
+    rc = format_chat(e, msgs, n, out, err, errlen);
+    free(msgs);
+    tg_buf_free(&sys);
+    return rc;
+}
+
+static char *join_messages(const struct tg_engine_job *jb)
+{
+    struct tg_buf b;
+    tg_buf_init(&b, MAX_INPUT_BYTES);
+    int rc = TG_OK;
+    for (size_t i = 0; i < jb->n_messages && rc == TG_OK; i++) {
+        if (i > 0)
+            rc = tg_buf_append_str(&b, "\n");
+        if (rc == TG_OK)
+            rc = tg_buf_append_str(&b, jb->messages[i].content);
+    }
+    if (rc == TG_OK)
+        rc = tg_buf_append(&b, "", 0);
+    if (rc != TG_OK) {
+        tg_buf_free(&b);
+        return NULL;
+    }
+    return tg_buf_detach(&b);
+}
+
+static struct llama_sampler *make_chain(const struct tg_engine_job *jb)
+{
+    struct llama_sampler_chain_params cp = llama_sampler_chain_default_params();
+    cp.no_perf = true;
+    struct llama_sampler *c = llama_sampler_chain_init(cp);
+    if (!c)
+        return NULL;
+    if (!(jb->temperature > 0.0f)) {
+        llama_sampler_chain_add(c, llama_sampler_init_greedy());
+        return c;
+    }
+    if (jb->top_k > 0)
+        llama_sampler_chain_add(c, llama_sampler_init_top_k(jb->top_k));
+    if (jb->top_p > 0.0f && jb->top_p < 1.0f)
+        llama_sampler_chain_add(c, llama_sampler_init_top_p(jb->top_p, 1));
+    llama_sampler_chain_add(c, llama_sampler_init_temp(jb->temperature));
+    llama_sampler_chain_add(c, llama_sampler_init_dist(jb->seed ? jb->seed : DEFAULT_SEED));
+    return c;
+}
+
+static struct llama_sampler *make_grammar(const struct tg_engine *e, const char *gbnf,
+                                          char *err, size_t errlen)
+{
+    tls_llama_err[0] = '\0';
+    struct llama_sampler *g = llama_sampler_init_grammar(e->vocab, gbnf, "root");
+    if (!g)
+        errf(err, errlen, "grammar does not parse%s%s", tls_llama_err[0] ? ": " : "",
+             tls_llama_err);
+    return g;
+}
+
+static int check_job(const struct tg_engine *e, const struct tg_engine_job *jb, char *err,
+                     size_t errlen)
+{
+    if (jb->kind < TG_JOB_GENERATE || jb->kind > TG_JOB_EMBED) {
+        errf(err, errlen, "unknown job kind %d", (int)jb->kind);
+        return TG_INVAL;
+    }
+    if (jb->n_messages == 0 && !jb->prompt) {
+        errf(err, errlen, "job has neither messages nor a prompt");
+        return TG_INVAL;
+    }
+    for (size_t i = 0; i < jb->n_messages; i++) {
+        if (!jb->messages || !jb->messages[i].role || !jb->messages[i].content) {
+            errf(err, errlen, "message %zu has no role or no content", i);
+            return TG_INVAL;
+        }
+    }
+    if (jb->max_tokens < 0) {
+        errf(err, errlen, "max_tokens must be >= 0 (got %d)", jb->max_tokens);
+        return TG_INVAL;
+    }
+    if (!isfinite(jb->temperature) || !isfinite(jb->top_p) || jb->top_k < 0) {
+        errf(err, errlen, "bad sampling parameters");
+        return TG_INVAL;
+    }
+    if (jb->n_stop > MAX_STOP) {
+        errf(err, errlen, "at most %d stop strings (got %zu)", MAX_STOP, jb->n_stop);
+        return TG_INVAL;
+    }
+    for (size_t i = 0; i < jb->n_stop; i++) {
+        if (!jb->stop || !jb->stop[i] || jb->stop[i][0] == '\0' ||
+            strlen(jb->stop[i]) > MAX_STOP_BYTES) {
+            errf(err, errlen, "stop string %zu is empty or longer than %d bytes", i,
+                 MAX_STOP_BYTES);
+            return TG_INVAL;
+        }
+    }
+    if (jb->kind == TG_JOB_CLASSIFY) {
+        if (!jb->labels || jb->n_labels == 0) {
+            errf(err, errlen, "classify needs at least one label");
+            return TG_INVAL;
+        }
+        return tg_grammar_check_labels(jb->labels, jb->n_labels, err, errlen);
+    }
+    if (jb->kind == TG_JOB_EXTRACT && !jb->schema_json) {
+        errf(err, errlen, "extract needs a JSON Schema");
+        return TG_INVAL;
+    }
+    if (jb->kind == TG_JOB_EMBED && !e->ectx) {
+        errf(err, errlen, "this engine was created without an embedding context");
+        return TG_UNSUPPORTED;
+    }
+    return TG_OK;
+}
+
+/* ---------------------------------------------------------------- submit / cancel / stats */
+
+int tg_engine_submit(struct tg_engine *e, const struct tg_engine_job *jb, tg_engine_event_cb cb,
+                     void *user, uint64_t *job_id, char *err, size_t errlen)
+{
+    if (!e || !jb || !cb) {
+        errf(err, errlen, "NULL engine, job or callback");
+        return TG_INVAL;
+    }
+    int rc = check_job(e, jb, err, errlen);
+    if (rc != TG_OK)
+        return rc;
+
+    struct job *j = calloc(1, sizeof *j);
+    if (!j)
+        return TG_NOMEM;
+    j->kind = jb->kind;
+    j->cb = cb;
+    j->user = user;
+    j->stream = jb->stream;
+    j->multi = jb->multi_label;
+    j->t_submit_ms = now_ms();
+
+    /* Prompt text -> tokens. */
+    char *text = NULL;
+    bool parse_special = true;
+    if (jb->kind == TG_JOB_GENERATE) {
+        if (jb->n_messages > 0) {
+            struct llama_chat_message *m = calloc(jb->n_messages, sizeof *m);
+            if (!m) {
+                rc = TG_NOMEM;
+                goto fail;
+            }
+            for (size_t i = 0; i < jb->n_messages; i++)
+                m[i] = (struct llama_chat_message){jb->messages[i].role,
+                                                   jb->messages[i].content};
+            rc = format_chat(e, m, jb->n_messages, &text, err, errlen);
+            free(m);
+        } else {
+            text = strdup(jb->prompt);
+            rc = text ? TG_OK : TG_NOMEM;
+        }
+    } else if (jb->kind == TG_JOB_EMBED) {
+        parse_special = false; /* user text, not markup */
+        text = jb->n_messages > 0 ? join_messages(jb) : strdup(jb->prompt);
+        rc = text ? TG_OK : TG_NOMEM;
+    } else {
+        if (jb->kind == TG_JOB_EXTRACT) {
+            rc = tg_schema_compile_text(jb->schema_json, strlen(jb->schema_json), &j->schema,
+                                        err, errlen);
+            if (rc != TG_OK)
+                goto fail;
+        }
+        rc = build_task_prompt(e, jb, &text, err, errlen);
+    }
+    if (rc != TG_OK)
+        goto fail;
+    if (jb->kind == TG_JOB_EMBED)
+        rc = tokenize(e, text, parse_special, e->embed_ctx, "embedding input", &j->tokens,
+                      &j->n_tokens, err, errlen);
+    else
+        rc = tokenize(e, text, parse_special, e->n_ctx - 1, "prompt", &j->tokens,
+                      &j->n_tokens, err, errlen);
+    free(text);
+    text = NULL;
+    if (rc != TG_OK)
+        goto fail;
+
+    if (jb->kind != TG_JOB_EMBED) {
+        int32_t room = e->n_ctx - j->n_tokens;
+        j->max_tokens = jb->max_tokens == 0 || jb->max_tokens > room ? room : jb->max_tokens;
+        if (jb->n_stop > 0) {
+            j->stop = strv_dup(jb->stop, jb->n_stop);
+            if (!j->stop) {
+                rc = TG_NOMEM;
+                goto fail;
+            }
+            j->n_stop = jb->n_stop;
+        }
+        j->chain = make_chain(jb);
+        if (!j->chain) {
+            rc = TG_NOMEM;
+            goto fail;
+        }
+        char *gbnf = NULL;
+        if (jb->kind == TG_JOB_CLASSIFY) {
+            j->labels = strv_dup(jb->labels, jb->n_labels);
+            if (!j->labels) {
+                rc = TG_NOMEM;
+                goto fail;
+            }
+            j->n_labels = jb->n_labels;
+            gbnf = tg_grammar_labels(jb->labels, jb->n_labels, jb->multi_label, err, errlen);
+            if (!gbnf) {
+                rc = TG_INVAL;
+                goto fail;
+            }
+        } else if (jb->kind == TG_JOB_EXTRACT) {
+            gbnf = tg_schema_to_gbnf(j->schema);
+            if (!gbnf) {
+                rc = TG_NOMEM;
+                goto fail;
+            }
+        } else if (jb->grammar) {
+            gbnf = strdup(jb->grammar);
+            if (!gbnf) {
+                rc = TG_NOMEM;
+                goto fail;
+            }
+        }
+        if (gbnf) {
+            j->grammar = make_grammar(e, gbnf, err, errlen);
+            free(gbnf);
+            if (!j->grammar) {
+                rc = jb->kind == TG_JOB_GENERATE ? TG_INVAL : TG_INTERNAL;
+                goto fail;
+            }
+        }
+    }
+
+    pthread_mutex_lock(&e->mu);
+    if (e->stopping) {
+        pthread_mutex_unlock(&e->mu);
+        errf(err, errlen, "engine is shutting down");
+        rc = TG_CLOSED;
+        goto fail;
+    }
+    if (jb->kind == TG_JOB_EMBED ? e->eq_len >= e->p.queue_max : e->q_len >= e->p.queue_max) {
+        int32_t depth = jb->kind == TG_JOB_EMBED ? e->eq_len : e->q_len;
+        pthread_mutex_unlock(&e->mu);
+        errf(err, errlen, "engine queue is full (%d jobs waiting, queue_max %d)", depth,
+             e->p.queue_max);
+        rc = TG_BUSY;
+        goto fail;
+    }
+    j->id = ++e->next_id;
+    if (jb->kind == TG_JOB_EMBED) {
+        if (e->eq_tail)
+            e->eq_tail->next = j;
+        else
+            e->eq_head = j;
+        e->eq_tail = j;
+        e->eq_len++;
+    } else {
+        if (e->q_tail)
+            e->q_tail->next = j;
+        else
+            e->q_head = j;
+        e->q_tail = j;
+        e->q_len++;
+    }
+    if (job_id)
+        *job_id = j->id;
+    pthread_cond_signal(&e->cv);
+    pthread_mutex_unlock(&e->mu);
+    return TG_OK;
+
+fail:
+    free(text);
+    job_free(j);
+    if (rc == TG_NOMEM)
+        errf(err, errlen, "out of memory");
+    return rc;
+}
+
+static bool queue_remove(struct job **head, struct job **tail, uint64_t id, struct job **out)
+{
+    struct job *prev = NULL;
+    for (struct job *j = *head; j; prev = j, j = j->next) {
+        if (j->id != id)
+            continue;
+        if (prev)
+            prev->next = j->next;
+        else
+            *head = j->next;
+        if (*tail == j)
+            *tail = prev;
+        j->next = NULL;
+        *out = j;
+        return true;
+    }
+    return false;
+}
+
+int tg_engine_cancel(struct tg_engine *e, uint64_t job_id)
+{
+    if (!e)
+        return TG_INVAL;
+    int rc = TG_NOTFOUND;
+    pthread_mutex_lock(&e->mu);
+    struct job *j = NULL;
+    if (queue_remove(&e->q_head, &e->q_tail, job_id, &j)) {
+        e->q_len--;
+    } else if (queue_remove(&e->eq_head, &e->eq_tail, job_id, &j)) {
+        e->eq_len--;
+    }
+    if (j) {
+        j->cancelled = true;
+        j->next = e->cancelled;
+        e->cancelled = j;
+        rc = TG_OK;
+    } else {
+        for (int32_t i = 0; i < e->n_slots; i++) {
+            struct job *sj = e->slots[i].job;
+            if (sj && sj->id == job_id && !sj->cancelled) {
+                sj->cancelled = true; /* the slot counts as free from now on */
+                rc = TG_OK;
+                break;
+            }
+        }
+    }
+    if (rc == TG_OK)
+        pthread_cond_signal(&e->cv);
+    pthread_mutex_unlock(&e->mu);
+    return rc;
+}
+
+void tg_engine_stats(struct tg_engine *e, struct tg_engine_stats *out)
+{
+    memset(out, 0, sizeof *out);
+    if (!e)
+        return;
+    pthread_mutex_lock(&e->mu);
+    out->n_slots = e->n_slots;
+    for (int32_t i = 0; i < e->n_slots; i++)
+        if (e->slots[i].job && !e->slots[i].job->cancelled)
+            out->slots_busy++;
+    out->queue_depth = e->q_len + e->eq_len;
+    out->queue_max = e->p.queue_max;
+    int32_t free_slots = e->n_slots - out->slots_busy;
+    if (e->q_len + 1 > free_slots) {
+        int32_t ahead = e->q_len + 1 - free_slots;
+        out->est_wait_ms = ceil((double)ahead / e->n_slots) * e->job_ms_ewma;
+    }
+    out->tokens_per_s = e->tps_ewma;
+    out->prefill_tokens_per_s = e->prefill_tps_ewma;
+    out->jobs_done = e->jobs_done;
+    out->tokens_generated = e->tokens_generated;
+    out->prefix_cache_hits = e->pc_hits;
+    out->prefix_cache_misses = e->pc_misses;
+    out->prefix_cache_tokens = e->pc_tokens;
+    for (int32_t i = 0; i < e->n_pc; i++)
+        if (e->pc[i].tokens)
+            out->prefix_cache_entries++;
+    pthread_mutex_unlock(&e->mu);
+}
+
+void tg_engine_info(const struct tg_engine *e, struct tg_engine_info *out)
+{
+    if (!e) {
+        memset(out, 0, sizeof *out);
+        return;
+    }
+    *out = e->info; /* immutable after create */
+}
+
+/* ---------------------------------------------------------------- prefix cache */
+
+static int32_t common_prefix(const llama_token *a, int32_t na, const llama_token *b, int32_t nb)
+{
+    int32_t n = na < nb ? na : nb, i = 0;
+    while (i < n && a[i] == b[i])
+        i++;
+    return i;
+}
+
+/* Scheduler thread. Copies the KV of the longest cached prefix into the slot's sequence. */
+static int32_t pcache_lookup(struct tg_engine *e, struct slot *s)
+{
+    struct job *j = s->job;
+    int32_t best = 0;
+    struct pcache_entry *be = NULL;
+    for (int32_t i = 0; i < e->n_pc; i++) {
+        struct pcache_entry *pe = &e->pc[i];
+        if (!pe->tokens)
+            continue;
+        int32_t l = common_prefix(pe->tokens, pe->n, j->tokens, j->n_tokens);
+        if (l > best) {
+            best = l;
+            be = pe;
+        }
+    }
+    /* The last prompt token is always decoded: its logits start the generation. */
+    if (best > j->n_tokens - 1)
+        best = j->n_tokens - 1;
+    if (!be || best < e->p.prefix_cache_min_tokens)
+        return 0;
+    llama_memory_seq_cp(e->mem, be->seq, s->seq, 0, best);
+    be->last_used = ++e->pc_clock;
+    return best;
+}
+
+static void pcache_drop(struct tg_engine *e, struct pcache_entry *pe)
+{
+    llama_memory_seq_rm(e->mem, pe->seq, -1, -1);
+    free(pe->tokens);
+    pe->tokens = NULL;
+    pe->n = 0;
+}
+
+/* Scheduler thread, right after a slot's prompt is fully in the KV cache. */
+static void pcache_insert(struct tg_engine *e, struct slot *s)
+{
+    struct job *j = s->job;
+    if (e->n_pc == 0 || j->n_tokens < e->p.prefix_cache_min_tokens)
+        return;
+    struct pcache_entry *target = NULL;
+    for (int32_t i = 0; i < e->n_pc; i++) {
+        struct pcache_entry *pe = &e->pc[i];
+        if (!pe->tokens)
+            continue;
+        int32_t l = common_prefix(pe->tokens, pe->n, j->tokens, j->n_tokens);
+        if (l == j->n_tokens) { /* already cached (as this or a longer prompt) */
+            pe->last_used = ++e->pc_clock;
+            return;
+        }
+        if (l == pe->n) { /* this prompt extends the entry: replace it */
+            target = pe;
+            break;
+        }
+    }
+    if (!target) {
+        for (int32_t i = 0; i < e->n_pc; i++) {
+            struct pcache_entry *pe = &e->pc[i];
+            if (!pe->tokens) {
+                target = pe;
+                break;
+            }
+            if (!target || pe->last_used < target->last_used)
+                target = pe;
+        }
+    }
+    llama_token *copy = malloc(sizeof *copy * (size_t)j->n_tokens);
+    if (!copy)
+        return; /* caching is an optimisation; skip it */
+    memcpy(copy, j->tokens, sizeof *copy * (size_t)j->n_tokens);
+    if (target->tokens)
+        pcache_drop(e, target);
+    llama_memory_seq_cp(e->mem, s->seq, target->seq, 0, j->n_tokens);
+    target->tokens = copy;
+    target->n = j->n_tokens;
+    target->last_used = ++e->pc_clock;
+}
+
+/* Evict the least recently used entry; false when the cache is empty. */
+static bool pcache_evict_lru(struct tg_engine *e)
+{
+    struct pcache_entry *lru = NULL;
+    for (int32_t i = 0; i < e->n_pc; i++)
+        if (e->pc[i].tokens && (!lru || e->pc[i].last_used < lru->last_used))
+            lru = &e->pc[i];
+    if (!lru)
+        return false;
+    tg_debug("engine: KV cache full, evicting a cached prefix of %d tokens", lru->n);
+    pcache_drop(e, lru);
+    return true;
+}
+
+/* ---------------------------------------------------------------- scheduler */
+
+static void slot_release(struct tg_engine *e, struct slot *s)
+{
+    llama_memory_seq_rm(e->mem, s->seq, -1, -1);
+    struct job *j = s->job;
+    double slot_ms = now_ms() - s->t_start_ms;
+    pthread_mutex_lock(&e->mu);
+    s->job = NULL;
+    e->jobs_done++;
+    e->job_ms_ewma = e->job_ms_ewma == 0 ? slot_ms : 0.8 * e->job_ms_ewma + 0.2 * slot_ms;
+    pthread_mutex_unlock(&e->mu);
+    s->state = SLOT_IDLE;
+    tg_buf_reset(&s->out);
+    job_free(j);
+}
+
+static void fill_usage(const struct slot *s, struct tg_engine_usage *u)
+{
+    u->prompt_tokens = s->job->n_tokens;
+    u->completion_tokens = s->n_gen;
+    u->cached_tokens = s->cached;
+}
+
+static void slot_fail(struct tg_engine *e, struct slot *s, int err, const char *msg)
+{
+    deliver_error(s->job, err, "%s", msg);
+    slot_release(e, s);
+}
+
+/* Send out[emitted..upto) as one TOKEN event. */
+static void slot_emit(struct slot *s, size_t upto)
+{
+    if (!s->job->stream || upto <= s->emitted)
+        return;
+    struct tg_engine_event ev;
+    ev_init(&ev, TG_EV_TOKEN, s->job->id);
+    /* Events promise NUL-terminated text: emit from a copy when out continues past upto. */
+    char small[512];
+    size_t n = upto - s->emitted;
+    char *p = n < sizeof small ? small : malloc(n + 1);
+    if (!p)
+        return;
+    memcpy(p, s->out.data + s->emitted, n);
+    p[n] = '\0';
+    ev.text = p;
+    ev.text_len = n;
+    s->job->cb(&ev, s->job->user);
+    if (p != small)
+        free(p);
+    s->emitted = upto;
+}
+
+static void slot_finish(struct tg_engine *e, struct slot *s, const char *reason)
+{
+    struct job *j = s->job;
+    const char *text = s->out.data ? s->out.data : "";
+    size_t len = s->out.len;
+    slot_emit(s, len);
+
+    struct tg_engine_event ev;
+    ev_init(&ev, TG_EV_DONE, j->id);
+    ev.text = text;
+    ev.text_len = len;
+    ev.finish_reason = reason;
+    fill_usage(s, &ev.usage);
+    ev.ttft_ms = s->t_first_ms > 0 ? s->t_first_ms - j->t_submit_ms : 0;
+    ev.total_ms = now_ms() - j->t_submit_ms;
+    bool cancelled = strcmp(reason, "cancelled") == 0;
+
+    char msg[384];
+    if (j->kind == TG_JOB_CLASSIFY && !cancelled) {
+        size_t idx[TG_GRAMMAR_MAX_LABELS];
+        int32_t idx32[TG_GRAMMAR_MAX_LABELS];
+        size_t n_idx = 0;
+        char perr[256];
+        int rc = tg_grammar_parse_labels((const char *const *)j->labels, j->n_labels, j->multi,
+                                         text, len, idx, TG_GRAMMAR_MAX_LABELS, &n_idx, perr,
+                                         sizeof perr);
+        if (rc != TG_OK) {
+            snprintf(msg, sizeof msg, "classification did not produce a label (finish %s): %s",
+                     reason, perr);
+            slot_fail(e, s, TG_MODEL, msg);
+            return;
+        }
+        for (size_t i = 0; i < n_idx; i++)
+            idx32[i] = (int32_t)idx[i];
+        ev.label_idx = idx32;
+        ev.n_label_idx = n_idx;
+        ev.confidence = exp(s->logp);
+        j->cb(&ev, j->user);
+        slot_release(e, s);
+        return;
+    }
+    if (j->kind == TG_JOB_EXTRACT && !cancelled) {
+        char verr[256];
+        if (!tg_schema_validate_text(j->schema, text, len, verr, sizeof verr)) {
+            snprintf(msg, sizeof msg,
+                     "generated JSON is not valid against the schema (finish %s, %d tokens): %s",
+                     reason, s->n_gen, verr);
+            slot_fail(e, s, TG_MODEL, msg);
+            return;
+        }
+    }
+    j->cb(&ev, j->user);
+    slot_release(e, s);
+}
+
+/* Scheduler thread: a job just got slot s. */
+static void slot_start(struct tg_engine *e, struct slot *s)
+{
+    struct job *j = s->job;
+    s->state = SLOT_PREFILL;
+    s->n_gen = 0;
+    s->batch_idx = -1;
+    s->emitted = 0;
+    s->searched = 0;
+    s->logp = 0;
+    s->t_first_ms = 0;
+    s->t_start_ms = now_ms();
+    tg_buf_reset(&s->out);
+    llama_memory_seq_rm(e->mem, s->seq, -1, -1);
+    s->cached = e->n_pc > 0 ? pcache_lookup(e, s) : 0;
+    s->n_past = s->cached;
+    pthread_mutex_lock(&e->mu);
+    if (s->cached > 0) {
+        e->pc_hits++;
+        e->pc_tokens += (uint64_t)s->cached;
+    } else if (e->n_pc > 0) {
+        e->pc_misses++;
+    }
+    pthread_mutex_unlock(&e->mu);
+    tg_debug("engine: job %llu on slot %d: %d prompt tokens (%d cached), max %d new",
+             (unsigned long long)j->id, s->seq, j->n_tokens, s->cached, j->max_tokens);
+}
+
+static void batch_add(struct llama_batch *b, llama_token t, llama_pos pos, llama_seq_id seq,
+                      bool logits)
+{
+    int32_t i = b->n_tokens++;
+    b->token[i] = t;
+    b->pos[i] = pos;
+    b->n_seq_id[i] = 1;
+    b->seq_id[i][0] = seq;
+    b->logits[i] = logits;
+}
+
+/* Sample from row idx of the last decode. With a grammar, it masks the candidates first;
+ * *logp_step gets log p(token) under softmax(logits) restricted to the admitted tokens. */
+static llama_token slot_sample(struct tg_engine *e, struct slot *s, int32_t idx,
+                               double *logp_step)
+{
+    const float *logits = llama_get_logits_ith(e->ctx, idx);
+    struct job *j = s->job;
+    for (int32_t t = 0; t < e->n_vocab; t++)
+        s->cand[t] = (llama_token_data){t, logits[t], 0.0f};
+    llama_token_data_array arr = {s->cand, (size_t)e->n_vocab, -1, false};
+    if (j->grammar)
+        llama_sampler_apply(j->grammar, &arr);
+    if (j->kind == TG_JOB_CLASSIFY) {
+        float mx = -INFINITY;
+        for (size_t k = 0; k < arr.size; k++)
+            if (arr.data[k].logit > mx)
+                mx = arr.data[k].logit;
+        double sum = 0;
+        for (size_t k = 0; k < arr.size; k++)
+            if (isfinite(arr.data[k].logit))
+                sum += exp((double)arr.data[k].logit - mx);
+        *logp_step = -log(sum) - mx; /* + logit of the chosen token, added below */
+    }
+    llama_sampler_apply(j->chain, &arr);
+    if (arr.selected < 0 || (size_t)arr.selected >= arr.size)
+        return LLAMA_TOKEN_NULL;
+    llama_token tok = arr.data[arr.selected].id;
+    if (j->kind == TG_JOB_CLASSIFY)
+        *logp_step += logits[tok];
+    if (j->grammar)
+        llama_sampler_accept(j->grammar, tok);
+    llama_sampler_accept(j->chain, tok);
+    return tok;
+}
+
+/* Handle one sampled token; false when the job finished (slot released). */
+static bool slot_on_token(struct tg_engine *e, struct slot *s, llama_token tok)
+{
+    struct job *j = s->job;
+    s->n_gen++;
+    if (s->t_first_ms == 0)
+        s->t_first_ms = now_ms();
+    if (llama_vocab_is_eog(e->vocab, tok)) {
+        slot_finish(e, s, "stop");
+        return false;
+    }
+    char piece[256];
+    int32_t n = llama_token_to_piece(e->vocab, tok, piece, sizeof piece, 0, false);
+    if (n < 0) {
+        slot_fail(e, s, TG_INTERNAL, "token text longer than 256 bytes");
+        return false;
+    }
+    if (n > 0 && tg_buf_append(&s->out, piece, (size_t)n) != TG_OK) {
+        slot_fail(e, s, TG_NOMEM, "out of memory for the generated text");
+        return false;
+    }
+    if (j->n_stop > 0) {
+        size_t at = tg_engine_find_stop(s->out.data, s->out.len, s->searched, j->stop, j->n_stop);
+        if (at != (size_t)-1) {
+            s->out.len = at; /* the stop string is not part of the output */
+            s->out.data[at] = '\0';
+            slot_finish(e, s, "stop");
+            return false;
+        }
+        s->searched = s->out.len;
+    }
+    if (s->n_gen >= j->max_tokens || s->n_past + 1 >= e->n_ctx) {
+        slot_finish(e, s, "length");
+        return false;
+    }
+    if (j->stream) {
+        size_t safe = s->out.len - tg_engine_stop_holdback(s->out.data, s->out.len, j->stop,
+                                                           j->n_stop);
+        safe = tg_engine_utf8_complete_len(s->out.data, safe);
+        slot_emit(s, safe);
+    }
+    s->pending = tok;
+    s->state = SLOT_GEN;
+    return true;
+}
+
+static void embed_run(struct tg_engine *e, struct job *j)
+{
+    llama_memory_clear(llama_get_memory(e->ectx), true);
+    e->ebatch.n_tokens = 0;
+    for (int32_t i = 0; i < j->n_tokens; i++)
+        batch_add(&e->ebatch, j->tokens[i], i, 0, true);
+    int32_t rc = llama_decode(e->ectx, e->ebatch);
+    if (rc != 0) {
+        deliver_error(j, TG_MODEL, "llama_decode failed on the embedding context (%d)", rc);
+        return;
+    }
+    const float *v = llama_get_embeddings_seq(e->ectx, 0);
+    if (!v) {
+        deliver_error(j, TG_MODEL, "the model produced no pooled embedding");
+        return;
+    }
+    int32_t n = e->info.n_embd;
+    float *out = malloc(sizeof *out * (size_t)n);
+    if (!out) {
+        deliver_error(j, TG_NOMEM, "out of memory");
+        return;
+    }
+    double ss = 0;
+    for (int32_t i = 0; i < n; i++)
+        ss += (double)v[i] * v[i];
+    double inv = ss > 0 ? 1.0 / sqrt(ss) : 0.0;
+    for (int32_t i = 0; i < n; i++)
+        out[i] = (float)(v[i] * inv);
+    struct tg_engine_event ev;
+    ev_init(&ev, TG_EV_DONE, j->id);
+    ev.finish_reason = "stop";
+    ev.usage.prompt_tokens = j->n_tokens;
+    ev.embedding = out;
+    ev.n_embd = n;
+    ev.total_ms = now_ms() - j->t_submit_ms;
+    ev.ttft_ms = ev.total_ms;
+    j->cb(&ev, j->user);
+    free(out);
+}
+
+/* Build the next batch: one token per generating slot, then prompt chunks, oldest job
+ * first, up to n_batch tokens. Returns the number of prompt tokens added. */
+static int32_t build_batch(struct tg_engine *e, int32_t *n_gen_tokens)
+{
+    struct llama_batch *b = &e->batch;
+    b->n_tokens = 0;
+    *n_gen_tokens = 0;
+    for (int32_t i = 0; i < e->n_slots; i++) {
+        struct slot *s = &e->slots[i];
+        s->batch_idx = -1;
+        s->n_in_batch = 0;
+        if (!s->job || s->state != SLOT_GEN)
+            continue;
+        s->batch_idx = b->n_tokens;
+        s->n_in_batch = 1;
+        batch_add(b, s->pending, s->n_past, s->seq, true);
+        (*n_gen_tokens)++;
+    }
+    int32_t n_prompt = 0;
+    for (;;) {
+        int32_t budget = e->n_batch - b->n_tokens;
+        if (budget <= 0)
+            break;
+        struct slot *pick = NULL;
+        for (int32_t i = 0; i < e->n_slots; i++) {
+            struct slot *s = &e->slots[i];
+            if (s->job && s->state == SLOT_PREFILL && s->n_in_batch == 0 &&
+                (!pick || s->job->id < pick->job->id))
+                pick = s;
+        }
+        if (!pick)
+            break;
+        struct job *j = pick->job;
+        int32_t left = j->n_tokens - pick->n_past;
+        int32_t take = left < budget ? left : budget;
+        for (int32_t k = 0; k < take; k++) {
+            int32_t pos = pick->n_past + k;
+            bool last = pos == j->n_tokens - 1;
+            if (last)
+                pick->batch_idx = b->n_tokens;
+            batch_add(b, j->tokens[pos], pos, pick->seq, last);
+        }
+        pick->n_in_batch = take;
+        n_prompt += take;
+    }
+    return n_prompt;
+}
+
+static struct slot *newest_in_batch(struct tg_engine *e)
+{
+    struct slot *n = NULL;
+    for (int32_t i = 0; i < e->n_slots; i++) {
+        struct slot *s = &e->slots[i];
+        if (s->job && s->n_in_batch > 0 && (!n || s->job->id > n->job->id))
+            n = s;
+    }
+    return n;
+}
+
+/* One decode step over the running slots. */
+static void step(struct tg_engine *e)
+{
+    int32_t n_gen_tokens;
+    int32_t n_prompt = build_batch(e, &n_gen_tokens);
+    if (e->batch.n_tokens == 0)
+        return;
+    double t0 = now_ms();
+    int32_t rc = llama_decode(e->ctx, e->batch);
+    while (rc == 1 && pcache_evict_lru(e))
+        rc = llama_decode(e->ctx, e->batch);
+    if (rc == 1) {
+        /* No KV room even without cached prefixes: the newest job gives way. */
+        struct slot *s = newest_in_batch(e);
+        char msg[256];
+        snprintf(msg, sizeof msg,
+                 "KV cache full: %d cells (n_ctx) are used by the running jobs; this job "
+                 "needed %d more tokens",
+                 e->n_ctx, s->n_in_batch);
+        slot_fail(e, s, TG_CONTEXT, msg);
+        return;
+    }
+    if (rc != 0) {
+        char msg[128];
+        snprintf(msg, sizeof msg, "llama_decode failed (%d)", rc);
+        tg_error("engine: %s; failing the %d job(s) in the batch", msg, e->batch.n_tokens);
+        for (int32_t i = 0; i < e->n_slots; i++) {
+            struct slot *s = &e->slots[i];
+            if (s->job && s->n_in_batch > 0)
+                slot_fail(e, s, TG_MODEL, msg);
+        }
+        return;
+    }
+    double dt = now_ms() - t0;
+
+    int32_t sampled = 0;
+    for (int32_t i = 0; i < e->n_slots; i++) {
+        struct slot *s = &e->slots[i];
+        if (!s->job || s->n_in_batch == 0)
+            continue;
+        s->n_past += s->n_in_batch;
+        if (s->state == SLOT_PREFILL && s->n_past == s->job->n_tokens)
+            pcache_insert(e, s);
+        if (s->batch_idx < 0)
+            continue; /* prompt chunk without its last token yet */
+        double lp = 0;
+        llama_token tok = slot_sample(e, s, s->batch_idx, &lp);
+        if (tok == LLAMA_TOKEN_NULL) {
+            slot_fail(e, s, TG_INTERNAL, "sampler selected no token");
+            continue;
+        }
+        s->logp += lp;
+        sampled++;
+        slot_on_token(e, s, tok);
+    }
+
+    pthread_mutex_lock(&e->mu);
+    e->tokens_generated += (uint64_t)sampled;
+    if (dt > 0) {
+        if (n_prompt == 0 && n_gen_tokens > 0) {
+            double tps = n_gen_tokens * 1000.0 / dt;
+            e->tps_ewma = e->tps_ewma == 0 ? tps : 0.9 * e->tps_ewma + 0.1 * tps;
+        } else if (n_prompt > 0) {
+            double tps = n_prompt * 1000.0 / dt;
+            e->prefill_tps_ewma =
+                e->prefill_tps_ewma == 0 ? tps : 0.9 * e->prefill_tps_ewma + 0.1 * tps;
+        }
+    }
+    pthread_mutex_unlock(&e->mu);
+}
+
+static void fail_all(struct tg_engine *e)
+{
+    pthread_mutex_lock(&e->mu);
+    struct job *lists[3] = {e->q_head, e->eq_head, e->cancelled};
+    e->q_head = e->q_tail = e->eq_head = e->eq_tail = e->cancelled = NULL;
+    e->q_len = e->eq_len = 0;
+    pthread_mutex_unlock(&e->mu);
+    for (int32_t i = 0; i < e->n_slots; i++) {
+        struct slot *s = &e->slots[i];
+        if (s->job)
+            slot_fail(e, s, TG_CLOSED, "engine is shutting down");
+    }
+    for (int k = 0; k < 3; k++) {
+        for (struct job *j = lists[k], *next; j; j = next) {
+            next = j->next;
+            if (k == 2)
+                deliver_cancelled_queued(j);
+            else
+                deliver_error(j, TG_CLOSED, "engine is shutting down");
+            job_free(j);
+        }
+    }
+}
+
+static void *engine_main(void *arg)
+{
+    struct tg_engine *e = arg;
+    for (;;) {
+        struct slot *cancelled_slots[MAX_SLOTS];
+        int32_t n_cancelled = 0;
+        struct slot *started[MAX_SLOTS];
+        int32_t n_started = 0;
+
+        pthread_mutex_lock(&e->mu);
+        for (;;) {
+            bool active = false;
+            for (int32_t i = 0; i < e->n_slots && !active; i++)
+                active = e->slots[i].job != NULL;
+            if (e->stopping || active || e->q_head || e->eq_head || e->cancelled)
+                break;
+            pthread_cond_wait(&e->cv, &e->mu);
+        }
+        if (e->stopping) {
+            pthread_mutex_unlock(&e->mu);
+            break;
+        }
+        struct job *cq = e->cancelled;
+        e->cancelled = NULL;
+        struct job *ej = e->eq_head;
+        if (ej) {
+            e->eq_head = ej->next;
+            if (!e->eq_head)
+                e->eq_tail = NULL;
+            e->eq_len--;
+            ej->next = NULL;
+        }
+        for (int32_t i = 0; i < e->n_slots; i++) {
+            struct slot *s = &e->slots[i];
+            if (s->job && s->job->cancelled)
+                cancelled_slots[n_cancelled++] = s;
+        }
+        for (int32_t i = 0; i < e->n_slots && e->q_head; i++) {
+            struct slot *s = &e->slots[i];
+            if (s->job)
+                continue;
+            struct job *j = e->q_head;
+            e->q_head = j->next;
+            if (!e->q_head)
+                e->q_tail = NULL;
+            e->q_len--;
+            j->next = NULL;
+            s->job = j;
+            started[n_started++] = s;
+        }
+        pthread_mutex_unlock(&e->mu);
+
+        for (struct job *j = cq, *next; j; j = next) {
+            next = j->next;
+            deliver_cancelled_queued(j);
+            job_free(j);
+        }
+        for (int32_t i = 0; i < n_cancelled; i++)
+            slot_finish(e, cancelled_slots[i], "cancelled");
+        for (int32_t i = 0; i < n_started; i++)
+            slot_start(e, started[i]);
+        if (ej) {
+            embed_run(e, ej);
+            pthread_mutex_lock(&e->mu);
+            e->jobs_done++;
+            pthread_mutex_unlock(&e->mu);
+            job_free(ej);
+        }
+        step(e);
+    }
+    fail_all(e);
+    return NULL;
+}
+
+/* ---------------------------------------------------------------- create / destroy */
+
+static void engine_free(struct tg_engine *e)
+{
+    for (int32_t i = 0; i < MAX_SLOTS; i++) {
+        free(e->slots[i].cand);
+        tg_buf_free(&e->slots[i].out);
+    }
+    if (e->pc) {
+        for (int32_t i = 0; i < e->n_pc; i++)
+            free(e->pc[i].tokens);
+        free(e->pc);
+    }
+    if (e->batch.token)
+        llama_batch_free(e->batch);
+    if (e->ebatch.token)
+        llama_batch_free(e->ebatch);
+    if (e->ectx)
+        llama_free(e->ectx);
+    if (e->ctx)
+        llama_free(e->ctx);
+    if (e->model)
+        llama_model_free(e->model);
+    free(e->model_path);
+    free(e->kv_type);
+    free(e);
+}
+
+static void fill_info(struct tg_engine *e)
+{
+    struct tg_engine_info *in = &e->info;
+    memset(in, 0, sizeof *in);
+    llama_model_desc(e->model, in->model_desc, sizeof in->model_desc);
+    if (llama_model_meta_val_str(e->model, "general.name", in->model_name,
+                                 sizeof in->model_name) < 0) {
+        const char *base = strrchr(e->model_path, '/');
+        snprintf(in->model_name, sizeof in->model_name, "%s", base ? base + 1 : e->model_path);
+    }
+    char rw[16];
+    in->random_weights = llama_model_meta_val_str(e->model, "tiergate.random_weights", rw,
+                                                  sizeof rw) > 0 &&
+                         strcmp(rw, "true") == 0;
+    in->n_params = llama_model_n_params(e->model);
+    in->model_bytes = llama_model_size(e->model);
+    in->n_ctx = e->n_ctx;
+    in->n_ctx_train = llama_model_n_ctx_train(e->model);
+    in->n_slots = e->n_slots;
+    in->n_embd = llama_model_n_embd(e->model);
+    in->n_vocab = e->n_vocab;
+    in->embeddings = e->ectx != NULL;
+}
+
+int tg_engine_create(const struct tg_engine_params *pin, struct tg_engine **out, char *err,
+                     size_t errlen)
+{
+    if (!pin || !out || !pin->model_path || !pin->model_path[0]) {
+        errf(err, errlen, "engine: model_path is required");
+        return TG_INVAL;
+    }
+    struct tg_engine_params p = *pin;
+    struct tg_engine_params d = tg_engine_default_params();
+    if (p.n_ctx == 0)
+        p.n_ctx = d.n_ctx;
+    if (p.n_slots == 0)
+        p.n_slots = d.n_slots;
+    if (p.n_batch == 0)
+        p.n_batch = d.n_batch;
+    if (p.queue_max == 0)
+        p.queue_max = d.queue_max;
+    if (p.prefix_cache_entries == 0)
+        p.prefix_cache_entries = d.prefix_cache_entries;
+    if (p.prefix_cache_entries < 0)
+        p.prefix_cache_entries = 0;
+    if (p.prefix_cache_min_tokens <= 0)
+        p.prefix_cache_min_tokens = d.prefix_cache_min_tokens;
+    if (p.embed_ctx == 0)
+        p.embed_ctx = d.embed_ctx;
+    if (p.n_threads <= 0) {
+        long nc = sysconf(_SC_NPROCESSORS_ONLN);
+        p.n_threads = nc > 0 ? (int32_t)nc : 1;
+    }
+    enum ggml_type kvt;
+    if (p.n_slots < 1 || p.n_slots > MAX_SLOTS || p.n_ctx < 16 || p.n_batch < 1 ||
+        p.queue_max < 0 || p.prefix_cache_entries > 256 - MAX_SLOTS || p.embed_ctx < -1) {
+        errf(err, errlen,
+             "engine: bad parameters (n_slots 1..%d, n_ctx >= 16, n_batch >= 1, "
+             "prefix_cache_entries <= %d)",
+             MAX_SLOTS, 256 - MAX_SLOTS);
+        return TG_INVAL;
+    }
+    if (kv_type_parse(p.kv_cache_type, &kvt) != TG_OK) {
+        errf(err, errlen, "engine: unknown kv_cache_type '%s' (f16, q8_0 or q4_0)",
+             p.kv_cache_type);
+        return TG_INVAL;
+    }
+
+    /* A clear message for the common mistake, before llama.cpp's own. */
+    int fd = open(p.model_path, O_RDONLY | O_CLOEXEC);
+    if (fd == -1) {
+        errf(err, errlen, "engine: cannot open model file '%s': %s", p.model_path,
+             strerror(errno));
+        return TG_IO;
+    }
+    close(fd);
+
+    g_backend_dir = p.backend_dir ? p.backend_dir : TG_LLAMA_BACKEND_DIR;
+    pthread_once(&g_once, global_init);
+
+    struct tg_engine *e = calloc(1, sizeof *e);
+    if (!e)
+        goto nomem;
+    e->model_path = strdup(p.model_path);
+    e->kv_type = strdup(p.kv_cache_type ? p.kv_cache_type : "f16");
+    if (!e->model_path || !e->kv_type)
+        goto nomem;
+    p.model_path = e->model_path;
+    p.kv_cache_type = e->kv_type;
+    p.backend_dir = NULL;
+    e->p = p;
+    e->n_slots = p.n_slots;
+    e->n_batch = p.n_batch;
+    e->n_pc = p.prefix_cache_entries;
+
+    struct llama_model_params mp = llama_model_default_params();
+    mp.n_gpu_layers = p.n_gpu_layers;
+    tls_llama_err[0] = '\0';
+    double t0 = now_ms();
+    e->model = llama_model_load_from_file(p.model_path, mp);
+    if (!e->model) {
+        errf(err, errlen, "engine: llama.cpp could not load model '%s'%s%s", p.model_path,
+             tls_llama_err[0] ? ": " : " (not a GGUF model?)", tls_llama_err);
+        engine_free(e);
+        return TG_MODEL;
+    }
+    e->vocab = llama_model_get_vocab(e->model);
+    e->n_vocab = llama_vocab_n_tokens(e->vocab);
+    e->tmpl = llama_model_chat_template(e->model, NULL);
+    if (!e->tmpl)
+        e->tmpl = "chatml"; /* the model brings no template: llama.cpp's generic one */
+
+    struct llama_context_params cp = llama_context_default_params();
+    cp.n_ctx = (uint32_t)p.n_ctx;
+    cp.n_batch = (uint32_t)p.n_batch;
+    cp.n_ubatch = (uint32_t)p.n_batch;
+    cp.n_seq_max = (uint32_t)(p.n_slots + e->n_pc);
+    cp.n_threads = p.n_threads;
+    cp.n_threads_batch = p.n_threads;
+    cp.kv_unified = true; /* prefix copies are metadata only; a job may use all of n_ctx */
+    cp.type_k = kvt;
+    cp.type_v = kvt;
+    if (kvt != GGML_TYPE_F16)
+        cp.flash_attn_type = LLAMA_FLASH_ATTN_TYPE_ENABLED; /* quantized V needs it */
+    cp.no_perf = true;
+    e->ctx = llama_init_from_model(e->model, cp);
+    if (!e->ctx) {
+        errf(err, errlen, "engine: could not create a context (n_ctx %d, %d sequences)%s%s",
+             p.n_ctx, p.n_slots + e->n_pc, tls_llama_err[0] ? ": " : "", tls_llama_err);
+        engine_free(e);
+        return TG_MODEL;
+    }
+    e->mem = llama_get_memory(e->ctx);
+    e->n_ctx = (int32_t)llama_n_ctx(e->ctx);
+    e->batch = llama_batch_init(p.n_batch, 0, 1);
+
+    if (p.embed_ctx > 0) {
+        struct llama_context_params ep = llama_context_default_params();
+        ep.n_ctx = (uint32_t)p.embed_ctx;
+        ep.n_batch = (uint32_t)p.embed_ctx;
+        ep.n_ubatch = (uint32_t)p.embed_ctx;
+        ep.n_seq_max = 1;
+        ep.n_threads = p.n_threads;
+        ep.n_threads_batch = p.n_threads;
+        ep.embeddings = true;
+        ep.pooling_type = LLAMA_POOLING_TYPE_MEAN;
+        ep.no_perf = true;
+        e->ectx = llama_init_from_model(e->model, ep);
+        if (!e->ectx) {
+            errf(err, errlen, "engine: could not create the embedding context (%d tokens)%s%s",
+                 p.embed_ctx, tls_llama_err[0] ? ": " : "", tls_llama_err);
+            engine_free(e);
+            return TG_MODEL;
+        }
+        e->embed_ctx = (int32_t)llama_n_ctx(e->ectx);
+        if (e->embed_ctx > p.embed_ctx)
+            e->embed_ctx = p.embed_ctx;
+        e->ebatch = llama_batch_init(e->embed_ctx, 0, 1);
+    }
+
+    if (e->n_pc > 0) {
+        e->pc = calloc((size_t)e->n_pc, sizeof *e->pc);
+        if (!e->pc)
+            goto nomem;
+        for (int32_t i = 0; i < e->n_pc; i++)
+            e->pc[i].seq = e->n_slots + i;
+    }
+    for (int32_t i = 0; i < e->n_slots; i++) {
+        struct slot *s = &e->slots[i];
+        s->seq = i;
+        tg_buf_init(&s->out, 0);
+        s->cand = malloc(sizeof *s->cand * (size_t)e->n_vocab);
+        if (!s->cand)
+            goto nomem;
+    }
+    fill_info(e);
+
+    if (pthread_mutex_init(&e->mu, NULL) != 0)
+        goto nomem;
+    if (pthread_cond_init(&e->cv, NULL) != 0) {
+        pthread_mutex_destroy(&e->mu);
+        goto nomem;
+    }
+    int prc = pthread_create(&e->thread, NULL, engine_main, e);
+    if (prc != 0) {
+        pthread_cond_destroy(&e->cv);
+        pthread_mutex_destroy(&e->mu);
+        errf(err, errlen, "engine: cannot start the scheduler thread: %s", strerror(prc));
+        engine_free(e);
+        return TG_INTERNAL;
+    }
+    pthread_setname_np(e->thread, "tg-engine");
+    tg_info("engine: %s (%s, %.1fM params%s) loaded in %.0f ms; n_ctx %d, %d slots, "
+            "%d prefix-cache entries, %d threads, kv %s",
+            e->info.model_name, e->info.model_desc, e->info.n_params / 1e6,
+            e->info.random_weights ? ", random weights" : "", now_ms() - t0, e->n_ctx,
+            e->n_slots, e->n_pc, p.n_threads, e->kv_type);
+    *out = e;
+    return TG_OK;
+
+nomem:
+    errf(err, errlen, "engine: out of memory");
+    if (e)
+        engine_free(e);
+    return TG_NOMEM;
+}
+
+void tg_engine_destroy(struct tg_engine *e)
+{
+    if (!e)
+        return;
+    pthread_mutex_lock(&e->mu);
+    e->stopping = true;
+    pthread_cond_signal(&e->cv);
+    pthread_mutex_unlock(&e->mu);
+    int rc = pthread_join(e->thread, NULL);
+    if (rc != 0)
+        tg_error("engine: pthread_join: %s", strerror(rc));
+    pthread_cond_destroy(&e->cv);
+    pthread_mutex_destroy(&e->mu);
+    engine_free(e);
+}
