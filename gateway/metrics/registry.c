@@ -48,7 +48,6 @@ enum {
 };
 
 #define MAX_REASONS 64
-#define MAX_KINDS 32
 
 struct registry {
     pthread_mutex_t lock;
