@@ -40,7 +40,8 @@
 #define TG_GATEWAY_VERSION "0.1.0"
 #endif
 
-#define SWEEP_MS 250
+#define SWEEP_MIN_MS 100
+#define SWEEP_MAX_MS 1000
 #define DRAIN_POLL_MS 50
 
 struct bufferevent *tg_conn_bevcb(struct event_base *base, void *arg);
@@ -291,7 +292,11 @@ static int worker_init(struct tg_worker *w, struct tg_gateway *gw, const struct 
     w->drain_ev = event_new(w->base, -1, 0, on_drain, w);
     if (w->sweep == NULL || w->drain_ev == NULL)
         return TG_NOMEM;
-    struct timeval sweep = {0, SWEEP_MS * 1000};
+    /* A quarter of the header deadline keeps it accurate to 25% while an idle server with many
+     * kept-alive connections pays one getsockopt per connection per sweep. */
+    int sweep_ms = cfg->server.header_timeout_ms / 4;
+    sweep_ms = sweep_ms < SWEEP_MIN_MS ? SWEEP_MIN_MS : sweep_ms > SWEEP_MAX_MS ? SWEEP_MAX_MS : sweep_ms;
+    struct timeval sweep = {sweep_ms / 1000, (sweep_ms % 1000) * 1000};
     event_add(w->sweep, &sweep);
     evutil_socket_t fd = listen_socket(cfg->server.listen_host, cfg->server.port);
     if (fd == -1)
