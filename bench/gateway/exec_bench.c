@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <time.h>
 
 #include "tg/config.h"
@@ -35,14 +36,25 @@ static int cmp64(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
+static double cpu_s(void)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6 + (double)ru.ru_stime.tv_sec +
+           (double)ru.ru_stime.tv_usec / 1e6;
+}
+
+static double g_cpu_us; /* CPU (user + system) per request of the phase just measured */
+
 static void report(const char *name, int64_t *v, size_t n)
 {
     qsort(v, n, sizeof *v, cmp64);
     double sum = 0;
     for (size_t i = 0; i < n; i++)
         sum += (double)v[i];
-    printf("{\"name\":\"%s\",\"n\":%zu,\"mean_us\":%.1f,\"p50_us\":%.1f,\"p99_us\":%.1f}\n", name, n,
-           sum / (double)n / 1000.0, (double)v[n / 2] / 1000.0, (double)v[(size_t)((double)n * 0.99)] / 1000.0);
+    printf("{\"name\":\"%s\",\"n\":%zu,\"mean_us\":%.1f,\"p50_us\":%.1f,\"p99_us\":%.1f,\"cpu_us_per_req\":%.1f}\n",
+           name, n, sum / (double)n / 1000.0, (double)v[n / 2] / 1000.0,
+           (double)v[(size_t)((double)n * 0.99)] / 1000.0, g_cpu_us);
 }
 
 struct loop {
@@ -127,8 +139,10 @@ int main(int argc, char **argv)
     event_base_dispatch(l.base);
     l.i = 0;
     l.n = n;
+    double c0 = cpu_s();
     next(&l);
     event_base_dispatch(l.base);
+    g_cpu_us = (cpu_s() - c0) / (double)n * 1e6;
     report("executor", l.lat, n);
     if (l.failures > 0)
         fprintf(stderr, "%d failures\n", l.failures);
@@ -146,11 +160,14 @@ int main(int argc, char **argv)
     int64_t *raw = calloc(n, sizeof *raw);
     for (size_t i = 0; i < 200; i++)
         curl_easy_perform(e);
+    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+    c0 = cpu_s();
     for (size_t i = 0; i < n; i++) {
         int64_t t0 = now_ns();
         curl_easy_perform(e);
         raw[i] = now_ns() - t0;
     }
+    g_cpu_us = (cpu_s() - c0) / (double)n * 1e6;
     report("curl_easy_reused", raw, n);
     curl_slist_free_all(h);
     curl_easy_cleanup(e);
