@@ -65,6 +65,8 @@ static void write_config(void)
              "  - {name: gpt-fake, tier: remote, provider: fake, input_usd_per_mtok: 0.15, output_usd_per_mtok: 0.6}\n"
              "  - {name: gpt-slow, tier: remote, provider: fake, upstream_model: \"script:delay_ms=3000\","
              " input_usd_per_mtok: 0.15, output_usd_per_mtok: 0.6}\n"
+             "  - {name: gpt-cut, tier: remote, provider: fake, upstream_model: \"script:error_after=2\","
+             " input_usd_per_mtok: 0.15, output_usd_per_mtok: 0.6}\n"
              "aliases:\n  auto: {local: phi-3.5-mini, remote: gpt-fake}\n"
              "cache:\n  enabled: true\n  ttl_s: 300\n  max_entry_bytes: 1048576\n"
              "jobs:\n  result_ttl_s: 300\n  webhook_retries: 2\n  claim_idle_ms: 1000\n"
@@ -243,6 +245,22 @@ static void test_stream_replay_identical(void **state)
     tg_test_response_free(&a.r);
     tg_test_response_free(&b.r);
     tg_test_response_free(&j.r);
+}
+
+/* A stream that breaks after it started is never stored. */
+static void test_partial_stream_not_cached(void **state)
+{
+    const char *body = "{\"model\":\"gpt-cut\",\"temperature\":0,\"stream\":true,\"messages\":[{\"role\":"
+                       "\"user\",\"content\":\"this stream breaks half way through\"}]}";
+    for (int i = 0; i < 2; i++) {
+        struct resp r;
+        post("secret", "/v1/chat/completions", body, NULL, &r);
+        assert_int_equal(r.r.status, 200);
+        assert_string_equal(r.cache, "miss");
+        assert_non_null(strstr(r.r.body, "error"));
+        tg_test_response_free(&r.r);
+        usleep(150000);
+    }
 }
 
 static void test_rate_limit_429(void **state)
@@ -435,6 +453,7 @@ int main(void)
         cmocka_unit_test(test_cache_hit_miss_bypass),
         cmocka_unit_test(test_cross_tenant),
         cmocka_unit_test(test_stream_replay_identical),
+        cmocka_unit_test(test_partial_stream_not_cached),
         cmocka_unit_test(test_rate_limit_429),
         cmocka_unit_test(test_budget_downgrade),
         cmocka_unit_test(test_jobs_survive_kill9),
