@@ -403,10 +403,10 @@ int main(int argc, char **argv)
     qsort(g.service, g.n_samples, sizeof *g.service, cmp64);
     qsort(g.corrected, g.n_samples, sizeof *g.corrected, cmp64);
     double achieved = (double)g.n_samples / duration;
-    printf("{\"target_rate\":%.0f,\"achieved_rate\":%.1f,\"ok\":%llu,\"non2xx\":%llu,\"errors\":%llu,"
+    printf("{\"target_rate\":%.0f,\"achieved_rate\":%.1f,\"sent\":%llu,\"ok\":%llu,\"non2xx\":%llu,\"errors\":%llu,"
            "\"reconnects\":%llu,\"service_us\":{\"p50\":%.1f,\"p90\":%.1f,\"p99\":%.1f,\"p999\":%.1f,\"max\":%.1f},"
            "\"corrected_us\":{\"p50\":%.1f,\"p90\":%.1f,\"p99\":%.1f,\"p999\":%.1f,\"max\":%.1f}}\n",
-           g.rate, achieved, (unsigned long long)g.ok, (unsigned long long)g.non2xx,
+           g.rate, achieved, (unsigned long long)g.sent, (unsigned long long)g.ok, (unsigned long long)g.non2xx,
            (unsigned long long)g.errors, (unsigned long long)g.reconnects, pct(g.service, g.n_samples, 50),
            pct(g.service, g.n_samples, 90), pct(g.service, g.n_samples, 99), pct(g.service, g.n_samples, 99.9),
            pct(g.service, g.n_samples, 100), pct(g.corrected, g.n_samples, 50), pct(g.corrected, g.n_samples, 90),

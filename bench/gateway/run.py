@@ -58,6 +58,22 @@ def rss_kb(pid):
     return -1
 
 
+def cpu_s(pid):
+    """user + system CPU seconds of a process and its threads (children included for node)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    tck = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])) / tck
+
+
+def measured(pids, fn):
+    """Run fn() and add the CPU microseconds per successful request each pid spent."""
+    before = {k: cpu_s(p) for k, p in pids.items()}
+    r = fn()
+    r["cpu_us_per_req"] = {k: round((cpu_s(p) - before[k]) * 1e6 / r["sent_total"], 1) for k, p in pids.items()}
+    return r
+
+
 def loadgen(build, url, rate, duration, warmup, headers=(), conns=32):
     cmd = [f"{build}/bench/gateway/tg-loadgen", "--url", url, "--rate", str(rate), "--duration",
            str(duration), "--warmup", str(warmup), "--connections", str(conns), "--body", BODY,
@@ -65,7 +81,9 @@ def loadgen(build, url, rate, duration, warmup, headers=(), conns=32):
     for h in headers:
         cmd += ["--header", h]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + warmup + 60)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    r["sent_total"] = r["sent"]  # everything sent, warm-up included
+    return r
 
 
 def wrk(url, seconds, extra_headers=""):
@@ -157,16 +175,20 @@ metrics:
                               "-d", BODY], capture_output=True, text=True).stdout.lower()
         assert "x-tiergate-tier: remote" in chk, chk
 
+        pids = {"fake": procs[0].pid, "tiergate": tg.pid}
+        if have_portkey:
+            pids["portkey"] = procs[2].pid
         runs = {"direct": [], "tiergate": []}
         for _ in range(a.reps):
-            runs["direct"].append(loadgen(build, direct, a.rate, a.duration, 1))
-            runs["tiergate"].append(loadgen(build, through, a.rate, a.duration, 1))
+            runs["direct"].append(measured(pids, lambda: loadgen(build, direct, a.rate, a.duration, 1)))
+            runs["tiergate"].append(measured(pids, lambda: loadgen(build, through, a.rate, a.duration, 1)))
         res["fixed_rate"] = runs
 
-        low = {"direct": loadgen(build, direct, a.portkey_rate, a.duration, 1, conns=16),
-               "tiergate": loadgen(build, through, a.portkey_rate, a.duration, 1, conns=16)}
+        low = {"direct": measured(pids, lambda: loadgen(build, direct, a.portkey_rate, a.duration, 1, conns=16)),
+               "tiergate": measured(pids, lambda: loadgen(build, through, a.portkey_rate, a.duration, 1, conns=16))}
         if have_portkey:
-            low["portkey"] = loadgen(build, pk, a.portkey_rate, a.duration, 2, pk_headers, conns=16)
+            low["portkey"] = measured(pids, lambda: loadgen(build, pk, a.portkey_rate, a.duration, 2, pk_headers,
+                                                            conns=16))
         res["low_rate"] = low
 
         thr = {"direct": wrk(direct, 10), "tiergate": wrk(through, 10)}
@@ -205,15 +227,20 @@ metrics:
         for p in ("p50", "p90", "p99"):
             d, t = med("direct", key, p), med("tiergate", key, p)
             print(f"| {key[:-3]} latency {p} (µs) | {d:.0f} | {t:.0f} | {t - d:.0f} |")
+    tcpu = statistics.median(r["cpu_us_per_req"]["tiergate"] for r in res["fixed_rate"]["tiergate"])
+    fcpu = statistics.median(r["cpu_us_per_req"]["fake"] for r in res["fixed_rate"]["direct"])
+    print(f"| CPU per request (µs, user+sys) | fake {fcpu:.0f} | tiergate {tcpu:.0f} | |")
     print(f"| achieved rate (req/s) | {statistics.median(r['achieved_rate'] for r in res['fixed_rate']['direct']):.0f} "
           f"| {statistics.median(r['achieved_rate'] for r in res['fixed_rate']['tiergate']):.0f} | |")
     print()
-    print(f"| at {a.portkey_rate} req/s (service latency, µs) | p50 | p99 | added p50 | added p99 |")
-    print("|---|---|---|---|---|")
+    print(f"| at {a.portkey_rate} req/s (service latency, µs) | p50 | p99 | added p50 | added p99 | gateway CPU/req (µs) |")
+    print("|---|---|---|---|---|---|")
     ld = res["low_rate"]["direct"]["service_us"]
     for name, r in res["low_rate"].items():
         s = r["service_us"]
-        print(f"| {name} | {s['p50']:.0f} | {s['p99']:.0f} | {s['p50'] - ld['p50']:.0f} | {s['p99'] - ld['p99']:.0f} |")
+        cpu = r["cpu_us_per_req"].get(name, 0) if name != "direct" else 0
+        print(f"| {name} | {s['p50']:.0f} | {s['p99']:.0f} | {s['p50'] - ld['p50']:.0f} | {s['p99'] - ld['p99']:.0f} "
+              f"| {cpu:.0f} |")
     print()
     t = res["throughput"]
     print("| wrk -t1 -c32 10 s | req/s | vs direct |")
