@@ -1,7 +1,7 @@
 /* Redis features end to end through the real tiergate binary: a real redis-server, the fake
  * upstream as the remote provider, the tiny generated model as the local tier.
  * Cache hit/miss/bypass, byte-identical stream replay, no cross-tenant hit, 429 + Retry-After,
- * budget -> local downgrade, jobs (incl. kill -9 of tiergate mid-job), webhook signature, Redis
+ * budget -> local downgrade, jobs (incl. kill -9 of tiergate mid-job), signed webhook, Redis
  * killed and restarted under load. */
 #include <setjmp.h>
 #include <signal.h>
@@ -16,7 +16,15 @@
 #include <unistd.h>
 
 #include <cmocka.h>
+#include <event2/buffer.h>
+#include <event2/event.h>
+#include <event2/http.h>
+#include <event2/keyvalq_struct.h>
+#include <event2/thread.h>
 #include <jansson.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+#include <pthread.h>
 
 #include "tg_testlib.h"
 
@@ -70,6 +78,7 @@ static void write_config(void)
              "aliases:\n  auto: {local: phi-3.5-mini, remote: gpt-fake}\n"
              "cache:\n  enabled: true\n  ttl_s: 300\n  max_entry_bytes: 1048576\n"
              "jobs:\n  result_ttl_s: 300\n  webhook_retries: 2\n  claim_idle_ms: 1000\n"
+             "  webhook_secret: e2e-hook-secret\n"
              "metrics:\n  reference_model: gpt-fake\n",
              g_port, g_redis.port, TG_TINY_MODEL, g_fake_port);
     const char *p = tg_test_write_temp("routes.yaml", cfg);
@@ -396,6 +405,92 @@ static void test_jobs_survive_kill9(void **state)
     json_decref(j);
 }
 
+/* webhook receiver on its own thread */
+struct receiver {
+    struct event_base *base;
+    struct evhttp *http;
+    pthread_t thread;
+    pthread_mutex_t lock;
+    int hits;
+    char body[16384];
+    char signature[128];
+};
+
+static void on_hook(struct evhttp_request *req, void *arg)
+{
+    struct receiver *r = arg;
+    struct evbuffer *in = evhttp_request_get_input_buffer(req);
+    size_t n = evbuffer_get_length(in);
+    pthread_mutex_lock(&r->lock);
+    r->hits++;
+    if (n >= sizeof r->body)
+        n = sizeof r->body - 1;
+    evbuffer_copyout(in, r->body, n);
+    r->body[n] = '\0';
+    const char *sig = evhttp_find_header(evhttp_request_get_input_headers(req), "X-Tiergate-Signature");
+    snprintf(r->signature, sizeof r->signature, "%s", sig != NULL ? sig : "");
+    pthread_mutex_unlock(&r->lock);
+    evhttp_send_reply(req, 200, "OK", NULL);
+}
+
+static void *receiver_main(void *arg)
+{
+    event_base_dispatch(((struct receiver *)arg)->base);
+    return NULL;
+}
+
+static void test_job_webhook_signed(void **state)
+{
+    evthread_use_pthreads();
+    struct receiver rcv = {0};
+    pthread_mutex_init(&rcv.lock, NULL);
+    rcv.base = event_base_new();
+    rcv.http = evhttp_new(rcv.base);
+    int port = tg_test_free_port();
+    assert_int_equal(evhttp_bind_socket(rcv.http, "127.0.0.1", (uint16_t)port), 0);
+    evhttp_set_gencb(rcv.http, on_hook, &rcv);
+    pthread_create(&rcv.thread, NULL, receiver_main, &rcv);
+
+    char body[512];
+    snprintf(body, sizeof body, "{\"type\":\"chat\",\"model\":\"gpt-fake\",\"callback_url\":"
+             "\"http://127.0.0.1:%d/hook\",\"messages\":[{\"role\":\"user\",\"content\":\"notify me\"}]}", port);
+    struct resp r;
+    post("secret", "/v1/jobs", body, NULL, &r);
+    assert_int_equal(r.r.status, 202);
+    json_t *j = json_loads(r.r.body, 0, NULL);
+    char id[64];
+    snprintf(id, sizeof id, "%s", json_string_value(json_object_get(j, "id")));
+    json_decref(j);
+    tg_test_response_free(&r.r);
+
+    int64_t end = mono_ms() + 10000;
+    int hits = 0;
+    while (hits == 0 && mono_ms() < end) {
+        usleep(50000);
+        pthread_mutex_lock(&rcv.lock);
+        hits = rcv.hits;
+        pthread_mutex_unlock(&rcv.lock);
+    }
+    assert_int_equal(hits, 1);
+    unsigned char md[32];
+    unsigned int n = 0;
+    HMAC(EVP_sha256(), "e2e-hook-secret", 15, (unsigned char *)rcv.body, strlen(rcv.body), md, &n);
+    char want[80] = "sha256=";
+    for (unsigned int i = 0; i < n; i++)
+        snprintf(want + 7 + 2 * i, 3, "%02x", md[i]);
+    assert_string_equal(rcv.signature, want);
+    j = json_loads(rcv.body, 0, NULL);
+    assert_string_equal(json_string_value(json_object_get(j, "id")), id);
+    assert_string_equal(json_string_value(json_object_get(j, "status")), "succeeded");
+    json_decref(j);
+
+    event_base_loopbreak(rcv.base);
+    pthread_join(rcv.thread, NULL);
+    evhttp_free(rcv.http);
+    event_base_free(rcv.base);
+    pthread_mutex_destroy(&rcv.lock);
+}
+
 static void test_redis_restart_under_load(void **state)
 {
     const char *body = "{\"model\":\"gpt-fake\",\"temperature\":0,\"messages\":[{\"role\":\"user\","
@@ -457,6 +552,7 @@ int main(void)
         cmocka_unit_test(test_rate_limit_429),
         cmocka_unit_test(test_budget_downgrade),
         cmocka_unit_test(test_jobs_survive_kill9),
+        cmocka_unit_test(test_job_webhook_signed),
         cmocka_unit_test(test_redis_restart_under_load),
     };
     if (getenv("TG_TEST_FILTER") != NULL)
