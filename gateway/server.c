@@ -407,7 +407,8 @@ static void on_reload_signal(evutil_socket_t sig, short ev, void *arg)
 #endif
     tg_config_unref(old);
     tg_router_policy_unref(old_policy);
-    tg_info("SIGHUP: configuration reloaded from %s", gw->config_path);
+    tg_info("SIGHUP: configuration reloaded from %s (routing policy %s)", gw->config_path,
+            tg_router_policy_name(next_policy));
 }
 
 int tg_gateway_run(const char *config_path)

@@ -28,7 +28,7 @@ static char *slurp(const char *path)
     return p;
 }
 
-bool gw_env_start(struct gw_env *e, const char *extra_server)
+bool gw_env_start(struct gw_env *e, const char *extra_server, const char *extra_top)
 {
     memset(e, 0, sizeof *e);
     e->auth_header = "Authorization: Bearer secret";
@@ -74,9 +74,12 @@ bool gw_env_start(struct gw_env *e, const char *extra_server)
              "  - {name: gpt-slow, tier: remote, provider: fake, upstream_model: \"script:delay_ms=5000\"}\n"
              "aliases:\n  auto: {local: phi-3.5-mini, remote: gpt-fake}\n"
              "cache:\n  enabled: false\n"
-             "metrics:\n  reference_model: gpt-fake\n",
-             e->port, e->max_body, extra_server, TG_TINY_MODEL, e->fake_base);
+             "metrics:\n  reference_model: gpt-fake\n"
+             "%s",
+             e->port, e->max_body, extra_server, TG_TINY_MODEL, e->fake_base,
+             extra_top != NULL ? extra_top : "");
     const char *path = tg_test_write_temp("routes.yaml", cfg);
+    snprintf(e->cfg_path, sizeof e->cfg_path, "%s", path);
     char *argv[] = {TIERGATE, "--config", (char *)path, NULL};
     e->gw_pid = tg_test_spawn(argv, NULL, e->log_path);
     if (!tg_test_wait_port(e->port, 30000))

@@ -18,11 +18,12 @@ struct gw_env {
     char fake_log_path[128];
     const char *auth_header; /* "Authorization: Bearer secret" */
     size_t max_body;
+    char cfg_path[256];      /* the config file written (SIGHUP tests rewrite it) */
 };
 
-/* Start both processes; extra_server is appended to the server: section (indented lines).
- * Waits until /readyz answers 200. */
-bool gw_env_start(struct gw_env *e, const char *extra_server);
+/* Start both processes; extra_server is appended to the server: section (indented lines),
+ * extra_top to the end of the file (top-level keys). Waits until /readyz answers 200. */
+bool gw_env_start(struct gw_env *e, const char *extra_server, const char *extra_top);
 void gw_env_stop(struct gw_env *e);
 
 int gw_post(struct gw_env *e, const char *path, const char *body, const char *extra_header,

@@ -30,7 +30,7 @@ static struct gw_env env;
 static int setup(void **state)
 {
     (void)state;
-    return gw_env_start(&env, "") ? 0 : -1;
+    return gw_env_start(&env, "", NULL) ? 0 : -1;
 }
 
 static int teardown(void **state)
@@ -366,6 +366,7 @@ static void test_remote(void **state)
     json_t *msg = json_object_get(json_array_get(json_object_get(j, "choices"), 0), "message");
     assert_string_equal(json_string_value(json_object_get(msg, "content")), "Hello from the fake upstream.");
     json_decref(j);
+    assert_null(strstr(r.headers, "sk-fake-provider-key"));
     char cost[64];
     assert_true(tg_test_header(&r, "x-tiergate-cost-usd", cost, sizeof cost));
     assert_true(strtod(cost, NULL) > 0);
@@ -397,6 +398,7 @@ static void test_remote(void **state)
     assert_true(r.status >= 500);
     assert_openai_error(&r, r.status, NULL);
     assert_header(&r, "x-should-retry", "false");
+    assert_null(strstr(r.body, "sk-fake-provider-key")); /* provider keys never leak */
     tg_test_response_free(&r);
 
     /* task API on the remote tier: structured output, validated */
@@ -583,7 +585,7 @@ static void test_sigterm_drain(void **state)
 {
     (void)state;
     struct gw_env e2;
-    assert_true(gw_env_start(&e2, ""));
+    assert_true(gw_env_start(&e2, "", NULL));
     /* a stream in flight when SIGTERM arrives still completes; then the process exits 0 */
     int fd = raw_connect(e2.port);
     char req[512];
@@ -623,6 +625,37 @@ static void test_sigterm_drain(void **state)
     gw_env_stop(&e2);
 }
 
+/* SIGHUP with a broken policy file: logged with its line, the old snapshot keeps serving; a
+ * fixed file is then taken. */
+static void test_reload_bad_policy(void **state)
+{
+    (void)state;
+    const char *good = "name: reload-test\nthreshold: 0.5\n";
+    const char *policy = tg_test_write_temp("policy.yaml", good);
+    char top[512];
+    snprintf(top, sizeof top, "policy: %s\n", policy);
+    struct gw_env e2;
+    assert_true(gw_env_start(&e2, "", top));
+    assert_true(gw_log_wait(&e2, "routing policy: reload-test", 2000));
+    FILE *f = fopen(policy, "w");
+    fputs("name: reload-test\nthreshold: [not a number\n", f);
+    fclose(f);
+    kill(e2.gw_pid, SIGHUP);
+    assert_true(gw_log_wait(&e2, "keeping the current configuration", 5000));
+    struct tg_test_response r;
+    assert_int_equal(gw_post(&e2, "/v1/chat/completions",
+                             "{\"model\":\"gpt-fake\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}",
+                             NULL, &r), 0);
+    assert_int_equal(r.status, 200);
+    tg_test_response_free(&r);
+    f = fopen(policy, "w");
+    fputs("name: reload-fixed\nthreshold: 0.4\n", f);
+    fclose(f);
+    kill(e2.gw_pid, SIGHUP);
+    assert_true(gw_log_wait(&e2, "configuration reloaded", 5000));
+    gw_env_stop(&e2);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -638,6 +671,7 @@ int main(void)
         cmocka_unit_test(test_slowloris),
         cmocka_unit_test(test_disconnect_cancels),
         cmocka_unit_test(test_sigterm_drain),
+        cmocka_unit_test(test_reload_bad_policy),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
