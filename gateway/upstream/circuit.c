@@ -127,6 +127,15 @@ out:
     pthread_mutex_unlock(&g_lock);
 }
 
+void up_circuit_release(const char *name)
+{
+    pthread_mutex_lock(&g_lock);
+    struct breaker *b = find(name, false);
+    if (b != NULL)
+        b->probe_inflight = false;
+    pthread_mutex_unlock(&g_lock);
+}
+
 enum tg_circuit_state tg_upstream_circuit_state(const char *name)
 {
     enum tg_circuit_state s = TG_CIRCUIT_CLOSED;

@@ -102,7 +102,7 @@ struct tg_upstream_exec_params tg_upstream_exec_default_params(void)
     return (struct tg_upstream_exec_params){.max_response_bytes = 8u << 20,
                                             .max_retry_after_ms = 10000,
                                             .max_backoff_ms = 5000,
-                                            .max_host_connections = 256,
+                                            .max_host_connections = 0,
                                             .verify_tls = true};
 }
 
@@ -211,8 +211,6 @@ struct tg_upstream_exec *tg_upstream_exec_create(struct event_base *base,
         ex->params.max_retry_after_ms = d.max_retry_after_ms;
     if (ex->params.max_backoff_ms <= 0)
         ex->params.max_backoff_ms = d.max_backoff_ms;
-    if (ex->params.max_host_connections <= 0)
-        ex->params.max_host_connections = d.max_host_connections;
     ex->multi = curl_multi_init();
     ex->share = curl_share_init();
     ex->timer = evtimer_new(base, on_curl_timer, ex);
@@ -229,8 +227,10 @@ struct tg_upstream_exec *tg_upstream_exec_create(struct event_base *base,
     curl_multi_setopt(ex->multi, CURLMOPT_TIMERFUNCTION, curl_timer_cb);
     curl_multi_setopt(ex->multi, CURLMOPT_TIMERDATA, ex);
     curl_multi_setopt(ex->multi, CURLMOPT_PIPELINING, (long)CURLPIPE_MULTIPLEX);
-    curl_multi_setopt(ex->multi, CURLMOPT_MAX_HOST_CONNECTIONS, ex->params.max_host_connections);
-    curl_multi_setopt(ex->multi, CURLMOPT_MAXCONNECTS, ex->params.max_host_connections);
+    /* No cap by default: LLM streams are long-lived, and a per-host cap on an HTTP/1.1 provider
+     * would queue requests inside curl where no timeout of ours sees them. */
+    if (ex->params.max_host_connections > 0)
+        curl_multi_setopt(ex->multi, CURLMOPT_MAX_HOST_CONNECTIONS, ex->params.max_host_connections);
     return ex;
 }
 
@@ -268,6 +268,8 @@ static void attempt_release(struct tg_upstream_req *rq)
 static void req_free(struct tg_upstream_req *rq)
 {
     struct tg_upstream_exec *ex = rq->ex;
+    if (rq->probe && rq->easy != NULL)
+        up_circuit_release(rq->targets[rq->cur]->name); /* cancelled mid-probe: no verdict */
     attempt_release(rq);
     if (rq->prev != NULL)
         rq->prev->next = rq->next;
@@ -646,7 +648,8 @@ static void advance(struct tg_upstream_req *rq)
             return;
         attempt_release(rq);
         if (rq->probe)
-            up_circuit_report(m->name, p, true, true, now); /* not the target's fault */
+            up_circuit_release(m->name); /* not the target's fault: let another probe go */
+        rq->probe = false;
         if (rc == TG_INVAL) {
             /* The request cannot be expressed for this provider (e.g. an unsupported content
              * part); another target may take it. */

@@ -54,7 +54,7 @@ struct tg_upstream_exec_params {
     int max_retry_after_ms;     /* a Retry-After longer than this moves on to the next target
                                    instead of waiting; 0 = 10000 */
     int max_backoff_ms;         /* cap of one exponential backoff delay; 0 = 5000 */
-    long max_host_connections;  /* per upstream host (HTTP/1.1 pool size); 0 = 256 */
+    long max_host_connections;  /* cap of connections per upstream host; 0 = no cap (default) */
     bool verify_tls;            /* verify provider certificates (default true) */
 };
 

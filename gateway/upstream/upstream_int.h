@@ -69,6 +69,8 @@ json_t *up_error_from_body(enum tg_provider_kind kind, int status, const char *b
 enum up_admit { UP_ADMIT_DENY = 0, UP_ADMIT_YES = 1, UP_ADMIT_PROBE = 2 };
 /* May an attempt go to target name now? PROBE: the half-open probe (report its outcome). */
 enum up_admit up_circuit_admit(const char *name, const struct tg_cfg_provider *p, int64_t now_ms);
+/* A probe ended without a verdict (cancelled, never sent): the next attempt may probe. */
+void up_circuit_release(const char *name);
 void up_circuit_report(const char *name, const struct tg_cfg_provider *p, bool success, bool probe,
                        int64_t now_ms);
 

@@ -135,6 +135,7 @@ struct outcome {
     struct tg_upstream_usage usage;
     struct tg_upstream_stats stats;
     int cancel_after;         /* > 0: cancel (from a timer) after this many chunks */
+    int cancel_ms;            /* > 0: cancel this long after the start */
     struct tg_upstream_req *req;
     struct event *cancel_ev;
     bool handler_after_cancel;
@@ -246,6 +247,10 @@ static void run(const char *request, const char *const *targets, struct outcome 
     json_decref(rq); /* the executor keeps its own reference */
     /* handlers never run inside start */
     assert_false(o->completed || o->failed);
+    if (o->cancel_ms > 0) {
+        struct timeval ct = {.tv_sec = 0, .tv_usec = o->cancel_ms * 1000};
+        evtimer_add(o->cancel_ev, &ct);
+    }
     struct event *wd = evtimer_new(base, on_watchdog, base);
     struct timeval wt = {.tv_sec = watchdog_ms / 1000, .tv_usec = (watchdog_ms % 1000) * 1000};
     evtimer_add(wd, &wt);
@@ -623,6 +628,20 @@ static void test_circuit_breaker(void **state)
     assert_int_equal(o3.stats.attempts, 1);
     assert_true(tg_upstream_circuit_open("cb"));
     outcome_free(&o3);
+
+    /* a probe cancelled by its client gives no verdict: the next call probes again */
+    usleep(350 * 1000);
+    fake_script("[\"delay_ms=2000\"]");
+    struct outcome o4 = {.cancel_ms = 100};
+    run(rq, cb, &o4, 400);
+    assert_true(o4.canceled);
+    assert_false(o4.completed || o4.failed);
+    assert_int_equal(tg_upstream_circuit_state("cb"), TG_CIRCUIT_HALF_OPEN);
+    struct outcome o5 = {0};
+    run(rq, cb, &o5, 5000);
+    assert_true(o5.completed);
+    assert_int_equal(tg_upstream_circuit_state("cb"), TG_CIRCUIT_CLOSED);
+    outcome_free(&o5);
     fake_reset();
 }
 
