@@ -35,12 +35,35 @@ struct tg_conn {
 
 double tg_now_s(void);
 
+/* Over server.max_connections: evhttp sets the socket on the bufferevent after the callback, so
+ * the refusal happens on the next loop turn. The client sees the connection closed. */
+static void refuse(evutil_socket_t fd, short what, void *arg)
+{
+    struct bufferevent *bev = arg;
+    bufferevent_data_cb readcb = NULL;
+    bufferevent_getcb(bev, &readcb, NULL, NULL, NULL);
+    evutil_socket_t s = bufferevent_getfd(bev);
+    /* readcb NULL: evhttp already let it go, and its socket number may belong to another one. */
+    if (readcb != NULL && s >= 0 && shutdown(s, SHUT_RDWR) == -1 && errno != ENOTCONN)
+        tg_debug("shutdown: %s", strerror(errno));
+    bufferevent_decref(bev);
+}
+
 struct bufferevent *tg_conn_bevcb(struct event_base *base, void *arg)
 {
     struct tg_worker *w = arg;
     struct bufferevent *bev = bufferevent_socket_new(base, -1, 0);
     if (bev == NULL)
         return NULL;
+    if (w->max_conns > 0 && w->n_conns >= w->max_conns) {
+        static _Atomic unsigned long refused;
+        if (refused++ % 1000 == 0)
+            tg_warn("server.max_connections reached: refusing new connections");
+        bufferevent_incref(bev);
+        if (event_base_once(base, -1, EV_TIMEOUT, refuse, bev, NULL) != 0)
+            bufferevent_decref(bev);
+        return bev;
+    }
     struct tg_conn *c = calloc(1, sizeof *c);
     if (c != NULL) {
         c->bev = bev;
@@ -48,6 +71,7 @@ struct bufferevent *tg_conn_bevcb(struct event_base *base, void *arg)
         bufferevent_incref(bev);
         c->next = w->conns;
         w->conns = c;
+        w->n_conns++;
     }
     return bev;
 }
@@ -79,6 +103,7 @@ void tg_conn_sweep(struct tg_worker *w, int header_timeout_ms, int read_timeout_
             *pp = c->next;
             bufferevent_decref(c->bev);
             free(c);
+            w->n_conns--;
             continue;
         }
         pp = &c->next;
@@ -113,4 +138,5 @@ void tg_conn_free_all(struct tg_worker *w)
         bufferevent_decref(c->bev);
         free(c);
     }
+    w->n_conns = 0;
 }

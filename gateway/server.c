@@ -273,6 +273,10 @@ static int worker_init(struct tg_worker *w, struct tg_gateway *gw, const struct 
                                             EVHTTP_REQ_OPTIONS | EVHTTP_REQ_DELETE);
     evhttp_set_gencb(w->http, handle_request, w);
     evhttp_set_bevcb(w->http, tg_conn_bevcb, w);
+    if (cfg->server.max_connections > 0) {
+        int n = gw->n_workers > 0 ? gw->n_workers : 1;
+        w->max_conns = (cfg->server.max_connections + n - 1) / n;
+    }
     w->rng = ((uint64_t)getpid() << 32) ^ (uint64_t)(uintptr_t)w ^ ((uint64_t)time(NULL) << 16) ^
              ((uint64_t)w->index + 1) * 0x9E3779B97F4A7C15ULL;
     if (w->rng == 0)
@@ -392,7 +396,7 @@ static void on_reload_signal(evutil_socket_t sig, short ev, void *arg)
         return;
     }
     if (load_policy(next, &next_policy, err, sizeof err) != TG_OK) {
-        tg_error("SIGHUP: policy %s: %s; keeping the current configuration", next->policy, err);
+        tg_error("SIGHUP: routing policy: %s; keeping the current configuration", err);
         tg_config_unref(next);
         return;
     }

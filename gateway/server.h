@@ -35,6 +35,8 @@ struct tg_worker {
     void *upstream;                   /* struct tg_upstream_exec * when the component exists */
     struct tg_req *reqs;              /* live requests (for shutdown) */
     struct tg_conn *conns;            /* connections (header/read deadlines) */
+    int n_conns;                      /* entries in conns */
+    int max_conns;                    /* this thread's share of server.max_connections; 0 = no limit */
     struct event *sweep;              /* periodic deadline check */
     struct event *drain_ev;           /* posted by the main thread on SIGTERM */
     uint64_t rng;                     /* request ids */
