@@ -75,6 +75,11 @@ void tg_glue_worker_fini(struct tg_worker *w)
     w->redis = NULL;
 }
 
+void tg_glue_drain(struct tg_worker *w)
+{
+    tg_jobs_pause(w->jobs);
+}
+
 /* ---- helpers ---- */
 
 static const char *ep_path(enum tg_gw_endpoint ep)

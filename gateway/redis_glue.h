@@ -19,6 +19,9 @@ struct tg_req;
 int tg_glue_worker_init(struct tg_worker *w, const struct tg_config *cfg);
 void tg_glue_worker_fini(struct tg_worker *w);
 
+/* SIGTERM drain: stop taking new async jobs on this worker (call on the worker's thread). */
+void tg_glue_drain(struct tg_worker *w);
+
 /* After parsing, before routing: limits, then the cache lookup. Calls cont(r) to route and run
  * the request, or answers it itself (429/503, or a cache hit). */
 void tg_glue_before_route(struct tg_req *r, void (*cont)(struct tg_req *r));

@@ -196,6 +196,16 @@ uint64_t tg_jobs_completed(const struct tg_jobs *j)
     return j->completed;
 }
 
+void tg_jobs_pause(struct tg_jobs *j)
+{
+    if (j == NULL || !j->consume)
+        return;
+    j->consume = false;
+    event_del(j->poll_ev);
+    /* the claim tick keeps running: it heartbeats the jobs still running here; with consume
+     * off it takes nothing over */
+}
+
 void tg_jobs_poll_now(struct tg_jobs *j)
 {
     if (j->consume)
@@ -524,7 +534,7 @@ static void on_claim_tick(evutil_socket_t fd, short ev, void *arg)
             lens[i] = strlen(argv[i]);
         tg_redis_command_argv(j->r, NULL, NULL, n, argv, lens);
     }
-    if (j->running < j->max_running)
+    if (j->consume && j->running < j->max_running)
         tg_redis_command(j->r, on_autoclaim, j, "XAUTOCLAIM %s %s %s %lld 0-0 COUNT %d", STREAM, GROUP,
                          j->consumer, (long long)j->claim_idle_ms, j->max_running - j->running);
 }

@@ -86,6 +86,11 @@ void tg_jobs_handle_post(struct tg_jobs *j, const char *body, size_t len,
 void tg_jobs_handle_get(struct tg_jobs *j, const char *id, const char *tenant,
                         tg_jobs_reply_cb cb, void *user);
 
+/* Stop taking new jobs from the stream (SIGTERM drain): running ones finish and are
+ * acknowledged; entries not yet read stay for the other replicas or the next start. Handlers
+ * keep answering. Idempotent. */
+void tg_jobs_pause(struct tg_jobs *j);
+
 /* Kick the poller now (also done after each local POST). */
 void tg_jobs_poll_now(struct tg_jobs *j);
 

@@ -708,6 +708,26 @@ static void test_jobs_basic(void **state)
         if (b.status != 400)
             fail_msg("%s → %d", bad[i], b.status);
     }
+    /* paused (drain): new jobs are not taken */
+    tg_jobs_pause(j);
+    o = post_job(base, j, "{\"messages\":[{\"role\":\"user\",\"content\":\"later\"}]}", NULL, "acme", &st);
+    assert_int_equal(st, 202);
+    char later[64];
+    snprintf(later, sizeof later, "%s", json_string_value(json_object_get(o, "id")));
+    json_decref(o);
+    run_for(base, 400);
+    o = get_job(base, j, later, "acme", &st);
+    assert_string_equal(json_string_value(json_object_get(o, "status")), "queued");
+    json_decref(o);
+    /* another consumer (a replica) takes it */
+    struct tg_jobs_params p2 = p;
+    p2.consumer = "test-b";
+    struct tg_jobs *j2 = NULL;
+    assert_int_equal(tg_jobs_create(c, &p2, test_exec, &ex, &j2), TG_OK);
+    o = wait_job(base, j2, later, "acme", "succeeded", 5000);
+    json_decref(o);
+    tg_jobs_destroy(j2);
+
     /* results are kept result_ttl_s */
     struct reply_box ttl = {0};
     tg_redis_command(c, on_reply, &ttl, "TTL tg:job:%s", idbuf);
