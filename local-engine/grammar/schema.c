@@ -727,7 +727,8 @@ bool tg_schema_validate_text(const struct tg_schema *s, const char *text, size_t
         return false;
     }
     json_error_t je;
-    json_t *js = json_loadb(text, len, JSON_DECODE_ANY, &je);
+    /* \u0000 is valid JSON, and an enum value with it turns into exactly that in the grammar. */
+    json_t *js = json_loadb(text, len, JSON_DECODE_ANY | JSON_ALLOW_NUL, &je);
     if (js == NULL) {
         put_err(err, errlen, "invalid JSON at line %d column %d: %s", je.line, je.column,
                 je.text);

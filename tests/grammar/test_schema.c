@@ -262,7 +262,8 @@ static void test_validate_text_errors(void **state)
     assert_non_null(strstr(err, "invalid JSON at line 1"));
     assert_false(tg_schema_validate_text(s, "{} x", 4, err, sizeof err));
     assert_false(tg_schema_validate_text(s, "\"\xC0\x80\"", 4, err, sizeof err)); /* overlong */
-    assert_false(tg_schema_validate_text(s, "\"\\u0000\"", 8, err, sizeof err));
+    assert_true(tg_schema_validate_text(s, "\"\\u0000\"", 8, err, sizeof err));
+    assert_false(tg_schema_validate_text(s, "\"\\ud800\"", 8, err, sizeof err)); /* lone surrogate */
     assert_true(tg_schema_validate_text(s, "  [1]  ", 7, err, sizeof err));
     assert_false(tg_schema_validate(NULL, NULL, err, sizeof err));
     assert_false(tg_schema_validate_text(s, NULL, 0, err, sizeof err));
@@ -336,6 +337,80 @@ static void test_json_schema_suite(void **state)
     assert_true(cases >= 200);
 }
 
+/* ------------------------------------------------------------------ GBNF text */
+
+/* The exact grammar for a small schema: property order, required/optional comma chains, enum
+ * literals, type lists, bounded arrays/strings/digits, no whitespace when max_ws is 0. That
+ * llama.cpp parses it and samples only valid JSON from it is test_gbnf's job. */
+static void test_gbnf_golden(void **state)
+{
+    (void)state;
+    const char *schema =
+        "{\"type\":\"object\",\"properties\":{\"a\":{\"type\":\"integer\"},\"b\":{\"enum\":[\"x\",2]},"
+        "\"c\":{\"type\":[\"string\",\"null\"]},\"d\":{\"type\":\"array\",\"items\":{\"type\":"
+        "\"boolean\"}}},\"required\":[\"b\"],\"additionalProperties\":false}";
+    struct tg_schema *s = NULL;
+    char err[256];
+    assert_int_equal(tg_schema_compile_text(schema, strlen(schema), &s, err, sizeof err), TG_OK);
+    struct tg_gbnf_opts o = {.max_string_chars = 4, .max_array_items = 2, .max_ws = 0,
+                             .max_number_digits = 3, .any_depth = 1};
+    char *g = tg_schema_to_gbnf_opts(s, &o);
+    assert_non_null(g);
+    assert_string_equal(g,
+        "root ::= s0\n"
+        "s0 ::= s0-obj\n"
+        "s0-obj ::= \"{\" s0-p0 \"}\"\n"
+        "s0-kv0 ::= \"\\\"a\\\"\" \":\" s1\n"
+        "s0-kv1 ::= \"\\\"b\\\"\" \":\" s2\n"
+        "s0-kv2 ::= \"\\\"c\\\"\" \":\" s3\n"
+        "s0-kv3 ::= \"\\\"d\\\"\" \":\" s4\n"
+        "s0-p0 ::= s0-kv0 s0-r1 | s0-p1\n"
+        "s0-p1 ::= s0-kv1 s0-r2\n"
+        "s0-r1 ::= \",\" s0-kv1 s0-r2\n"
+        "s0-r2 ::= (\",\" s0-kv2)? s0-r3\n"
+        "s0-r3 ::= (\",\" s0-kv3)?\n"
+        "s1 ::= integer\n"
+        "s2 ::= \"\\\"x\\\"\" | \"2\"\n"
+        "s3 ::= null | string\n"
+        "s4 ::= (\"[\" (s5 (\",\" s5){0,1})? \"]\")\n"
+        "s5 ::= boolean\n"
+        "string ::= \"\\\"\" char{0,4} \"\\\"\"\n"
+        "char ::= [^\"\\\\\\x00-\\x1F\\uD800-\\uDFFF\\U00110000-\\U7FFFFFFF] | \"\\\\\" [\"\\\\/bfnrt]\n"
+        "integer ::= \"-\"? (\"0\" | [1-9] [0-9]{0,2})\n"
+        "boolean ::= \"true\" | \"false\"\n"
+        "null ::= \"null\"\n");
+    free(g);
+
+    /* defaults: bounded whitespace, 256-char strings, 16 items; enum values the type rules out
+     * are left out of the grammar */
+    tg_schema_free(s);
+    schema = "{\"type\":\"array\",\"items\":{\"type\":\"string\",\"enum\":[\"k\",7]}}";
+    assert_int_equal(tg_schema_compile_text(schema, strlen(schema), &s, err, sizeof err), TG_OK);
+    g = tg_schema_to_gbnf(s);
+    assert_string_equal(g, "root ::= s0\n"
+                           "s0 ::= (\"[\" ws (s1 ws (\",\" ws s1 ws){0,15})? \"]\")\n"
+                           "s1 ::= \"\\\"k\\\"\"\n"
+                           "ws ::= [ \\t\\n]{0,1}\n");
+    free(g);
+    tg_schema_free(s);
+
+    /* free-form JSON: bounded depth, and a plain {} when any_depth is 0 */
+    schema = "{\"properties\":{\"m\":{\"type\":\"object\"}},\"required\":[\"m\"]}";
+    assert_int_equal(tg_schema_compile_text(schema, strlen(schema), &s, err, sizeof err), TG_OK);
+    o.any_depth = 0;
+    g = tg_schema_to_gbnf_opts(s, &o);
+    assert_non_null(strstr(g, "s1 ::= (\"{\" \"}\")\n"));
+    assert_null(strstr(g, "any"));
+    free(g);
+    g = tg_schema_to_gbnf(s);
+    assert_non_null(strstr(g, "s1 ::= any-obj2\n"));
+    assert_non_null(strstr(g, "any-obj2 ::= \"{\" ws (string ws \":\" ws any1 ws"));
+    assert_null(strstr(g, "any3"));
+    free(g);
+    tg_schema_free(s);
+    assert_null(tg_schema_to_gbnf(NULL));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -344,6 +419,7 @@ int main(void)
         cmocka_unit_test(test_validate_rows),
         cmocka_unit_test(test_validate_text_errors),
         cmocka_unit_test(test_json_schema_suite),
+        cmocka_unit_test(test_gbnf_golden),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

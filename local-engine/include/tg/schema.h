@@ -68,7 +68,8 @@ bool tg_schema_validate(const struct tg_schema *s, const json_t *instance, char 
 
 /* Parse generated text (len bytes) as one JSON value and validate it. Text that is not JSON
  * (or not valid UTF-8, or has trailing bytes) is invalid with "invalid JSON at line L column C:
- * ...". Duplicate object keys are accepted, the last one wins (jansson's default). */
+ * ...". Duplicate object keys are accepted, the last one wins (jansson's default); \u0000
+ * inside strings is accepted (JSON allows it). */
 bool tg_schema_validate_text(const struct tg_schema *s, const char *text, size_t len, char *err,
                              size_t errlen);
 
