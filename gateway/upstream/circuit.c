@@ -7,6 +7,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "metrics.h"
 #include "upstream_int.h"
 
 #define MAX_BREAKERS 256
@@ -203,14 +204,24 @@ void tg_upstream_set_metrics_hooks(const struct tg_upstream_metrics_hooks *hooks
         g_hooks = *hooks;
 }
 
+/* Without hooks the metrics component gets the reports directly (a no-op before tg_metrics_init). */
 void up_metric_error(const char *target, const char *kind)
 {
     if (g_hooks.error != NULL)
         g_hooks.error(target, kind);
+    else
+        tg_metrics_upstream_error(target, kind);
 }
 
 void up_metric_duration(const char *target, double seconds)
 {
     if (g_hooks.duration != NULL)
         g_hooks.duration(target, seconds);
+    else
+        tg_metrics_upstream_duration(target, seconds);
+}
+
+void up_metrics_register(void)
+{
+    tg_metrics_set_circuits_fn(tg_upstream_circuits_visit, NULL);
 }

@@ -211,6 +211,9 @@ struct tg_upstream_exec *tg_upstream_exec_create(struct event_base *base,
         ex->params.max_retry_after_ms = d.max_retry_after_ms;
     if (ex->params.max_backoff_ms <= 0)
         ex->params.max_backoff_ms = d.max_backoff_ms;
+    /* Executors are created by the I/O threads after tg_metrics_init: a good moment to let the
+     * /metrics scrape see the breakers. */
+    up_metrics_register();
     ex->multi = curl_multi_init();
     ex->share = curl_share_init();
     ex->timer = evtimer_new(base, on_curl_timer, ex);

@@ -186,16 +186,18 @@ size_t tg_upstream_circuit_list(struct tg_upstream_circuit_info *out, size_t max
 /* Forget every breaker (tests, config reload). */
 void tg_upstream_circuit_reset_all(void);
 
-/* Visit every breaker; the signature of metrics.h's tg_metrics_circuits_fn so the gateway can
- * register it without this library linking metrics:
- *   tg_metrics_set_circuits_fn(tg_upstream_circuits_visit, NULL);
- * visit runs under the registry lock: it must not call tg_upstream_circuit_*. */
+/* Visit every breaker; the signature of metrics.h's tg_metrics_circuits_fn (registered by
+ * tg_upstream_exec_create). visit runs under the registry lock: it must not call
+ * tg_upstream_circuit_*. */
 void tg_upstream_circuits_visit(void *user, void (*visit)(void *vctx, const char *target, int state),
                                 void *vctx);
 
-/* ---- metrics hooks (process-wide) ----
- * Registered at startup by the gateway (before threads start); NULL = none. The gateway passes
- * metrics.h's functions: {tg_metrics_upstream_error, tg_metrics_upstream_duration}.
+/* ---- metrics (process-wide) ----
+ * By default every attempt reports to the metrics component (gateway/metrics/metrics.h):
+ * tg_metrics_upstream_error(target, kind) and tg_metrics_upstream_duration(target, seconds), and
+ * tg_upstream_exec_create registers tg_upstream_circuits_visit with tg_metrics_set_circuits_fn
+ * (both are no-ops before tg_metrics_init). Hooks set here replace the two reports (tests,
+ * embedders); NULL restores the default. Set before threads start.
  * error: target = model name, kind = short failure code as in stats.fallback_reason.
  * duration: seconds of one attempt on target (success or failure). */
 struct tg_upstream_metrics_hooks {

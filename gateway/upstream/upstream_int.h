@@ -77,5 +77,7 @@ void up_circuit_report(const char *name, const struct tg_cfg_provider *p, bool s
 /* ---- metrics hooks ---- */
 void up_metric_error(const char *target, const char *kind);
 void up_metric_duration(const char *target, double seconds);
+/* Register the breaker visitor with metrics (idempotent; needs tg_metrics_init first). */
+void up_metrics_register(void);
 
 #endif

@@ -17,6 +17,8 @@
 
 #include "tg/config.h"
 #include "tg/err.h"
+#include "metrics.h"
+#include "tg/buf.h"
 #include "tg_testlib.h"
 #include "upstream.h"
 
@@ -69,11 +71,12 @@ static int setup_all(void **state)
         fprintf(stderr, "config: %s\n", err);
         return -1;
     }
-    return 0;
+    return tg_metrics_init(g_cfg, "test") == TG_OK ? 0 : -1;
 }
 
 static int teardown_all(void **state)
 {
+    tg_metrics_shutdown();
     tg_config_unref(g_cfg);
     tg_test_stop(g_fake, SIGTERM, 3000);
     tg_upstream_global_cleanup();
@@ -586,6 +589,20 @@ static void test_circuit_breaker(void **state)
     }
     assert_true(tg_upstream_circuit_open("cb"));
     assert_int_equal(tg_upstream_circuit_state("cb"), TG_CIRCUIT_OPEN);
+    /* the metrics component sees the failures and the breaker at scrape time */
+    {
+        struct event_base *b = event_base_new();
+        struct tg_upstream_exec *x = tg_upstream_exec_create(b, NULL); /* registers the visitor */
+        struct tg_buf text;
+        tg_buf_init(&text, 1 << 22);
+        assert_int_equal(tg_metrics_render(&text), TG_OK);
+        assert_non_null(strstr(text.data, "tiergate_upstream_errors_total{target=\"cb\",kind=\"http_5xx\"} 2"));
+        assert_non_null(strstr(text.data, "tiergate_circuit_state{target=\"cb\"} 2"));
+        assert_non_null(strstr(text.data, "tiergate_upstream_duration_seconds_count{target=\"cb\"} 2"));
+        tg_buf_free(&text);
+        tg_upstream_exec_destroy(x);
+        event_base_free(b);
+    }
     struct tg_upstream_circuit_info info[8];
     assert_int_equal(tg_upstream_circuit_list(info, 8), 1);
     assert_string_equal(info[0].name, "cb");
