@@ -24,3 +24,27 @@ if(TARGET tg_engine)
     add_dependencies(test_enginenet model-tiny tg-test-engine-worker)
   endif()
 endif()
+
+# Fuzz target for the wire codec (the parser of everything a peer sends); its corpus replays in
+# the default suite. With TG_FUZZ=ON (clang) also the libFuzzer binary:
+#   build-fuzz/tests/fuzz_net_codec -max_total_time=60 tests/enginenet/corpus/net
+add_executable(fuzz_replay_net_codec ${TG_TEST_DIR}/enginenet/fuzz_net_codec.c
+  ${CMAKE_SOURCE_DIR}/local-engine/net_codec.c ${TG_TEST_DIR}/fuzz/replay.c)
+target_include_directories(fuzz_replay_net_codec PRIVATE ${CMAKE_SOURCE_DIR}/local-engine
+  ${CMAKE_SOURCE_DIR}/local-engine/include)
+target_link_libraries(fuzz_replay_net_codec PRIVATE tg_common PkgConfig::JANSSON m)
+tg_target_defaults(fuzz_replay_net_codec)
+add_test(NAME fuzz_replay_net_codec COMMAND fuzz_replay_net_codec
+  ${TG_TEST_DIR}/enginenet/corpus/net)
+set_tests_properties(fuzz_replay_net_codec PROPERTIES LABELS "unit;fuzz;enginenet" TIMEOUT 120)
+if(TG_FUZZ)
+  add_executable(fuzz_net_codec ${TG_TEST_DIR}/enginenet/fuzz_net_codec.c
+    ${CMAKE_SOURCE_DIR}/local-engine/net_codec.c)
+  target_include_directories(fuzz_net_codec PRIVATE ${CMAKE_SOURCE_DIR}/local-engine
+    ${CMAKE_SOURCE_DIR}/local-engine/include)
+  target_link_libraries(fuzz_net_codec PRIVATE tg_common PkgConfig::JANSSON m)
+  target_compile_options(fuzz_net_codec PRIVATE -fsanitize=fuzzer,address,undefined
+                         -fno-omit-frame-pointer)
+  target_link_options(fuzz_net_codec PRIVATE -fsanitize=fuzzer,address,undefined)
+  tg_target_defaults(fuzz_net_codec)
+endif()
