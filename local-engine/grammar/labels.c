@@ -11,21 +11,10 @@
 #include "tg/buf.h"
 #include "tg/err.h"
 
-static int lfail(char *err, size_t errlen, int rc, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
+#define lfail(err, errlen, rc, ...) (sc_put_err((err), (errlen), __VA_ARGS__), (rc))
 
-static int lfail(char *err, size_t errlen, int rc, const char *fmt, ...)
-{
-    if (err != NULL && errlen > 0) {
-        va_list ap;
-        va_start(ap, fmt);
-        int n = vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-        if (n < 0)
-            err[0] = '\0';
-    }
-    return rc;
-}
+/* Quoted text in messages is cut to this many bytes, on a UTF-8 boundary. */
+#define QUOTE_MAX 64
 
 int tg_grammar_check_labels(const char *const *labels, size_t n, char *err, size_t errlen)
 {
@@ -45,8 +34,8 @@ int tg_grammar_check_labels(const char *const *labels, size_t n, char *err, size
             return lfail(err, errlen, TG_INVAL, "label %zu is not valid UTF-8", i);
         for (size_t j = 0; j < i; j++)
             if (strcmp(labels[i], labels[j]) == 0)
-                return lfail(err, errlen, TG_INVAL, "label %zu duplicates label %zu ('%.64s')", i,
-                             j, labels[i]);
+                return lfail(err, errlen, TG_INVAL, "label %zu duplicates label %zu ('%.*s')", i,
+                             j, (int)sc_utf8_prefix(labels[i], len, QUOTE_MAX), labels[i]);
     }
     return TG_OK;
 }
@@ -87,7 +76,7 @@ char *tg_grammar_labels(const char *const *labels, size_t n, bool multi, char *e
         rc = tg_buf_append(&b, "\n", 1);
     if (rc != TG_OK) {
         tg_buf_free(&b);
-        lfail(err, errlen, rc, "%s", tg_strerror(rc));
+        sc_put_err(err, errlen, "%s", tg_strerror(rc));
         return NULL;
     }
     return tg_buf_detach(&b);
@@ -113,14 +102,18 @@ int tg_grammar_parse_labels(const char *const *labels, size_t n, bool multi, con
         return lfail(err, errlen, TG_INVAL, "label count %zu out of range", n);
     if (!multi) {
         size_t b = 0, e = len;
-        while (b < e && is_space(text[b]))
-            b++;
-        while (e > b && is_space(text[e - 1]))
-            e--;
-        long k = find_label(labels, n, text + b, e - b);
+        /* Exact first: a label may itself start or end with a space. */
+        long k = find_label(labels, n, text, len);
+        if (k < 0) {
+            while (b < e && is_space(text[b]))
+                b++;
+            while (e > b && is_space(text[e - 1]))
+                e--;
+            k = find_label(labels, n, text + b, e - b);
+        }
         if (k < 0)
             return lfail(err, errlen, TG_PARSE, "not a label: '%.*s'",
-                         (int)(e - b > 64 ? 64 : e - b), text + b);
+                         (int)sc_utf8_prefix(text + b, e - b, QUOTE_MAX), text + b);
         if (cap < 1)
             return lfail(err, errlen, TG_TOOBIG, "no room for the label index");
         idx[0] = (size_t)k;
@@ -152,7 +145,8 @@ int tg_grammar_parse_labels(const char *const *labels, size_t n, bool multi, con
         }
         long k = find_label(labels, n, json_string_value(e), json_string_length(e));
         if (k < 0) {
-            rc = lfail(err, errlen, TG_PARSE, "item %zu is not a label: '%.64s'", i,
+            rc = lfail(err, errlen, TG_PARSE, "item %zu is not a label: '%.*s'", i,
+                       (int)sc_utf8_prefix(json_string_value(e), json_string_length(e), QUOTE_MAX),
                        json_string_value(e));
             break;
         }

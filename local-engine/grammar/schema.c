@@ -14,10 +14,18 @@
 
 /* ---------------------------------------------------------------- small helpers */
 
-static void put_err(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
+size_t sc_utf8_prefix(const char *s, size_t len, size_t max)
+{
+    if (len <= max)
+        return len;
+    size_t cut = max;
+    /* Back off over continuation bytes to the start of the sequence that straddles the cut. */
+    while (cut > 0 && ((unsigned char)s[cut] & 0xC0) == 0x80)
+        cut--;
+    return cut;
+}
 
-static void put_err(char *err, size_t errlen, const char *fmt, ...)
+void sc_put_err(char *err, size_t errlen, const char *fmt, ...)
 {
     if (err == NULL || errlen == 0)
         return;
@@ -25,9 +33,25 @@ static void put_err(char *err, size_t errlen, const char *fmt, ...)
     va_start(ap, fmt);
     int n = vsnprintf(err, errlen, fmt, ap);
     va_end(ap);
-    if (n < 0)
+    if (n < 0) {
         err[0] = '\0';
+    } else if ((size_t)n >= errlen) {
+        size_t len = strlen(err);
+        /* The byte after the kept text decides whether the last sequence was cut; it is gone,
+         * so look at the lead byte of the last sequence and the bytes that follow it. */
+        size_t lead = len;
+        while (lead > 0 && ((unsigned char)err[lead - 1] & 0xC0) == 0x80)
+            lead--;
+        if (lead > 0) {
+            unsigned char c = (unsigned char)err[lead - 1];
+            size_t need = c >= 0xF0 ? 4 : c >= 0xE0 ? 3 : c >= 0xC0 ? 2 : 1;
+            if (len - (lead - 1) < need)
+                err[lead - 1] = '\0';
+        }
+    }
 }
+
+#define put_err sc_put_err
 
 bool sc_utf8_valid(const char *str, size_t len)
 {
@@ -254,11 +278,16 @@ static int compile_properties(struct cctx *c, struct sc_node *n, const json_t *p
     json_object_foreach((json_t *)p, key, sub)
     {
         size_t klen = strlen(key);
+        /* jansson checks UTF-8 when it parses, not when a caller builds objects with _nocheck;
+         * the name stays out of the message so that the message itself is valid UTF-8. */
+        if (!sc_utf8_valid(key, klen))
+            return cfail(c, "a property name is not valid UTF-8");
         size_t saved2;
         if (path_push(c, key, &saved2) != TG_OK)
             return c->rc;
         if (klen > TG_SCHEMA_MAX_KEY_BYTES)
             return cfail(c, "property name longer than %d bytes", TG_SCHEMA_MAX_KEY_BYTES);
+
         char *k = strdup(key);
         if (k == NULL)
             return cnomem(c);

@@ -58,4 +58,11 @@ int sc_gbnf_escape(struct tg_buf *b, const char *s, size_t len);
 /* true when s[0..len) is valid UTF-8 (no overlongs, surrogates or code points > U+10FFFF). */
 bool sc_utf8_valid(const char *s, size_t len);
 
+/* Longest prefix of s[0..len) of at most max bytes that does not split a UTF-8 sequence. */
+size_t sc_utf8_prefix(const char *s, size_t len, size_t max);
+
+/* Error text: vsnprintf into err, then drop a UTF-8 sequence cut by truncation, so messages stay
+ * valid UTF-8 (they end up in JSON error bodies). err may be NULL. */
+void sc_put_err(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
 #endif

@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include <cmocka.h>
+#include <jansson.h>
 
 #include "tg/err.h"
 #include "tg/grammar.h"
@@ -165,6 +166,47 @@ static void test_parse_rows(void **state)
                      TG_TOOBIG);
     assert_int_equal(tg_grammar_parse_labels(NULL, 4, true, "[]", 2, idx, 1, &n, err, sizeof err),
                      TG_INVAL);
+    /* a label with its own spaces matches exactly before any trimming */
+    const char *spaced[] = {" a", "a"};
+    assert_int_equal(tg_grammar_parse_labels(spaced, 2, false, " a", 2, idx, 1, &n, err, sizeof err),
+                     TG_OK);
+    assert_int_equal(idx[0], 0);
+    assert_int_equal(tg_grammar_parse_labels(spaced, 2, false, "a ", 2, idx, 1, &n, err, sizeof err),
+                     TG_OK);
+    assert_int_equal(idx[0], 1);
+}
+
+/* Messages quote labels and model output; cut anywhere, they must stay valid UTF-8 (they go
+ * into JSON error bodies, and jansson refuses invalid UTF-8). */
+static void test_messages_stay_utf8(void **state)
+{
+    (void)state;
+    char big[121];
+    for (size_t i = 0; i < 120; i += 2)
+        memcpy(big + i, "\xC3\xA9", 2); /* é x 60 */
+    big[120] = '\0';
+    const char *dup[] = {big, big};
+    char odd[] = "x\xC3\xA9\xC3\xA9\xC3\xA9\xC3\xA9\xC3\xA9\xC3\xA9\xC3\xA9\xC3\xA9\xC3\xA9";
+    for (size_t errlen = 1; errlen < 120; errlen++) {
+        char err[128];
+        memset(err, 'Z', sizeof err);
+        assert_int_equal(tg_grammar_check_labels(dup, 2, err, errlen), TG_INVAL);
+        assert_true(strlen(err) < errlen);
+        json_t *js = json_string(err);
+        if (js == NULL) {
+            print_error("errlen %zu: invalid UTF-8 in '%s'\n", errlen, err);
+            fail();
+        }
+        json_decref(js);
+        size_t idx[1], n;
+        const char *labels[] = {"a"};
+        assert_int_equal(tg_grammar_parse_labels(labels, 1, false, odd + (errlen % 2), strlen(odd) - errlen % 2,
+                                                 idx, 1, &n, err, errlen),
+                         TG_PARSE);
+        js = json_string(err);
+        assert_non_null(js);
+        json_decref(js);
+    }
 }
 
 int main(void)
@@ -174,6 +216,7 @@ int main(void)
         cmocka_unit_test(test_limits),
         cmocka_unit_test(test_grammar_text),
         cmocka_unit_test(test_parse_rows),
+        cmocka_unit_test(test_messages_stay_utf8),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -146,6 +146,15 @@ static void test_compile_limits(void **state)
     assert_string_equal(err, "schema path #/enum: too many values (257 > 256)");
     json_decref(js);
 
+    /* a property name built without jansson's UTF-8 check */
+    js = json_object();
+    props = json_object();
+    json_object_set_new_nocheck(props, "bad\xC3", json_object());
+    json_object_set_new(js, "properties", props);
+    assert_int_equal(tg_schema_compile(js, &s, err, sizeof err), TG_SCHEMA);
+    assert_string_equal(err, "schema path #/properties: a property name is not valid UTF-8");
+    json_decref(js);
+
     /* invalid JSON text and NULL arguments */
     assert_int_equal(tg_schema_compile_text("{\"type\":", 8, &s, err, sizeof err), TG_SCHEMA);
     assert_non_null(strstr(err, "schema: invalid JSON at line 1"));

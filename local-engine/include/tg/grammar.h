@@ -33,7 +33,7 @@ char *tg_grammar_labels(const char *const *labels, size_t n, bool multi, char *e
                         size_t errlen);
 
 /* Turn generated text (len bytes) back into label indices. Single-label: the text must equal
- * one label exactly (surrounding ASCII whitespace ignored); multi: a JSON array of label
+ * one label exactly, or after trimming surrounding ASCII whitespace; multi: a JSON array of label
  * strings (an empty array parses to zero labels). idx receives up to `cap` indices in order of first appearance, duplicates dropped;
  * *n_out is the count. Returns TG_OK, or TG_PARSE with the reason in err ("not a label: ...",
  * "invalid JSON ...", "item 2 is not a label: ..."), TG_INVAL for bad arguments, TG_TOOBIG when
