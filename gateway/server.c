@@ -245,6 +245,7 @@ static void on_sweep(evutil_socket_t fd, short what, void *arg)
 static void on_drain(evutil_socket_t fd, short what, void *arg)
 {
     struct tg_worker *w = arg;
+    tg_glue_drain(w); /* stop taking async jobs; running ones finish within the drain */
     if (w->bound != NULL) {
         evhttp_del_accept_socket(w->http, w->bound);
         w->bound = NULL;
