@@ -10,3 +10,20 @@ tg_add_unit_test(test_pull SOURCES ${TG_TEST_DIR}/ecosystem/test_pull.c
 if(TARGET test_pull)
   add_dependencies(test_pull tiergate tg-fake-fileserver)
 endif()
+
+# LangChain's ChatOpenAI (@langchain/openai 0.6) against the real binary (tests/conformance/langchain).
+# gateway.cmake (which defines tg_gw_testenv) is included after this file: defer to the end of tests/.
+function(tg_ecosystem_gateway_tests)
+  if(NOT TARGET tg_gw_testenv)
+    return()
+  endif()
+  tg_add_unit_test(test_langchain SOURCES ${TG_TEST_DIR}/conformance/langchain/test_langchain.c
+    LIBS tg_gw_testenv LABELS integration)
+  if(TARGET test_langchain)
+    add_dependencies(test_langchain tiergate model-tiny)
+    if(TARGET tg-fake-upstream)
+      add_dependencies(test_langchain tg-fake-upstream)
+    endif()
+  endif()
+endfunction()
+cmake_language(DEFER CALL tg_ecosystem_gateway_tests)
