@@ -269,21 +269,38 @@ static void on_conn_close(struct evhttp_connection *evcon, void *arg)
     tg_req_client_gone(r);
 }
 
+/* Most requests are answered within milliseconds; watching their socket would cost two
+ * epoll_ctl calls each. Start watching only once a request has been in flight this long. */
+#define CLOSEWATCH_DELAY_MS 20
+
+static void on_closewatch_arm(evutil_socket_t unused, short what, void *arg)
+{
+    struct tg_req *r = arg;
+    if (r->http == NULL || r->replied)
+        return;
+    struct evhttp_connection *evcon = evhttp_request_get_connection(r->http);
+    struct bufferevent *bev = evcon != NULL ? evhttp_connection_get_bufferevent(evcon) : NULL;
+    evutil_socket_t fd = bev != NULL ? bufferevent_getfd(bev) : -1;
+    if (fd < 0)
+        return;
+    /* The timer has fired, so the event is not pending and may be re-assigned to the socket. */
+    event_assign(r->closewatch, r->w->base, fd, EV_READ, on_closewatch, r);
+    event_add(r->closewatch, NULL);
+}
+
 void tg_req_watch_client(struct tg_req *r)
 {
-    if (r->http == NULL)
+    if (r->http == NULL || r->closewatch != NULL)
         return;
     struct evhttp_connection *evcon = evhttp_request_get_connection(r->http);
     if (evcon == NULL)
         return;
     evhttp_connection_set_closecb(evcon, on_conn_close, r);
-    struct bufferevent *bev = evhttp_connection_get_bufferevent(evcon);
-    evutil_socket_t fd = bev != NULL ? bufferevent_getfd(bev) : -1;
-    if (fd < 0)
-        return;
-    r->closewatch = event_new(r->w->base, fd, EV_READ, on_closewatch, r);
-    if (r->closewatch != NULL)
-        event_add(r->closewatch, NULL);
+    r->closewatch = evtimer_new(r->w->base, on_closewatch_arm, r);
+    if (r->closewatch != NULL) {
+        struct timeval tv = {0, CLOSEWATCH_DELAY_MS * 1000};
+        evtimer_add(r->closewatch, &tv);
+    }
 }
 
 void tg_req_client_gone(struct tg_req *r)

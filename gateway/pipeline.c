@@ -9,6 +9,7 @@
 
 #include <ctype.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1355,8 +1356,17 @@ void tg_pipeline_local_error(struct tg_req *r, int err, const char *message)
 
 /* ---- entry points ------------------------------------------------------------------------ */
 
+static EVP_MD *sha256_md;
+static pthread_once_t sha256_once = PTHREAD_ONCE_INIT;
+static void sha256_init(void)
+{
+    /* OpenSSL 3 looks an algorithm up on every EVP_sha256() use; fetch it once. */
+    sha256_md = EVP_MD_fetch(NULL, "SHA256", NULL);
+}
+
 static bool auth(struct tg_req *r, const char *authorization)
 {
+    pthread_once(&sha256_once, sha256_init);
     const struct tg_config *cfg = r->cfg;
     if (authorization != NULL && strncasecmp(authorization, "Bearer ", 7) == 0) {
         const char *tok = authorization + 7;
@@ -1364,7 +1374,8 @@ static bool auth(struct tg_req *r, const char *authorization)
             tok++;
         unsigned char md[32];
         unsigned int mdlen = 0;
-        if (EVP_Digest(tok, strlen(tok), md, &mdlen, EVP_sha256(), NULL) == 1) {
+        if (EVP_Digest(tok, strlen(tok), md, &mdlen, sha256_md != NULL ? sha256_md : EVP_sha256(),
+                       NULL) == 1) {
             r->key = tg_config_key_by_hash(cfg, md);
             if (r->key != NULL)
                 return true;
@@ -1624,7 +1635,7 @@ void tg_pipeline_http(struct tg_worker *w, struct evhttp_request *http, const ch
     }
     const char *data = (const char *)evbuffer_pullup(in, (ev_ssize_t)len);
     json_error_t jerr;
-    json_t *body = json_loadb(data, len, JSON_REJECT_DUPLICATES, &jerr);
+    json_t *body = json_loadb(data, len, 0, &jerr); /* duplicate keys: the last wins, as in OpenAI's API */
     if (body == NULL || !json_is_object(body)) {
         if (body == NULL)
             reject(r, 400, "invalid_json", NULL,
