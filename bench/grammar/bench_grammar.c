@@ -80,9 +80,9 @@ int main(int argc, char **argv)
     /* ~2 KB instance: the fixed part plus as many items as fit. */
     json_t *inst = json_pack("{s:i,s:s,s:n,s:f,s:b,s:[s,s],s:{s:s,s:s,s:{s:s,s:s,s:s,s:s}},s:[]}",
                              "id", 4711, "status", "paid", "note", "total", 1234.5, "gift", 0,
-                             "tags", "priority", "b2b", "customer", "name", "Ada Lovelace",
-                             "email", "ada@example.com", "address", "street", "12 Analytical Way",
-                             "city", "London", "zip", "NW1", "country", "FR", "items");
+                             "tags", "priority", "b2b", "customer", "name", "Ada Lovelace", "email",
+                             "ada@example.com", "address", "street", "12 Analytical Way", "city",
+                             "London", "zip", "NW1", "country", "FR", "items");
     char *text = NULL;
     for (int i = 0;; i++) {
         json_t *it = json_pack("{s:s,s:i,s:f,s:n}", "sku", "SKU-000000-ABCDEFGH", "qty", i + 1,
@@ -131,8 +131,9 @@ int main(int argc, char **argv)
         }
         qsort(rounds, 7, sizeof rounds[0], cmp_d);
         qsort(cpu, 7, sizeof cpu[0], cmp_d);
-        printf("%-14s CPU median %7.2f us/call (min %.2f)   wall median %7.2f (min %.2f, max %.2f)\n",
-               names[op], cpu[3], cpu[0], rounds[3], rounds[0], rounds[6]);
+        printf(
+            "%-14s CPU median %7.2f us/call (min %.2f)   wall median %7.2f (min %.2f, max %.2f)\n",
+            names[op], cpu[3], cpu[0], rounds[3], rounds[0], rounds[6]);
     }
     free(text);
     json_decref(inst);

@@ -380,4 +380,7 @@ char *tg_schema_to_gbnf_opts(const struct tg_schema *s, const struct tg_gbnf_opt
     return tg_buf_detach(&g.out);
 }
 
-char *tg_schema_to_gbnf(const struct tg_schema *s) { return tg_schema_to_gbnf_opts(s, NULL); }
+char *tg_schema_to_gbnf(const struct tg_schema *s)
+{
+    return tg_schema_to_gbnf_opts(s, NULL);
+}

@@ -21,8 +21,7 @@ int tg_grammar_check_labels(const char *const *labels, size_t n, char *err, size
     if (labels == NULL || n == 0)
         return lfail(err, errlen, TG_INVAL, "no labels given");
     if (n > TG_GRAMMAR_MAX_LABELS)
-        return lfail(err, errlen, TG_INVAL, "too many labels (%zu > %d)", n,
-                     TG_GRAMMAR_MAX_LABELS);
+        return lfail(err, errlen, TG_INVAL, "too many labels (%zu > %d)", n, TG_GRAMMAR_MAX_LABELS);
     for (size_t i = 0; i < n; i++) {
         if (labels[i] == NULL || labels[i][0] == '\0')
             return lfail(err, errlen, TG_INVAL, "label %zu is empty", i);
@@ -34,22 +33,20 @@ int tg_grammar_check_labels(const char *const *labels, size_t n, char *err, size
             return lfail(err, errlen, TG_INVAL, "label %zu is not valid UTF-8", i);
         for (size_t j = 0; j < i; j++)
             if (strcmp(labels[i], labels[j]) == 0)
-                return lfail(err, errlen, TG_INVAL, "label %zu duplicates label %zu ('%.*s')", i,
-                             j, (int)sc_utf8_prefix(labels[i], len, QUOTE_MAX), labels[i]);
+                return lfail(err, errlen, TG_INVAL, "label %zu duplicates label %zu ('%.*s')", i, j,
+                             (int)sc_utf8_prefix(labels[i], len, QUOTE_MAX), labels[i]);
     }
     return TG_OK;
 }
 
-char *tg_grammar_labels(const char *const *labels, size_t n, bool multi, char *err,
-                        size_t errlen)
+char *tg_grammar_labels(const char *const *labels, size_t n, bool multi, char *err, size_t errlen)
 {
     if (tg_grammar_check_labels(labels, n, err, errlen) != TG_OK)
         return NULL;
     struct tg_buf b;
     /* 256 labels x 256 bytes, each escaped to at most 4x plus JSON quoting: well under 2 MiB. */
     tg_buf_init(&b, 4u * 1024 * 1024);
-    int rc = tg_buf_append_str(&b, multi ? "root ::= \"[\" item (\",\" item){0,"
-                                         : "root ::= ");
+    int rc = tg_buf_append_str(&b, multi ? "root ::= \"[\" item (\",\" item){0," : "root ::= ");
     if (rc == TG_OK && multi)
         rc = tg_buf_printf(&b, "%zu} \"]\"\nitem ::= ", n - 1);
     for (size_t i = 0; i < n && rc == TG_OK; i++) {
@@ -82,7 +79,10 @@ char *tg_grammar_labels(const char *const *labels, size_t n, bool multi, char *e
     return tg_buf_detach(&b);
 }
 
-static bool is_space(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r'; }
+static bool is_space(char c)
+{
+    return c == ' ' || c == '\t' || c == '\n' || c == '\r';
+}
 
 static long find_label(const char *const *labels, size_t n, const char *s, size_t len)
 {

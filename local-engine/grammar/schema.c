@@ -199,8 +199,8 @@ static unsigned type_bit(const char *name)
 
 static bool is_annotation(const char *k)
 {
-    static const char *const ann[] = {"description", "title",    "$schema",
-                                      "$comment",    "default",  "examples"};
+    static const char *const ann[] = {"description", "title",   "$schema",
+                                      "$comment",    "default", "examples"};
     for (size_t i = 0; i < sizeof ann / sizeof ann[0]; i++)
         if (strcmp(k, ann[i]) == 0)
             return true;
@@ -737,8 +737,7 @@ bool sc_validate_node(const struct sc_node *n, const json_t *inst, bool skip_val
     return validate(&v, n, inst, NULL, skip_values);
 }
 
-bool tg_schema_validate(const struct tg_schema *s, const json_t *instance, char *err,
-                        size_t errlen)
+bool tg_schema_validate(const struct tg_schema *s, const json_t *instance, char *err, size_t errlen)
 {
     if (s == NULL || instance == NULL) {
         put_err(err, errlen, "$: NULL schema or instance");
@@ -759,8 +758,7 @@ bool tg_schema_validate_text(const struct tg_schema *s, const char *text, size_t
     /* \u0000 is valid JSON, and an enum value with it turns into exactly that in the grammar. */
     json_t *js = json_loadb(text, len, JSON_DECODE_ANY | JSON_ALLOW_NUL, &je);
     if (js == NULL) {
-        put_err(err, errlen, "invalid JSON at line %d column %d: %s", je.line, je.column,
-                je.text);
+        put_err(err, errlen, "invalid JSON at line %d column %d: %s", je.line, je.column, je.text);
         return false;
     }
     bool ok = tg_schema_validate(s, js, err, errlen);

@@ -36,7 +36,7 @@ struct sc_node {
     /* array */
     struct sc_node *items; /* NULL: any items */
     /* enum/const (intersected when both are given); NULL: no value restriction */
-    json_t *values; /* array, owned */
+    json_t *values;         /* array, owned */
     bool values_from_const; /* only `const` given: error messages say so */
 };
 
@@ -63,6 +63,7 @@ size_t sc_utf8_prefix(const char *s, size_t len, size_t max);
 
 /* Error text: vsnprintf into err, then drop a UTF-8 sequence cut by truncation, so messages stay
  * valid UTF-8 (they end up in JSON error bodies). err may be NULL. */
-void sc_put_err(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+void sc_put_err(char *err, size_t errlen, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 
 #endif

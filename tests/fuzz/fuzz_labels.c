@@ -16,7 +16,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     const size_t nf = sizeof fixed / sizeof fixed[0];
     size_t idx[8], n;
     char err[256];
-    tg_grammar_parse_labels(fixed, nf, false, (const char *)data, size, idx, 8, &n, err, sizeof err);
+    tg_grammar_parse_labels(fixed, nf, false, (const char *)data, size, idx, 8, &n, err,
+                            sizeof err);
     tg_grammar_parse_labels(fixed, nf, true, (const char *)data, size, idx, 8, &n, err, sizeof err);
     tg_grammar_parse_labels(fixed, nf, true, (const char *)data, size, idx, 1, &n, err, sizeof err);
 

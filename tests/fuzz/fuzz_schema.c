@@ -24,8 +24,11 @@ static void exercise(const char *schema, size_t slen, const char *inst, size_t i
     if (g == NULL)
         abort(); /* only allocation failure may give NULL */
     free(g);
-    struct tg_gbnf_opts o = {.max_string_chars = 0, .max_array_items = 1, .max_ws = 0,
-                             .max_number_digits = 1, .any_depth = 0};
+    struct tg_gbnf_opts o = {.max_string_chars = 0,
+                             .max_array_items = 1,
+                             .max_ws = 0,
+                             .max_number_digits = 1,
+                             .any_depth = 0};
     g = tg_schema_to_gbnf_opts(s, &o);
     if (g == NULL)
         abort();

@@ -227,9 +227,9 @@ static void test_grammars_parse(void **state)
 
     /* every suite schema that compiles in our subset */
     static const char *const drafts[] = {"draft6", "draft7"};
-    static const char *const files[] = {"type.json",  "properties.json", "required.json",
-                                        "enum.json",  "items.json",      "additionalProperties.json",
-                                        "const.json", "default.json"};
+    static const char *const files[] = {
+        "type.json",  "properties.json",           "required.json", "enum.json",
+        "items.json", "additionalProperties.json", "const.json",    "default.json"};
     for (size_t d = 0; d < 2; d++) {
         for (size_t f = 0; f < sizeof files / sizeof files[0]; f++) {
             char path[512];
@@ -275,8 +275,9 @@ static void sample_schema(const char *schema_text, const struct tg_gbnf_opts *o,
         bool ended = generate(g, seed0 + (uint32_t)i, &out, &nt);
         char err[512] = "";
         if (!ended || !tg_schema_validate_text(s, out.data, out.len, err, sizeof err)) {
-            print_error("sample %d (seed %u, %d tokens, %s): %s\n--- output\n%s\n--- grammar\n%s\n", i,
-                        seed0 + (uint32_t)i, nt, ended ? "ended" : "DID NOT END", err, out.data, g);
+            print_error("sample %d (seed %u, %d tokens, %s): %s\n--- output\n%s\n--- grammar\n%s\n",
+                        i, seed0 + (uint32_t)i, nt, ended ? "ended" : "DID NOT END", err, out.data,
+                        g);
             fail();
         }
         total_tokens += (size_t)nt;
@@ -294,8 +295,11 @@ static void sample_schema(const char *schema_text, const struct tg_gbnf_opts *o,
 static void test_sample_schemas(void **state)
 {
     (void)state;
-    struct tg_gbnf_opts o = {.max_string_chars = 12, .max_array_items = 3, .max_ws = 1,
-                             .max_number_digits = 6, .any_depth = 2};
+    struct tg_gbnf_opts o = {.max_string_chars = 12,
+                             .max_array_items = 3,
+                             .max_ws = 1,
+                             .max_number_digits = 6,
+                             .any_depth = 2};
     for (size_t i = 0; i < sizeof sample_schemas / sizeof sample_schemas[0]; i++)
         sample_schema(sample_schemas[i], &o, g_samples, 1000u * (uint32_t)(i + 1));
 }
@@ -332,7 +336,8 @@ static void sample_labels(const char *const *labels, size_t nl, bool multi, uint
         for (size_t k = 0; k < n; k++)
             hits[idx[k]]++;
     }
-    print_message("%d/%d parsed (%s); per label:", g_samples, g_samples, multi ? "multi" : "single");
+    print_message("%d/%d parsed (%s); per label:", g_samples, g_samples,
+                  multi ? "multi" : "single");
     for (size_t k = 0; k < nl; k++)
         print_message(" %zu", hits[k]);
     print_message("\n");
@@ -351,10 +356,8 @@ static void test_sample_labels(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_parser_rejects_broken),
-        cmocka_unit_test(test_grammars_parse),
-        cmocka_unit_test(test_sample_labels),
-        cmocka_unit_test(test_sample_schemas),
+        cmocka_unit_test(test_parser_rejects_broken), cmocka_unit_test(test_grammars_parse),
+        cmocka_unit_test(test_sample_labels),         cmocka_unit_test(test_sample_schemas),
         cmocka_unit_test(test_sample_default_opts),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

@@ -61,7 +61,8 @@ static void test_limits(void **state)
         labels[i] = names[i];
     }
     char err[256];
-    assert_int_equal(tg_grammar_check_labels(labels, TG_GRAMMAR_MAX_LABELS, err, sizeof err), TG_OK);
+    assert_int_equal(tg_grammar_check_labels(labels, TG_GRAMMAR_MAX_LABELS, err, sizeof err),
+                     TG_OK);
     assert_int_equal(tg_grammar_check_labels(labels, TG_GRAMMAR_MAX_LABELS + 1, err, sizeof err),
                      TG_INVAL);
     assert_string_equal(err, "too many labels (257 > 256)");
@@ -103,7 +104,8 @@ static void test_grammar_text(void **state)
 
     const char *one[] = {"only"};
     g = tg_grammar_labels(one, 1, true, err, sizeof err);
-    assert_string_equal(g, "root ::= \"[\" item (\",\" item){0,0} \"]\"\nitem ::= \"\\\"only\\\"\"\n");
+    assert_string_equal(g,
+                        "root ::= \"[\" item (\",\" item){0,0} \"]\"\nitem ::= \"\\\"only\\\"\"\n");
     free(g);
 }
 
@@ -168,11 +170,11 @@ static void test_parse_rows(void **state)
                      TG_INVAL);
     /* a label with its own spaces matches exactly before any trimming */
     const char *spaced[] = {" a", "a"};
-    assert_int_equal(tg_grammar_parse_labels(spaced, 2, false, " a", 2, idx, 1, &n, err, sizeof err),
-                     TG_OK);
+    assert_int_equal(
+        tg_grammar_parse_labels(spaced, 2, false, " a", 2, idx, 1, &n, err, sizeof err), TG_OK);
     assert_int_equal(idx[0], 0);
-    assert_int_equal(tg_grammar_parse_labels(spaced, 2, false, "a ", 2, idx, 1, &n, err, sizeof err),
-                     TG_OK);
+    assert_int_equal(
+        tg_grammar_parse_labels(spaced, 2, false, "a ", 2, idx, 1, &n, err, sizeof err), TG_OK);
     assert_int_equal(idx[0], 1);
 }
 
@@ -200,8 +202,8 @@ static void test_messages_stay_utf8(void **state)
         json_decref(js);
         size_t idx[1], n;
         const char *labels[] = {"a"};
-        assert_int_equal(tg_grammar_parse_labels(labels, 1, false, odd + (errlen % 2), strlen(odd) - errlen % 2,
-                                                 idx, 1, &n, err, errlen),
+        assert_int_equal(tg_grammar_parse_labels(labels, 1, false, odd + (errlen % 2),
+                                                 strlen(odd) - errlen % 2, idx, 1, &n, err, errlen),
                          TG_PARSE);
         js = json_string(err);
         assert_non_null(js);
@@ -212,10 +214,8 @@ static void test_messages_stay_utf8(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_check_rows),
-        cmocka_unit_test(test_limits),
-        cmocka_unit_test(test_grammar_text),
-        cmocka_unit_test(test_parse_rows),
+        cmocka_unit_test(test_check_rows),         cmocka_unit_test(test_limits),
+        cmocka_unit_test(test_grammar_text),       cmocka_unit_test(test_parse_rows),
         cmocka_unit_test(test_messages_stay_utf8),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -38,7 +38,8 @@ static const struct compile_row compile_rows[] = {
     {"{\"const\":\"x\"}", TG_OK, NULL},
     {"{\"type\":\"string\",\"enum\":[\"a\",1]}", TG_OK, NULL},
     /* unsupported keywords name the path of the schema that holds them */
-    {"{\"type\":\"object\",\"properties\":{\"items\":{\"type\":\"array\",\"items\":{\"oneOf\":[]}}}}",
+    {"{\"type\":\"object\",\"properties\":{\"items\":{\"type\":\"array\",\"items\":{\"oneOf\":[]}}}"
+     "}",
      TG_SCHEMA, "schema path #/properties/items/items: unsupported keyword 'oneOf'"},
     {"{\"$ref\":\"#/definitions/a\"}", TG_SCHEMA, "schema path #: unsupported keyword '$ref'"},
     {"{\"type\":\"string\",\"pattern\":\"^a\"}", TG_SCHEMA,
@@ -56,13 +57,16 @@ static const struct compile_row compile_rows[] = {
     {"{\"items\":true}", TG_SCHEMA, "schema path #/items: boolean schemas are not supported"},
     {"true", TG_SCHEMA, "schema path #: boolean schemas are not supported"},
     {"[1]", TG_SCHEMA, "schema path #: schema must be an object"},
-    {"{\"properties\":{\"a\":3}}", TG_SCHEMA, "schema path #/properties/a: schema must be an object"},
+    {"{\"properties\":{\"a\":3}}", TG_SCHEMA,
+     "schema path #/properties/a: schema must be an object"},
     /* invalid schemas */
     {"{\"type\":3}", TG_SCHEMA, "schema path #/type: must be a string or a list of strings"},
     {"{\"type\":\"sting\"}", TG_SCHEMA, "schema path #/type: unknown type 'sting'"},
     {"{\"type\":[]}", TG_SCHEMA, "schema path #/type: type list is empty"},
-    {"{\"type\":[\"string\",2]}", TG_SCHEMA, "schema path #/type: type list item 1 is not a string"},
-    {"{\"type\":[\"null\",\"null\"]}", TG_SCHEMA, "schema path #/type: type 'null' is listed twice"},
+    {"{\"type\":[\"string\",2]}", TG_SCHEMA,
+     "schema path #/type: type list item 1 is not a string"},
+    {"{\"type\":[\"null\",\"null\"]}", TG_SCHEMA,
+     "schema path #/type: type 'null' is listed twice"},
     {"{\"properties\":[]}", TG_SCHEMA, "schema path #/properties: must be an object"},
     {"{\"properties\":{\"a\":{}},\"required\":\"a\"}", TG_SCHEMA,
      "schema path #/required: must be a list of strings"},
@@ -176,11 +180,11 @@ struct valid_row {
     const char *err; /* NULL = valid; else the exact message */
 };
 
-#define ORDER_SCHEMA                                                                              \
-    "{\"type\":\"object\",\"properties\":{\"id\":{\"type\":\"integer\"},\"items\":{\"type\":"    \
-    "\"array\",\"items\":{\"type\":\"object\",\"properties\":{\"sku\":{\"type\":\"string\"},"     \
-    "\"price\":{\"type\":\"number\"}},\"required\":[\"sku\",\"price\"],"                          \
-    "\"additionalProperties\":false}},\"status\":{\"enum\":[\"open\",\"paid\"]},"                 \
+#define ORDER_SCHEMA                                                                               \
+    "{\"type\":\"object\",\"properties\":{\"id\":{\"type\":\"integer\"},\"items\":{\"type\":"      \
+    "\"array\",\"items\":{\"type\":\"object\",\"properties\":{\"sku\":{\"type\":\"string\"},"      \
+    "\"price\":{\"type\":\"number\"}},\"required\":[\"sku\",\"price\"],"                           \
+    "\"additionalProperties\":false}},\"status\":{\"enum\":[\"open\",\"paid\"]},"                  \
     "\"note\":{\"type\":[\"string\",\"null\"]}},\"required\":[\"id\",\"items\"]}"
 
 static const struct valid_row valid_rows[] = {
@@ -200,7 +204,8 @@ static const struct valid_row valid_rows[] = {
     {"{\"type\":\"null\"}", "{}", "$: expected null"},
     {"{\"type\":[\"string\",\"null\"]}", "null", NULL},
     {"{\"type\":[\"string\",\"null\"]}", "1", "$: expected null or string"},
-    {"{\"type\":[\"integer\",\"boolean\",\"array\"]}", "{}", "$: expected boolean, array or integer"},
+    {"{\"type\":[\"integer\",\"boolean\",\"array\"]}", "{}",
+     "$: expected boolean, array or integer"},
     {"{\"type\":[\"number\",\"integer\"]}", "\"x\"", "$: expected number"},
     {"{}", "[1,{\"a\":null}]", NULL},
     {"{\"enum\":[1,\"a\",null]}", "1.0", NULL},
@@ -214,7 +219,8 @@ static const struct valid_row valid_rows[] = {
     {"{\"properties\":{\"a\":{\"type\":\"string\"}}}", "7", NULL},
     {"{\"properties\":{\"a\":{\"type\":\"string\"}}}", "{\"b\":1}", NULL},
     {"{\"properties\":{\"a\":{\"type\":\"string\"}}}", "{\"a\":1}", "$.a: expected string"},
-    {"{\"properties\":{\"a b\":{\"type\":\"string\"}}}", "{\"a b\":1}", "$[\"a b\"]: expected string"},
+    {"{\"properties\":{\"a b\":{\"type\":\"string\"}}}", "{\"a b\":1}",
+     "$[\"a b\"]: expected string"},
     {"{\"properties\":{\"a\":{}},\"additionalProperties\":false}", "{\"a\":1,\"b\":2}",
      "$: unexpected property 'b'"},
     {"{\"additionalProperties\":false}", "{}", NULL},
@@ -231,7 +237,8 @@ static const struct valid_row valid_rows[] = {
     {ORDER_SCHEMA, "{\"id\":1,\"items\":[{\"sku\":\"a\",\"price\":1,\"qty\":2}]}",
      "$.items[0]: unexpected property 'qty'"},
     {ORDER_SCHEMA, "{\"items\":[]}", "$: missing required property 'id'"},
-    {ORDER_SCHEMA, "{\"id\":1,\"items\":[],\"status\":\"void\"}", "$.status: value is not in the enum"},
+    {ORDER_SCHEMA, "{\"id\":1,\"items\":[],\"status\":\"void\"}",
+     "$.status: value is not in the enum"},
     {ORDER_SCHEMA, "{\"id\":1,\"items\":[],\"note\":null,\"extra\":1}", NULL},
     {ORDER_SCHEMA, "{\"id\":1.5,\"items\":[]}", "$.id: expected integer"},
 };
@@ -272,7 +279,8 @@ static void test_validate_text_errors(void **state)
     assert_false(tg_schema_validate_text(s, "{} x", 4, err, sizeof err));
     assert_false(tg_schema_validate_text(s, "\"\xC0\x80\"", 4, err, sizeof err)); /* overlong */
     assert_true(tg_schema_validate_text(s, "\"\\u0000\"", 8, err, sizeof err));
-    assert_false(tg_schema_validate_text(s, "\"\\ud800\"", 8, err, sizeof err)); /* lone surrogate */
+    assert_false(
+        tg_schema_validate_text(s, "\"\\ud800\"", 8, err, sizeof err)); /* lone surrogate */
     assert_true(tg_schema_validate_text(s, "  [1]  ", 7, err, sizeof err));
     assert_false(tg_schema_validate(NULL, NULL, err, sizeof err));
     assert_false(tg_schema_validate_text(s, NULL, 0, err, sizeof err));
@@ -284,9 +292,9 @@ static void test_validate_text_errors(void **state)
 
 static const char *const suite_drafts[] = {"draft4", "draft6", "draft7"};
 /* Files about the keywords of our subset (const only exists from draft 6 on). */
-static const char *const suite_files[] = {"type.json",  "properties.json", "required.json",
-                                          "enum.json",  "items.json",      "additionalProperties.json",
-                                          "const.json", "default.json"};
+static const char *const suite_files[] = {
+    "type.json",  "properties.json",           "required.json", "enum.json",
+    "items.json", "additionalProperties.json", "const.json",    "default.json"};
 
 static void test_json_schema_suite(void **state)
 {
@@ -314,7 +322,8 @@ static void test_json_schema_suite(void **state)
                 groups++;
                 struct tg_schema *s = NULL;
                 char err[512];
-                if (tg_schema_compile(json_object_get(group, "schema"), &s, err, sizeof err) != TG_OK)
+                if (tg_schema_compile(json_object_get(group, "schema"), &s, err, sizeof err) !=
+                    TG_OK)
                     continue;
                 compiled++;
                 size_t ti;
@@ -355,39 +364,43 @@ static void test_gbnf_golden(void **state)
 {
     (void)state;
     const char *schema =
-        "{\"type\":\"object\",\"properties\":{\"a\":{\"type\":\"integer\"},\"b\":{\"enum\":[\"x\",2]},"
+        "{\"type\":\"object\",\"properties\":{\"a\":{\"type\":\"integer\"},\"b\":{\"enum\":[\"x\","
+        "2]},"
         "\"c\":{\"type\":[\"string\",\"null\"]},\"d\":{\"type\":\"array\",\"items\":{\"type\":"
         "\"boolean\"}}},\"required\":[\"b\"],\"additionalProperties\":false}";
     struct tg_schema *s = NULL;
     char err[256];
     assert_int_equal(tg_schema_compile_text(schema, strlen(schema), &s, err, sizeof err), TG_OK);
-    struct tg_gbnf_opts o = {.max_string_chars = 4, .max_array_items = 2, .max_ws = 0,
-                             .max_number_digits = 3, .any_depth = 1};
+    struct tg_gbnf_opts o = {.max_string_chars = 4,
+                             .max_array_items = 2,
+                             .max_ws = 0,
+                             .max_number_digits = 3,
+                             .any_depth = 1};
     char *g = tg_schema_to_gbnf_opts(s, &o);
     assert_non_null(g);
-    assert_string_equal(g,
-        "root ::= s0\n"
-        "s0 ::= s0-obj\n"
-        "s0-obj ::= \"{\" s0-p0 \"}\"\n"
-        "s0-kv0 ::= \"\\\"a\\\"\" \":\" s1\n"
-        "s0-kv1 ::= \"\\\"b\\\"\" \":\" s2\n"
-        "s0-kv2 ::= \"\\\"c\\\"\" \":\" s3\n"
-        "s0-kv3 ::= \"\\\"d\\\"\" \":\" s4\n"
-        "s0-p0 ::= s0-kv0 s0-r1 | s0-p1\n"
-        "s0-p1 ::= s0-kv1 s0-r2\n"
-        "s0-r1 ::= \",\" s0-kv1 s0-r2\n"
-        "s0-r2 ::= (\",\" s0-kv2)? s0-r3\n"
-        "s0-r3 ::= (\",\" s0-kv3)?\n"
-        "s1 ::= integer\n"
-        "s2 ::= \"\\\"x\\\"\" | \"2\"\n"
-        "s3 ::= null | string\n"
-        "s4 ::= (\"[\" (s5 (\",\" s5){0,1})? \"]\")\n"
-        "s5 ::= boolean\n"
-        "string ::= \"\\\"\" char{0,4} \"\\\"\"\n"
-        "char ::= [^\"\\\\\\x00-\\x1F\\uD800-\\uDFFF\\U00110000-\\U7FFFFFFF] | \"\\\\\" [\"\\\\/bfnrt]\n"
-        "integer ::= \"-\"? (\"0\" | [1-9] [0-9]{0,2})\n"
-        "boolean ::= \"true\" | \"false\"\n"
-        "null ::= \"null\"\n");
+    assert_string_equal(g, "root ::= s0\n"
+                           "s0 ::= s0-obj\n"
+                           "s0-obj ::= \"{\" s0-p0 \"}\"\n"
+                           "s0-kv0 ::= \"\\\"a\\\"\" \":\" s1\n"
+                           "s0-kv1 ::= \"\\\"b\\\"\" \":\" s2\n"
+                           "s0-kv2 ::= \"\\\"c\\\"\" \":\" s3\n"
+                           "s0-kv3 ::= \"\\\"d\\\"\" \":\" s4\n"
+                           "s0-p0 ::= s0-kv0 s0-r1 | s0-p1\n"
+                           "s0-p1 ::= s0-kv1 s0-r2\n"
+                           "s0-r1 ::= \",\" s0-kv1 s0-r2\n"
+                           "s0-r2 ::= (\",\" s0-kv2)? s0-r3\n"
+                           "s0-r3 ::= (\",\" s0-kv3)?\n"
+                           "s1 ::= integer\n"
+                           "s2 ::= \"\\\"x\\\"\" | \"2\"\n"
+                           "s3 ::= null | string\n"
+                           "s4 ::= (\"[\" (s5 (\",\" s5){0,1})? \"]\")\n"
+                           "s5 ::= boolean\n"
+                           "string ::= \"\\\"\" char{0,4} \"\\\"\"\n"
+                           "char ::= [^\"\\\\\\x00-\\x1F\\uD800-\\uDFFF\\U00110000-\\U7FFFFFFF] | "
+                           "\"\\\\\" [\"\\\\/bfnrt]\n"
+                           "integer ::= \"-\"? (\"0\" | [1-9] [0-9]{0,2})\n"
+                           "boolean ::= \"true\" | \"false\"\n"
+                           "null ::= \"null\"\n");
     free(g);
 
     /* defaults: bounded whitespace, 256-char strings, 16 items; enum values the type rules out
@@ -423,12 +436,9 @@ static void test_gbnf_golden(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_compile_rows),
-        cmocka_unit_test(test_compile_limits),
-        cmocka_unit_test(test_validate_rows),
-        cmocka_unit_test(test_validate_text_errors),
-        cmocka_unit_test(test_json_schema_suite),
-        cmocka_unit_test(test_gbnf_golden),
+        cmocka_unit_test(test_compile_rows),      cmocka_unit_test(test_compile_limits),
+        cmocka_unit_test(test_validate_rows),     cmocka_unit_test(test_validate_text_errors),
+        cmocka_unit_test(test_json_schema_suite), cmocka_unit_test(test_gbnf_golden),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

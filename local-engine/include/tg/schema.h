@@ -38,11 +38,11 @@
 #include <stdbool.h>
 #include <stddef.h>
 
-#define TG_SCHEMA_MAX_DEPTH 32
-#define TG_SCHEMA_MAX_PROPERTIES 256
-#define TG_SCHEMA_MAX_ENUM 256
-#define TG_SCHEMA_MAX_NODES 4096
-#define TG_SCHEMA_MAX_KEY_BYTES 256
+#define TG_SCHEMA_MAX_DEPTH         32
+#define TG_SCHEMA_MAX_PROPERTIES    256
+#define TG_SCHEMA_MAX_ENUM          256
+#define TG_SCHEMA_MAX_NODES         4096
+#define TG_SCHEMA_MAX_KEY_BYTES     256
 #define TG_SCHEMA_MAX_LITERAL_BYTES 4096
 
 struct tg_schema;
@@ -76,18 +76,29 @@ bool tg_schema_validate_text(const struct tg_schema *s, const char *text, size_t
 /* Bounds written into generated grammars so that any model (even random weights) terminates.
  * Every text a grammar admits is valid against the schema; the grammar admits a subset. */
 struct tg_gbnf_opts {
-    unsigned max_string_chars; /* characters (code points or escapes) per JSON string; 0 = only "" */
-    unsigned max_array_items;  /* items per array; 0 = only [] */
-    unsigned max_ws;           /* whitespace chars [ \t\n] allowed at each break point; 0 = none */
-    unsigned max_number_digits; /* digits before and after the point, each side; >= 1 */
-    unsigned any_depth;        /* nesting of free-form JSON (schema without type); 0 = scalars */
+    /* characters (code points or escapes) per JSON string; 0 = only "" */
+    unsigned max_string_chars;
+    /* items per array; 0 = only [] */
+    unsigned max_array_items;
+    /* whitespace characters [ \t\n] allowed at each break point; 0 = none */
+    unsigned max_ws;
+    /* digits before and after the decimal point, each side; >= 1 */
+    unsigned max_number_digits;
+    /* nesting of free-form JSON (schema without type, object without properties); 0 = scalars
+     * and {} only */
+    unsigned any_depth;
 };
 
-/* Defaults: strings <= 256 chars, arrays <= 16 items, 1 whitespace char, 15 digits, depth 2. */
+/* Defaults: strings <= 256 chars, arrays <= 16 items, 1 whitespace char, 15 digits, depth 2.
+ * tg_schema_to_gbnf_opts clamps to strings <= 1000, items <= 256, whitespace <= 16, digits
+ * 1..18 (integers stay inside int64), depth <= 8 (llama.cpp refuses a repetition that expands
+ * to more than 2000 rules). A random-weight model fills strings and arrays to the bound almost
+ * every time: tests on generated models want small bounds (e.g. 12 chars, 3 items). */
 struct tg_gbnf_opts tg_gbnf_default_opts(void);
 
 /* llama.cpp GBNF text (start rule `root`) admitting only JSON valid against `s`, malloc'd
- * (caller frees), NULL only on allocation failure. Shape of what it admits:
+ * (caller frees), NULL only when s is NULL or on allocation failure; opts NULL = defaults.
+ * Shape of what it admits:
  *   - objects: properties in schema order, required ones always, optional ones may be left out,
  *     no other keys (additionalProperties:false semantics even when the schema allows more);
  *     an object schema without properties admits free-form objects of bounded depth;
