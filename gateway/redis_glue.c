@@ -183,6 +183,8 @@ static void cache_then_route(struct tg_req *r, struct glue *g)
                                                  in_header(r, "Cache-Control"),
                                                  tg_redis_available(c));
     r->cache_result = "bypass";
+    if (d.reason != NULL)
+        tg_debug("cache: %s", d.reason);
     if (!d.read && !d.write) {
         g->cont(r);
         return;
@@ -250,8 +252,8 @@ static void on_limits(const struct tg_limits_result *res, void *user)
 
 void tg_glue_before_route(struct tg_req *r, void (*cont)(struct tg_req *r))
 {
-    struct glue *g = glue_of(r);
-    if (g == NULL || r->w->redis == NULL) {
+    struct glue *g = r->w->redis != NULL ? glue_of(r) : NULL;
+    if (g == NULL) {
         cont(r);
         return;
     }
