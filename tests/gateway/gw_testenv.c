@@ -72,6 +72,7 @@ bool gw_env_start(struct gw_env *e, const char *extra_server, const char *extra_
              "  - {name: gpt-broken, tier: remote, provider: fake, upstream_model: \"script:status=503\", fallbacks: [gpt-fake]}\n"
              "  - {name: gpt-dead, tier: remote, provider: fake, upstream_model: \"script:status=503\"}\n"
              "  - {name: gpt-slow, tier: remote, provider: fake, upstream_model: \"script:delay_ms=5000\"}\n"
+             "  - {name: gpt-cut, tier: remote, provider: fake, upstream_model: \"script:cut=2\"}\n"
              "aliases:\n  auto: {local: phi-3.5-mini, remote: gpt-fake}\n"
              "cache:\n  enabled: false\n"
              "metrics:\n  reference_model: gpt-fake\n"

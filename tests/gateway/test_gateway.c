@@ -382,6 +382,14 @@ static void test_remote(void **state)
     assert_non_null(strstr(r.body, "data: [DONE]\n\n"));
     tg_test_response_free(&r);
 
+    /* the provider cuts the stream after it started: the client gets data: {"error":...} */
+    assert_int_equal(gw_post(&env, "/v1/chat/completions",
+                             "{\"model\":\"gpt-cut\",\"stream\":true,\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}",
+                             NULL, &r), 0);
+    assert_int_equal(r.status, 200);
+    assert_non_null(strstr(r.body, "data: {\"error\":{"));
+    tg_test_response_free(&r);
+
     /* the first target fails: the fallback answers and the header says so */
     assert_int_equal(gw_post(&env, "/v1/chat/completions",
                              "{\"model\":\"gpt-broken\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}",
