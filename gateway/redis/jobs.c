@@ -295,7 +295,8 @@ static void on_complete(int err, const redisReply *reply, void *user)
                 tg_webhook_enqueue(url, body, j->secret, j->webhook_retries);
             free(body);
         }
-        tg_info("jobs: %s %s", r->job_id, field(reply, "status"));
+        const char *st = field(reply, "status");
+        tg_info("jobs: %s %s", r->job_id, st != NULL ? st : "done");
     } else {
         j->completed++;
     }
