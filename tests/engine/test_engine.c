@@ -969,6 +969,133 @@ static void test_embeddings(void **state)
     coll_free(&x);
 }
 
+
+/* ---------------------------------------------------------------- chunked prefill, KV full */
+
+struct watch {
+    struct coll *other; /* stream whose progress we sample */
+    int other_tokens_at_first;
+    struct coll self;
+};
+
+static void on_event_watch(const struct tg_engine_event *ev, void *user)
+{
+    struct watch *w = user;
+    if (ev->type == TG_EV_TOKEN && w->other_tokens_at_first < 0) {
+        pthread_mutex_lock(&w->other->mu);
+        w->other_tokens_at_first = w->other->n_tokens;
+        pthread_mutex_unlock(&w->other->mu);
+    }
+    on_event(ev, &w->self);
+}
+
+/* A long prompt is prefilled in n_batch chunks while a running stream keeps producing
+ * tokens, and the chunked prompt gives the same greedy output as a one-shot prefill. */
+static void test_chunked_prefill(void **state)
+{
+    (void)state;
+    struct tg_engine_params p = tg_engine_default_params();
+    p.model_path = TG_TINY_MODEL;
+    p.n_ctx = 2048;
+    p.n_slots = 2;
+    p.n_threads = 1;
+    p.n_batch = 32;
+    p.prefix_cache_entries = -1;
+    p.embed_ctx = -1;
+    struct tg_engine *e = NULL;
+    char err[256];
+    assert_int_equal(tg_engine_create(&p, &e, err, sizeof err), TG_OK);
+    struct tg_engine *ref = make_engine(1, -1, 0); /* n_batch 512: one-shot prefill */
+
+    struct tg_buf longp;
+    tg_buf_init(&longp, 0);
+    for (int i = 0; i < 12; i++)
+        tg_buf_append_str(&longp, LONG_SYS);
+    struct tg_chat_msg mb[] = {{"system", longp.data}, {"user", "Summarize."}};
+    struct tg_engine_job jb = user_job(mb, 2, 16);
+    jb.stream = true;
+
+    struct tg_chat_msg ma[] = {{"user", "Go on."}};
+    struct tg_engine_job ja = user_job(ma, 1, 400);
+    ja.stream = true;
+    struct coll a;
+    coll_init(&a);
+    uint64_t aid;
+    submit_ok(e, &ja, &a, &aid);
+    coll_wait_tokens(&a, 1);
+
+    struct watch w;
+    w.other = &a;
+    w.other_tokens_at_first = -1;
+    coll_init(&w.self);
+    assert_int_equal(tg_engine_submit(e, &jb, on_event_watch, &w, NULL, err, sizeof err), TG_OK);
+    coll_wait(&w.self);
+    assert_int_equal(w.self.type, TG_EV_DONE);
+    int n_chunks = (w.self.usage.prompt_tokens + 30) / 31;
+    assert_true(n_chunks >= 10);
+    /* The stream got about one token per prefill chunk (minus UTF-8/holdback merging). */
+    assert_true(w.other_tokens_at_first >= n_chunks / 2);
+
+    struct coll r;
+    run_job(ref, &jb, &r);
+    assert_int_equal(r.usage.prompt_tokens, w.self.usage.prompt_tokens);
+    assert_int_equal(r.text.len, w.self.text.len);
+    assert_memory_equal(r.text.data, w.self.text.data, r.text.len);
+
+    assert_int_equal(tg_engine_cancel(e, aid), TG_OK);
+    coll_wait(&a);
+    coll_free(&a);
+    coll_free(&w.self);
+    coll_free(&r);
+    tg_buf_free(&longp);
+    tg_engine_destroy(ref);
+    tg_engine_destroy(e);
+}
+
+/* Two jobs that together outgrow the KV cache: the newer one fails with TG_CONTEXT, the
+ * older one runs to its length limit. */
+static void test_kv_full(void **state)
+{
+    (void)state;
+    struct tg_engine_params p = tg_engine_default_params();
+    p.model_path = TG_TINY_MODEL;
+    p.n_ctx = 256;
+    p.n_slots = 2;
+    p.n_threads = 1;
+    p.prefix_cache_entries = -1;
+    p.embed_ctx = -1;
+    struct tg_engine *e = NULL;
+    char err[256];
+    assert_int_equal(tg_engine_create(&p, &e, err, sizeof err), TG_OK);
+    struct tg_chat_msg m[] = {{"user", "Count to a thousand."}};
+    struct tg_engine_job j = user_job(m, 1, 0);
+    struct coll c[2];
+    uint64_t id[2];
+    for (int i = 0; i < 2; i++) {
+        coll_init(&c[i]);
+        submit_ok(e, &j, &c[i], &id[i]);
+    }
+    coll_wait(&c[0]);
+    coll_wait(&c[1]);
+    assert_true(id[1] > id[0]);
+    if (c[0].type == TG_EV_DONE && strcmp(c[0].finish, "stop") == 0)
+        skip(); /* the model ended on its own before the cache filled */
+    assert_int_equal(c[1].type, TG_EV_ERROR);
+    assert_int_equal(c[1].err, TG_CONTEXT);
+    assert_non_null(strstr(c[1].msg, "KV cache full"));
+    assert_int_equal(c[0].type, TG_EV_DONE);
+    assert_string_equal(c[0].finish, "length");
+    /* The engine is fine afterwards. */
+    struct tg_engine_job small = user_job(m, 1, 4);
+    struct coll d;
+    run_job(e, &small, &d);
+    assert_int_equal(d.type, TG_EV_DONE);
+    coll_free(&c[0]);
+    coll_free(&c[1]);
+    coll_free(&d);
+    tg_engine_destroy(e);
+}
+
 /* ---------------------------------------------------------------- main */
 
 static int shared_setup(void **state)
@@ -996,6 +1123,8 @@ int main(void)
         cmocka_unit_test(test_overlong_prompt),
         cmocka_unit_test(test_batch_identical_and_concurrent),
         cmocka_unit_test(test_cancel_frees_slot),
+        cmocka_unit_test(test_chunked_prefill),
+        cmocka_unit_test(test_kv_full),
         cmocka_unit_test(test_busy_and_destroy_pending),
         cmocka_unit_test(test_prefix_cache_identical),
         cmocka_unit_test(test_prefix_cache_eviction),
