@@ -452,6 +452,16 @@ static struct pending *pending_new(struct tg_redis *c, tg_redis_cb cb, void *use
     return p;
 }
 
+/* Why hiredis refused a command: the connection is going away (its pending callbacks are being
+ * run after an error), or the format was bad. */
+static int submit_error(const struct tg_redis *c)
+{
+    const redisAsyncContext *ac = c->ac;
+    if (ac == NULL || ac->err != 0 || (ac->c.flags & (REDIS_DISCONNECTING | REDIS_FREEING)) != 0)
+        return TG_UNAVAILABLE;
+    return TG_INVAL;
+}
+
 static int vcommand(struct tg_redis *c, tg_redis_cb cb, void *user, const char *fmt, va_list ap)
 {
     if (c == NULL || c->state != ST_UP || c->ac == NULL)
@@ -463,7 +473,7 @@ static int vcommand(struct tg_redis *c, tg_redis_cb cb, void *user, const char *
     if (redisvAsyncCommand(c->ac, on_reply, p, fmt, ap) != REDIS_OK) {
         plist_unlink(c, p);
         pending_free(p);
-        return TG_INVAL;
+        return submit_error(c);
     }
     return TG_OK;
 }
@@ -489,7 +499,7 @@ int tg_redis_command_argv(struct tg_redis *c, tg_redis_cb cb, void *user, int ar
     if (redisAsyncCommandArgv(c->ac, on_reply, p, argc, argv, argvlen) != REDIS_OK) {
         plist_unlink(c, p);
         pending_free(p);
-        return TG_INVAL;
+        return submit_error(c);
     }
     return TG_OK;
 }
