@@ -59,6 +59,7 @@ static void free_item(struct ev_item *it)
 static void deliver(struct ev_item *it)
 {
     struct tg_req *r = it->req;
+    tg_log_set_request_id(r->id);
     if (it->type == TG_EV_TOKEN) {
         tg_pipeline_local_token(r, it->text, it->text_len);
         return;
@@ -99,6 +100,7 @@ static void on_queue(evutil_socket_t fd, short what, void *arg)
         free_item(list);
         list = next;
     }
+    tg_log_set_request_id(NULL);
 }
 
 int tg_local_worker_init(struct tg_worker *w)

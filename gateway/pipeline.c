@@ -751,7 +751,7 @@ static void build_route_request(struct tg_req *r, struct tg_route_request *rq,
     rq->engine_wait_ms = tg_local_wait_ms(r->w->gw);
     rq->local_available = r->local_model != NULL && tg_local_available(r->w->gw);
     rq->remote_available = r->remote_model != NULL && tg_remote_available(r);
-    rq->remote_circuit_open = false;
+    rq->remote_circuit_open = tg_remote_circuit_open(r);
     rq->remote_budget_exhausted = tg_glue_budget_exhausted(r);
     rq->local_context_tokens = r->cfg->local.context;
 }

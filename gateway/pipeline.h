@@ -180,6 +180,8 @@ void tg_pipeline_local_error(struct tg_req *r, int err, const char *message);
 /* ---- remote.c: the remote tier ---- */
 bool tg_remote_compiled(void);
 bool tg_remote_available(struct tg_req *r);
+/* The circuit breaker of r's remote model is open. */
+bool tg_remote_circuit_open(struct tg_req *r);
 /* Run r on the remote tier starting with r->remote_model; replies when done. */
 void tg_remote_run(struct tg_req *r);
 void tg_remote_cancel(struct tg_req *r);

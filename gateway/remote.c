@@ -61,6 +61,11 @@ bool tg_remote_available(struct tg_req *r)
     return false;
 }
 
+bool tg_remote_circuit_open(struct tg_req *r)
+{
+    return r->remote_model != NULL && tg_upstream_circuit_open(r->remote_model->name);
+}
+
 /* The chat request sent upstream for endpoints other than chat. */
 static json_t *translated_request(struct tg_req *r)
 {
@@ -120,7 +125,7 @@ static json_t *translated_request(struct tg_req *r)
     return req;
 }
 
-static int on_chunk(void *user, const struct tg_upstream_chunk *chunk)
+static int on_chunk_impl(void *user, const struct tg_upstream_chunk *chunk)
 {
     struct tg_req *r = user;
     if (r->replied || r->client_gone) {
@@ -168,7 +173,7 @@ static const char *message_content(const json_t *resp)
     return json_string_value(json_object_get(msg, "content"));
 }
 
-static void on_complete(void *user, const struct tg_upstream_result *res)
+static void on_complete_impl(void *user, const struct tg_upstream_result *res)
 {
     struct tg_req *r = user;
     r->up_active = false;
@@ -240,7 +245,7 @@ static void on_complete(void *user, const struct tg_upstream_result *res)
     tg_pipeline_reply_text(r, text, fr);
 }
 
-static void on_error(void *user, const struct tg_upstream_error *e)
+static void on_error_impl(void *user, const struct tg_upstream_error *e)
 {
     struct tg_req *r = user;
     r->up_active = false;
@@ -263,6 +268,28 @@ static void on_error(void *user, const struct tg_upstream_error *e)
     tg_req_reply_json(r, e->status > 0 ? e->status : 502,
                       e->error != NULL ? json_incref((json_t *)e->error)
                                        : tg_json_error("upstream failed", "server_error", NULL, e->kind));
+}
+
+static int on_chunk(void *user, const struct tg_upstream_chunk *chunk)
+{
+    tg_log_set_request_id(((struct tg_req *)user)->id);
+    int rc = on_chunk_impl(user, chunk);
+    tg_log_set_request_id(NULL);
+    return rc;
+}
+
+static void on_complete(void *user, const struct tg_upstream_result *res)
+{
+    tg_log_set_request_id(((struct tg_req *)user)->id);
+    on_complete_impl(user, res);
+    tg_log_set_request_id(NULL);
+}
+
+static void on_error(void *user, const struct tg_upstream_error *e)
+{
+    tg_log_set_request_id(((struct tg_req *)user)->id);
+    on_error_impl(user, e);
+    tg_log_set_request_id(NULL);
 }
 
 void tg_remote_run(struct tg_req *r)
@@ -335,6 +362,11 @@ void tg_remote_worker_fini(struct tg_worker *w)
     (void)w;
 }
 bool tg_remote_available(struct tg_req *r)
+{
+    (void)r;
+    return false;
+}
+bool tg_remote_circuit_open(struct tg_req *r)
 {
     (void)r;
     return false;
