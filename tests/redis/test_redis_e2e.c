@@ -540,6 +540,19 @@ static void test_redis_restart_under_load(void **state)
             outage_lines++;
     fclose(f);
     assert_int_equal(outage_lines, 1);
+
+    /* jobs work again on the restarted (empty) Redis: the consumer group is re-created */
+    struct resp r;
+    post("secret", "/v1/jobs", "{\"type\":\"chat\",\"model\":\"gpt-fake\",\"messages\":[{\"role\":\"user\","
+         "\"content\":\"after the restart\"}]}", NULL, &r);
+    assert_int_equal(r.r.status, 202);
+    json_t *j = json_loads(r.r.body, 0, NULL);
+    char id[64];
+    snprintf(id, sizeof id, "%s", json_string_value(json_object_get(j, "id")));
+    json_decref(j);
+    tg_test_response_free(&r.r);
+    j = wait_job(id, "succeeded", 10000);
+    json_decref(j);
 }
 
 int main(void)
