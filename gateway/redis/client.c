@@ -4,6 +4,7 @@
 #include "redis.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -504,19 +505,22 @@ int tg_redis_command_argv(struct tg_redis *c, tg_redis_cb cb, void *user, int ar
     return TG_OK;
 }
 
+static pthread_mutex_t g_script_lock = PTHREAD_MUTEX_INITIALIZER;
+
 static void script_sha(struct tg_redis_script *s)
 {
-    if (atomic_load((_Atomic int *)&s->state) == 2)
+    if (atomic_load(&s->state) == 2)
         return;
-    /* Two threads may compute it at once; both write the same bytes before publishing. */
-    unsigned char md[EVP_MAX_MD_SIZE];
-    unsigned int n = 0;
-    EVP_Digest(s->lua, strlen(s->lua), md, &n, EVP_sha1(), NULL);
-    char hex[41];
-    for (unsigned int i = 0; i < n && i < 20; i++)
-        snprintf(hex + 2 * i, 3, "%02x", md[i]);
-    memcpy(s->sha1, hex, sizeof hex);
-    atomic_store((_Atomic int *)&s->state, 2);
+    pthread_mutex_lock(&g_script_lock); /* first use only */
+    if (atomic_load(&s->state) != 2) {
+        unsigned char md[EVP_MAX_MD_SIZE];
+        unsigned int n = 0;
+        EVP_Digest(s->lua, strlen(s->lua), md, &n, EVP_sha1(), NULL);
+        for (unsigned int i = 0; i < n && i < 20; i++)
+            snprintf(s->sha1 + 2 * i, 3, "%02x", md[i]);
+        atomic_store(&s->state, 2);
+    }
+    pthread_mutex_unlock(&g_script_lock);
 }
 
 static void on_script_load(int err, const redisReply *reply, void *user)

@@ -67,7 +67,7 @@ int tg_redis_command_argv(struct tg_redis *c, tg_redis_cb cb, void *user, int ar
 struct tg_redis_script {
     const char *lua;
     char sha1[41];      /* lowercase hex, filled lazily */
-    int state;          /* private: 0 = not computed, 2 = ready (atomic) */
+    _Atomic int state;  /* private: 0 = not computed, 2 = ready */
 };
 #define TG_REDIS_SCRIPT(text) {.lua = (text)}
 
