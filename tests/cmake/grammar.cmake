@@ -6,3 +6,6 @@ tg_add_unit_test(test_labels SOURCES ${TG_TEST_DIR}/grammar/test_labels.c LIBS t
 tg_add_unit_test(test_gbnf SOURCES ${TG_TEST_DIR}/grammar/test_gbnf.c LIBS tg_grammar tg_llama
     LABELS llama)
 add_dependencies(test_gbnf model-tiny)
+# 50 generations x 8 schemas + labels: ~40 s of CPU, several minutes of wall time when the
+# machine is shared.
+set_tests_properties(test_gbnf PROPERTIES TIMEOUT 900)

@@ -258,6 +258,28 @@ static void test_grammars_parse(void **state)
             json_decref(doc);
         }
     }
+    /* label grammars at the edges: one label, 256 labels, labels needing every escape */
+    static char names[TG_GRAMMAR_MAX_LABELS][16];
+    const char *labels[TG_GRAMMAR_MAX_LABELS];
+    for (size_t i = 0; i < TG_GRAMMAR_MAX_LABELS; i++) {
+        snprintf(names[i], sizeof names[i], "l\"%zu\\\t\x01", i);
+        labels[i] = names[i];
+    }
+    const size_t counts[] = {1, 2, TG_GRAMMAR_MAX_LABELS};
+    for (size_t c = 0; c < 3; c++) {
+        for (int multi = 0; multi < 2; multi++) {
+            char err[128];
+            char *g = tg_grammar_labels(labels, counts[c], multi != 0, err, sizeof err);
+            assert_non_null(g);
+            if (!grammar_parses(g)) {
+                print_error("%zu labels (multi %d): llama.cpp rejects:\n%.2000s\n", counts[c],
+                            multi, g);
+                fail();
+            }
+            checked++;
+            free(g);
+        }
+    }
     print_message("%zu generated grammars parsed by llama.cpp\n", checked);
 }
 
