@@ -1,0 +1,275 @@
+/* bench-engine: throughput and latency of tg_engine on a (generated) GGUF model.
+ *
+ *   bench-engine --model M.gguf [--threads N] [--gen 128] [--ctx 8192] [--prefix 1000]
+ *                [--reps 3] [--streams 4,8]
+ *
+ * Measures, all through the public API (tg_engine_submit + callbacks):
+ *   single   one greedy stream: decode tok/s = (completion - 1) / (total - TTFT)
+ *   agg K    K streams submitted together (distinct prompts, greedy, --gen tokens each):
+ *            sum(completion tokens) / wall time from the first submit to the last DONE
+ *   ttft     a prompt with a --prefix-token shared system prefix: TTFT cold (prefix never
+ *            seen) vs warm (the prefix cached by an earlier request), median of --reps
+ *   rss      peak resident set size of this process (getrusage ru_maxrss)
+ * Prints `key value` lines and one JSON line (prefix "json ") for bench/engine/run.py.
+ */
+#include "tg/engine.h"
+#include "tg/err.h"
+#include "tg/log.h"
+
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <time.h>
+
+struct done {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int pending;
+    int errors;
+    long tokens;
+    double last_ttft_ms, last_total_ms;
+    double t_last_done;
+};
+
+static double now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
+static void on_event(const struct tg_engine_event *ev, void *user)
+{
+    struct done *d = user;
+    if (ev->type == TG_EV_TOKEN)
+        return;
+    pthread_mutex_lock(&d->mu);
+    if (ev->type == TG_EV_ERROR) {
+        fprintf(stderr, "job %llu: %s: %s\n", (unsigned long long)ev->job_id,
+                tg_errname(ev->err), ev->message);
+        d->errors++;
+    } else {
+        d->tokens += ev->usage.completion_tokens;
+        d->last_ttft_ms = ev->ttft_ms;
+        d->last_total_ms = ev->total_ms;
+    }
+    d->t_last_done = now_ms();
+    d->pending--;
+    pthread_cond_broadcast(&d->cv);
+    pthread_mutex_unlock(&d->mu);
+}
+
+static void wait_all(struct done *d)
+{
+    pthread_mutex_lock(&d->mu);
+    while (d->pending > 0)
+        pthread_cond_wait(&d->cv, &d->mu);
+    pthread_mutex_unlock(&d->mu);
+}
+
+static int submit(struct tg_engine *e, const struct tg_engine_job *j, struct done *d)
+{
+    char err[256];
+    pthread_mutex_lock(&d->mu);
+    d->pending++;
+    pthread_mutex_unlock(&d->mu);
+    int rc = tg_engine_submit(e, j, on_event, d, NULL, err, sizeof err);
+    if (rc != TG_OK) {
+        fprintf(stderr, "submit: %s: %s\n", tg_errname(rc), err);
+        pthread_mutex_lock(&d->mu);
+        d->pending--;
+        pthread_mutex_unlock(&d->mu);
+    }
+    return rc;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static const char *TOPICS[] = {"the weather",  "a recipe",      "a bicycle",   "the ocean",
+                               "a small town", "a lost letter", "an old clock", "a garden"};
+
+/* A system prefix of about n tokens (varied words so it is not one repeated token). */
+static char *make_prefix(int n_tokens, int variant)
+{
+    size_t cap = (size_t)n_tokens * 8 + 256;
+    char *s = malloc(cap);
+    size_t len = (size_t)snprintf(s, cap, "Variant %d. You are a careful assistant. ", variant);
+    static const char *words[] = {"invoice", "customer", "refund", "ticket", "priority",
+                                  "billing", "account",  "order",  "shipment", "delay",
+                                  "address", "payment",  "status", "review",   "answer"};
+    /* Phi-3's tokenizer gives about one token per word plus one per punctuation mark. */
+    for (int i = 0; len + 16 < cap && i < n_tokens * 9 / 10; i++)
+        len += (size_t)snprintf(s + len, cap - len, "%s%s", words[(i * 7 + variant) % 15],
+                                i % 12 == 11 ? ". " : " ");
+    return s;
+}
+
+int main(int argc, char **argv)
+{
+    const char *model = NULL;
+    int threads = 2, gen = 128, ctx = 8192, prefix = 1000, reps = 3;
+    int streams[8] = {4, 8};
+    int n_streams = 2;
+    for (int i = 1; i + 1 < argc; i += 2) {
+        const char *k = argv[i], *v = argv[i + 1];
+        if (strcmp(k, "--model") == 0)
+            model = v;
+        else if (strcmp(k, "--threads") == 0)
+            threads = (int)strtol(v, NULL, 10);
+        else if (strcmp(k, "--gen") == 0)
+            gen = (int)strtol(v, NULL, 10);
+        else if (strcmp(k, "--ctx") == 0)
+            ctx = (int)strtol(v, NULL, 10);
+        else if (strcmp(k, "--prefix") == 0)
+            prefix = (int)strtol(v, NULL, 10);
+        else if (strcmp(k, "--reps") == 0)
+            reps = (int)strtol(v, NULL, 10);
+        else if (strcmp(k, "--streams") == 0) {
+            n_streams = 0;
+            char *end = (char *)v;
+            while (*end && n_streams < 8) {
+                streams[n_streams++] = (int)strtol(end, &end, 10);
+                if (*end == ',')
+                    end++;
+            }
+        }
+    }
+    if (!model || threads < 1 || gen < 2 || reps < 1 || reps > 15) {
+        fprintf(stderr, "usage: %s --model M.gguf [--threads N] [--gen 128] [--ctx 8192] "
+                        "[--prefix 1000] [--reps 3] [--streams 4,8]\n", argv[0]);
+        return 2;
+    }
+    tg_log_set_level(TG_LOG_WARN);
+    int max_streams = 1;
+    for (int i = 0; i < n_streams; i++)
+        if (streams[i] > max_streams)
+            max_streams = streams[i];
+
+    struct tg_engine_params p = tg_engine_default_params();
+    p.model_path = model;
+    p.n_threads = threads;
+    p.n_ctx = ctx;
+    p.n_slots = max_streams;
+    p.prefix_cache_entries = 8;
+    p.prefix_cache_min_tokens = 32;
+    p.embed_ctx = -1;
+    struct tg_engine *e = NULL;
+    char err[512];
+    double t0 = now_ms();
+    if (tg_engine_create(&p, &e, err, sizeof err) != TG_OK) {
+        fprintf(stderr, "%s\n", err);
+        return 1;
+    }
+    struct tg_engine_info info;
+    tg_engine_info(e, &info);
+    printf("model %s (%s, %.1fM params), threads %d, slots %d, n_ctx %d, load %.0f ms\n",
+           info.model_name, info.model_desc, info.n_params / 1e6, threads, max_streams,
+           info.n_ctx, now_ms() - t0);
+
+    struct done d = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
+
+    /* warm-up: first decode allocates buffers */
+    struct tg_chat_msg wm[] = {{"user", "Hello."}};
+    struct tg_engine_job j;
+    memset(&j, 0, sizeof j);
+    j.kind = TG_JOB_GENERATE;
+    j.messages = wm;
+    j.n_messages = 1;
+    j.max_tokens = 8;
+    submit(e, &j, &d);
+    wait_all(&d);
+
+    /* single stream */
+    double single[15];
+    for (int r = 0; r < reps; r++) {
+        char user[128];
+        snprintf(user, sizeof user, "Write about %s.", TOPICS[r % 8]);
+        struct tg_chat_msg m[] = {{"user", user}};
+        j.messages = m;
+        j.max_tokens = gen;
+        d.tokens = 0;
+        submit(e, &j, &d);
+        wait_all(&d);
+        single[r] = (d.tokens - 1) * 1000.0 / (d.last_total_ms - d.last_ttft_ms);
+        if (d.tokens < gen)
+            fprintf(stderr, "note: single stream stopped after %ld tokens\n", d.tokens);
+    }
+    qsort(single, (size_t)reps, sizeof single[0], cmp_double);
+    printf("single_decode_tps %.1f\n", single[reps / 2]);
+
+    /* K streams together */
+    double agg[8] = {0};
+    for (int si = 0; si < n_streams; si++) {
+        int k = streams[si];
+        double best[15];
+        for (int r = 0; r < reps; r++) {
+            struct tg_chat_msg m[64][1];
+            char users[64][96];
+            d.tokens = 0;
+            double ts = now_ms();
+            for (int i = 0; i < k && i < 64; i++) {
+                snprintf(users[i], sizeof users[i], "Stream %d: write about %s.", i,
+                         TOPICS[(i + r) % 8]);
+                m[i][0] = (struct tg_chat_msg){"user", users[i]};
+                j.messages = m[i];
+                j.max_tokens = gen;
+                submit(e, &j, &d);
+            }
+            wait_all(&d);
+            best[r] = d.tokens * 1000.0 / (d.t_last_done - ts);
+        }
+        qsort(best, (size_t)reps, sizeof best[0], cmp_double);
+        agg[si] = best[reps / 2];
+        printf("aggregate_tps_%d %.1f\n", k, agg[si]);
+    }
+
+    /* TTFT with a shared prefix: cold (new prefix) vs warm (prefix cached by the previous
+     * request). max_tokens 1 so the number is prefill + first sample. */
+    double cold[15], warm[15];
+    int prompt_tokens = 0;
+    for (int r = 0; r < reps; r++) {
+        char *sys = make_prefix(prefix, 100 + r);
+        struct tg_chat_msg m1[] = {{"system", sys}, {"user", "First question?"}};
+        struct tg_chat_msg m2[] = {{"system", sys}, {"user", "Another one, please?"}};
+        j.max_tokens = 1;
+        j.messages = m1;
+        j.n_messages = 2;
+        submit(e, &j, &d);
+        wait_all(&d);
+        cold[r] = d.last_ttft_ms;
+        j.messages = m2;
+        submit(e, &j, &d);
+        wait_all(&d);
+        warm[r] = d.last_ttft_ms;
+        free(sys);
+    }
+    struct tg_engine_stats st;
+    tg_engine_stats(e, &st);
+    qsort(cold, (size_t)reps, sizeof cold[0], cmp_double);
+    qsort(warm, (size_t)reps, sizeof warm[0], cmp_double);
+    prompt_tokens = (int)(st.prefix_cache_tokens / (st.prefix_cache_hits ? st.prefix_cache_hits
+                                                                          : 1));
+    printf("ttft_cold_ms %.1f\nttft_warm_ms %.1f\nttft_speedup %.1f\n", cold[reps / 2],
+           warm[reps / 2], cold[reps / 2] / warm[reps / 2]);
+    printf("prefix_cached_tokens_per_hit %d (hits %llu)\n", prompt_tokens,
+           (unsigned long long)st.prefix_cache_hits);
+
+    tg_engine_destroy(e);
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    double rss_mib = ru.ru_maxrss / 1024.0;
+    printf("peak_rss_mib %.1f\n", rss_mib);
+    printf("json {\"single_decode_tps\":%.2f", single[reps / 2]);
+    for (int si = 0; si < n_streams; si++)
+        printf(",\"aggregate_tps_%d\":%.2f", streams[si], agg[si]);
+    printf(",\"ttft_cold_ms\":%.2f,\"ttft_warm_ms\":%.2f,\"prefix_tokens\":%d,"
+           "\"peak_rss_mib\":%.1f,\"threads\":%d,\"gen\":%d}\n",
+           cold[reps / 2], warm[reps / 2], prompt_tokens, rss_mib, threads, gen);
+    return d.errors ? 1 : 0;
+}
