@@ -23,6 +23,17 @@ if(TARGET tg_engine)
         TG_ENGINE_WORKER_BIN="$<TARGET_FILE:tg-test-engine-worker>")
     add_dependencies(test_enginenet model-tiny tg-test-engine-worker)
   endif()
+
+  # End to end: the real tiergate gateway with `tiergate engine` workers over ipc://.
+  if(TARGET tiergate)
+    tg_add_unit_test(test_enginenet_gateway SOURCES ${TG_TEST_DIR}/enginenet/test_enginenet_gateway.c
+        LIBS tg_testlib LABELS "llama;e2e")
+    if(TARGET test_enginenet_gateway)
+      target_compile_definitions(test_enginenet_gateway PRIVATE
+          TG_TIERGATE_BIN="$<TARGET_FILE:tiergate>")
+      add_dependencies(test_enginenet_gateway tiergate model-tiny)
+    endif()
+  endif()
 endif()
 
 # Fuzz target for the wire codec (the parser of everything a peer sends); its corpus replays in
