@@ -35,6 +35,8 @@ struct tg_upstream_exec {
     struct tg_upstream_exec_params params;
     struct tg_upstream_req *reqs;   /* doubly linked, for destroy */
     size_t inflight;
+    size_t n_active;                /* easy handles in the multi */
+    struct event *drain;            /* zero timer: read completions produced by a kick */
     struct sock_ctx *socks;
     CURL *pool[EASY_POOL_MAX];      /* reset easy handles, reused to save setup work */
     size_t n_pool;
@@ -52,6 +54,7 @@ struct tg_upstream_req {
     int tries_on_target;         /* attempts made on targets[cur] */
     bool stream, started, dropped, done;
     bool in_start;               /* inside tg_upstream_start: handlers must not run yet */
+    bool in_multi_handle;        /* easy is added to the multi */
     char *request_id;
     char **extra;                /* copied extra headers */
     size_t n_extra;
@@ -128,6 +131,11 @@ static void on_curl_timer(evutil_socket_t fd, short what, void *arg)
     curl_multi_socket_action(ex->multi, CURL_SOCKET_TIMEOUT, 0, &running);
     ex->in_multi = false;
     check_multi_info(ex);
+}
+
+static void on_drain(evutil_socket_t fd, short what, void *arg)
+{
+    check_multi_info(arg);
 }
 
 static int curl_timer_cb(CURLM *multi, long timeout_ms, void *userp)
@@ -217,7 +225,8 @@ struct tg_upstream_exec *tg_upstream_exec_create(struct event_base *base,
     ex->multi = curl_multi_init();
     ex->share = curl_share_init();
     ex->timer = evtimer_new(base, on_curl_timer, ex);
-    if (ex->multi == NULL || ex->share == NULL || ex->timer == NULL) {
+    ex->drain = evtimer_new(base, on_drain, ex);
+    if (ex->multi == NULL || ex->share == NULL || ex->timer == NULL || ex->drain == NULL) {
         tg_upstream_exec_destroy(ex);
         return NULL;
     }
@@ -248,7 +257,11 @@ static void attempt_release(struct tg_upstream_req *rq)
 {
     struct tg_upstream_exec *ex = rq->ex;
     if (rq->easy != NULL) {
-        curl_multi_remove_handle(ex->multi, rq->easy);
+        if (rq->in_multi_handle) {
+            curl_multi_remove_handle(ex->multi, rq->easy);
+            rq->in_multi_handle = false;
+            ex->n_active--;
+        }
         if (ex->n_pool < EASY_POOL_MAX) {
             curl_easy_reset(rq->easy);
             ex->pool[ex->n_pool++] = rq->easy;
@@ -313,6 +326,8 @@ void tg_upstream_exec_destroy(struct tg_upstream_exec *ex)
         sock_free(ex, ex->socks);
     if (ex->timer != NULL)
         event_free(ex->timer);
+    if (ex->drain != NULL)
+        event_free(ex->drain);
     free(ex);
 }
 
@@ -592,7 +607,23 @@ static int attempt_start(struct tg_upstream_req *rq)
     rq->last_target = m;
     if (curl_multi_add_handle(ex->multi, e) != CURLM_OK)
         return TG_INTERNAL;
+    rq->in_multi_handle = true;
+    ex->n_active++;
     arm(rq, T_FIRST_BYTE, p->first_byte_timeout_ms);
+    if (!ex->in_multi) {
+        /* Kick curl now instead of waiting a loop turn for its zero timer: the request is
+         * written before we return. A transfer that ended right away (e.g. connection refused)
+         * leaves a message that is read from the loop, never from here (we may be inside
+         * tg_upstream_start or inside another request's completion). */
+        int running = 0;
+        ex->in_multi = true;
+        curl_multi_socket_action(ex->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+        ex->in_multi = false;
+        if ((size_t)running < ex->n_active) {
+            struct timeval zero = {0, 0};
+            evtimer_add(ex->drain, &zero);
+        }
+    }
     return TG_OK;
 }
 
