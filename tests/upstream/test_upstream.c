@@ -42,6 +42,7 @@ static int setup_all(void **state)
         return -1;
     snprintf(g_base, sizeof g_base, "http://127.0.0.1:%d", g_port);
     char yaml[4096];
+    int closed_port = tg_test_free_port(); /* nothing listens there */
     snprintf(yaml, sizeof yaml,
              "server:\n  open_mode: true\n"
              "providers:\n"
@@ -55,6 +56,8 @@ static int setup_all(void **state)
              "  brk:\n    kind: openai\n    base_url: %s/v1\n    api_key: sk-brk\n"
              "    retries: 0\n    circuit_failures: 2\n    circuit_window_ms: 60000\n    circuit_open_ms: 300\n"
              "  off:\n    kind: openai\n    base_url: %s/v1\n    api_key: ${TG_TEST_UPSTREAM_UNSET_KEY}\n"
+             "  closed:\n    kind: openai\n    base_url: http://127.0.0.1:%d/v1\n    api_key: sk-closed\n"
+             "    retries: 1\n    retry_base_ms: 5\n    circuit_failures: 1000\n"
              "models:\n"
              "  - {name: phi, tier: local, target: engine}\n"
              "  - {name: oa, tier: remote, provider: oai, upstream_model: gpt-fake}\n"
@@ -62,8 +65,9 @@ static int setup_all(void **state)
              "  - {name: an, tier: remote, provider: ant, upstream_model: claude-fake}\n"
              "  - {name: sl, tier: remote, provider: slow}\n"
              "  - {name: cb, tier: remote, provider: brk}\n"
-             "  - {name: dis, tier: remote, provider: off}\n",
-             g_base, g_base, g_base, g_base, g_base);
+             "  - {name: dis, tier: remote, provider: off}\n"
+             "  - {name: nc, tier: remote, provider: closed}\n",
+             g_base, g_base, g_base, g_base, g_base, closed_port);
     const char *path = tg_test_write_temp("routes.yaml", yaml);
     char err[512];
     unsetenv("TG_TEST_UPSTREAM_UNSET_KEY");
@@ -689,6 +693,28 @@ static void test_timeouts(void **state)
     outcome_free(&o2);
 }
 
+static void test_connect_refused(void **state)
+{
+    /* the transfer fails at once (no listener): retried, then reported from the loop */
+    const char *const nc[] = {"nc", NULL};
+    struct outcome o = {0};
+    run("{\"model\":\"x\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}", nc, &o, 5000);
+    assert_true(o.failed);
+    assert_string_equal(o.kind, "connect");
+    assert_int_equal(o.status, 502);
+    assert_int_equal(o.stats.attempts, 2);
+    assert_false(o.should_retry);
+    outcome_free(&o);
+    /* and on to the next target */
+    const char *const chain[] = {"nc", "oa", NULL};
+    struct outcome o2 = {0};
+    run("{\"model\":\"x\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}", chain, &o2, 5000);
+    assert_true(o2.completed);
+    assert_string_equal(o2.served, "oa");
+    assert_string_equal(o2.stats.fallback_reason, "connect");
+    outcome_free(&o2);
+}
+
 static void test_cancel(void **state)
 {
     fake_reset();
@@ -839,6 +865,7 @@ int main(void)
         cmocka_unit_test(test_all_failed),
         cmocka_unit_test(test_circuit_breaker),
         cmocka_unit_test(test_timeouts),
+        cmocka_unit_test(test_connect_refused),
         cmocka_unit_test(test_cancel),
         cmocka_unit_test(test_proxy_cases),
         cmocka_unit_test(test_bad_arguments),
