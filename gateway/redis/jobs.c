@@ -47,7 +47,20 @@ struct tg_jobs {
     int running;
     struct run *runs;
     uint64_t completed;
+    int refs;                   /* Redis commands in flight whose callback gets this object */
+    bool dead;                  /* destroyed; freed when refs drops to 0 */
 };
+
+/* A callback that got j: drop its reference; true when j was destroyed (do nothing more). */
+static bool jobs_release(struct tg_jobs *j)
+{
+    j->refs--;
+    if (!j->dead)
+        return false;
+    if (j->refs == 0)
+        free(j);
+    return true;
+}
 
 /* KEYS: job hash, stream, idempotency key ('' = none).
  * ARGV: id, endpoint, body, key, tenant, callback_url, created_at, result_ttl_s.
@@ -188,7 +201,12 @@ void tg_jobs_destroy(struct tg_jobs *j)
     tg_webhook_stop();
     free(j->secret);
     free(j->consumer);
-    free(j);
+    j->secret = j->consumer = NULL;
+    /* Commands still in flight call back with j (the client runs them when it is destroyed). */
+    if (j->refs > 0)
+        j->dead = true;
+    else
+        free(j);
 }
 
 uint64_t tg_jobs_completed(const struct tg_jobs *j)
@@ -441,6 +459,8 @@ static void start_entries(struct tg_jobs *j, const redisReply *entries)
 static void on_read(int err, const redisReply *reply, void *user)
 {
     struct tg_jobs *j = user;
+    if (jobs_release(j))
+        return;
     j->reading = false;
     if (err != TG_OK)
         return;
@@ -467,18 +487,51 @@ static void read_new(struct tg_jobs *j)
     int rc = tg_redis_command(j->r, on_read, j, "XREADGROUP GROUP %s %s COUNT %d STREAMS %s >", GROUP,
                               j->consumer, j->max_running - j->running, STREAM);
     j->reading = rc == TG_OK;
+    j->refs += rc == TG_OK;
+}
+
+/* Consumers are named <hostname>:<pid>, so every restart leaves one behind. Forget those with
+ * nothing pending that have been idle for an hour (their work was claimed or acknowledged). */
+#define STALE_CONSUMER_MS 3600000LL
+
+static void on_consumers(int err, const redisReply *reply, void *user)
+{
+    struct tg_jobs *j = user;
+    if (jobs_release(j) || err != TG_OK || reply->type != REDIS_REPLY_ARRAY)
+        return;
+    for (size_t i = 0; i < reply->elements; i++) {
+        const redisReply *c = reply->element[i];
+        if (c->type != REDIS_REPLY_ARRAY)
+            continue;
+        const char *name = NULL;
+        long long pending = -1, idle = -1;
+        for (size_t k = 0; k + 1 < c->elements; k += 2) {
+            const redisReply *key = c->element[k], *val = c->element[k + 1];
+            if (key->type != REDIS_REPLY_STRING)
+                continue;
+            if (strcmp(key->str, "name") == 0 && val->type == REDIS_REPLY_STRING)
+                name = val->str;
+            else if (strcmp(key->str, "pending") == 0 && val->type == REDIS_REPLY_INTEGER)
+                pending = val->integer;
+            else if (strcmp(key->str, "idle") == 0 && val->type == REDIS_REPLY_INTEGER)
+                idle = val->integer;
+        }
+        if (name != NULL && pending == 0 && idle > STALE_CONSUMER_MS && strcmp(name, j->consumer) != 0)
+            tg_redis_command(j->r, NULL, NULL, "XGROUP DELCONSUMER %s %s %s", STREAM, GROUP, name);
+    }
 }
 
 static void on_group(int err, const redisReply *reply, void *user)
 {
     struct tg_jobs *j = user;
-    if (err != TG_OK)
+    if (jobs_release(j) || err != TG_OK)
         return;
     if (reply->type == REDIS_REPLY_ERROR && strncmp(reply->str, "BUSYGROUP", 9) != 0) {
         tg_error("jobs: XGROUP CREATE: %s", reply->str);
         return;
     }
     j->group_ready = true;
+    j->refs += tg_redis_command(j->r, on_consumers, j, "XINFO CONSUMERS %s %s", STREAM, GROUP) == TG_OK;
     read_new(j);
 }
 
@@ -489,7 +542,7 @@ static void on_poll(evutil_socket_t fd, short ev, void *arg)
         return;
     if (!j->group_ready) {
         /* "0": entries added before the group existed are consumed too */
-        tg_redis_command(j->r, on_group, j, "XGROUP CREATE %s %s 0 MKSTREAM", STREAM, GROUP);
+        j->refs += tg_redis_command(j->r, on_group, j, "XGROUP CREATE %s %s 0 MKSTREAM", STREAM, GROUP) == TG_OK;
         return;
     }
     read_new(j);
@@ -498,7 +551,7 @@ static void on_poll(evutil_socket_t fd, short ev, void *arg)
 static void on_autoclaim(int err, const redisReply *reply, void *user)
 {
     struct tg_jobs *j = user;
-    if (err != TG_OK)
+    if (jobs_release(j) || err != TG_OK)
         return;
     if (reply->type == REDIS_REPLY_ERROR) {
         if (strncmp(reply->str, "NOGROUP", 7) == 0)
@@ -536,8 +589,9 @@ static void on_claim_tick(evutil_socket_t fd, short ev, void *arg)
         tg_redis_command_argv(j->r, NULL, NULL, n, argv, lens);
     }
     if (j->consume && j->running < j->max_running)
-        tg_redis_command(j->r, on_autoclaim, j, "XAUTOCLAIM %s %s %s %lld 0-0 COUNT %d", STREAM, GROUP,
-                         j->consumer, (long long)j->claim_idle_ms, j->max_running - j->running);
+        j->refs += tg_redis_command(j->r, on_autoclaim, j, "XAUTOCLAIM %s %s %s %lld 0-0 COUNT %d", STREAM,
+                                    GROUP, j->consumer, (long long)j->claim_idle_ms,
+                                    j->max_running - j->running) == TG_OK;
 }
 
 /* ---- HTTP handlers ---- */
@@ -570,6 +624,7 @@ static void on_post(int err, const redisReply *reply, void *user)
     if (err != TG_OK || reply->type != REDIS_REPLY_ARRAY || reply->elements != 3) {
         if (err == TG_OK && reply->type == REDIS_REPLY_ERROR)
             tg_error("jobs: post script failed: %s", reply->str);
+        jobs_release(p->j);
         reply_unavailable(p->cb, p->user);
         free(p);
         return;
@@ -580,7 +635,7 @@ static void on_post(int err, const redisReply *reply, void *user)
     json_decref(o);
     p->cb(202, text != NULL ? text : "{}", text != NULL ? strlen(text) : 2, p->user);
     free(text);
-    if (reply->element[0]->integer == 1)
+    if (!jobs_release(p->j) && reply->element[0]->integer == 1)
         tg_jobs_poll_now(p->j);
     free(p);
 }
@@ -700,6 +755,7 @@ void tg_jobs_handle_post(struct tg_jobs *j, const char *body, size_t len,
     p->cb = cb;
     p->user = user;
     p->j = j;
+    j->refs++;
 }
 
 struct get_ctx {

@@ -757,6 +757,29 @@ static void test_jobs_basic(void **state)
     event_base_free(base);
 }
 
+/* Destroying the jobs object while its commands are in flight (the client then runs their
+ * callbacks with TG_UNAVAILABLE) must not touch freed memory (run under ASan). */
+static void test_jobs_destroy_in_flight(void **state)
+{
+    struct event_base *base = event_base_new();
+    struct tg_redis *c = connect_client(base, g_url, 1000);
+    struct exec_state ex = {.base = base};
+    struct tg_jobs_params p = {.result_ttl_s = 300, .claim_idle_ms = 100, .poll_ms = 1,
+                               .consumer = "test-d", .consume = true};
+    for (int round = 0; round < 20; round++) {
+        struct tg_jobs *j = NULL;
+        assert_int_equal(tg_jobs_create(c, &p, test_exec, &ex, &j), TG_OK);
+        struct http_box b = {0};
+        tg_jobs_handle_post(j, "{\"messages\":[]}", 14, NULL, NULL, NULL, on_http, &b);
+        run_for(base, round % 5); /* poll, group, claim and post commands in flight */
+        tg_jobs_destroy(j);
+        if (round % 2 == 0)
+            run_for(base, 20); /* their replies arrive after the destroy */
+    }
+    tg_redis_destroy(c); /* or they are failed here */
+    event_base_free(base);
+}
+
 /* webhook receiver: answers 500 to the first delivery, 200 after */
 struct receiver {
     struct event_base *base;
@@ -1038,6 +1061,7 @@ int main(void)
         cmocka_unit_test(test_cache_roundtrip),
         cmocka_unit_test(test_limits),
         cmocka_unit_test(test_jobs_basic),
+        cmocka_unit_test(test_jobs_destroy_in_flight),
         cmocka_unit_test(test_jobs_webhook),
         cmocka_unit_test(test_jobs_survive_kill9),
         cmocka_unit_test(test_redis_restart_under_load),
