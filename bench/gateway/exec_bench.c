@@ -6,7 +6,8 @@
  * latency distributions. The difference is what the executor adds per call (adapter, JSON,
  * multi_socket glue, timers).
  *
- *   tg-exec-bench --base-url http://127.0.0.1:PORT/v1 [--n 20000]
+ *   tg-exec-bench --base-url http://127.0.0.1:PORT/v1 [--n 20000] [--concurrency K]
+ * (K calls in flight at once on the one executor; the libcurl baseline is always sequential)
  */
 #include <curl/curl.h>
 #include <event2/event.h>
@@ -58,6 +59,7 @@ static void report(const char *name, int64_t *v, size_t n)
 }
 
 struct loop {
+    struct shared *sh;
     struct event_base *base;
     struct tg_upstream_exec *ex;
     const struct tg_cfg_model *target;
@@ -66,6 +68,10 @@ struct loop {
     int64_t t0;
     int64_t *lat;
     int failures;
+};
+
+struct shared {
+    int chains_left;
 };
 
 static void next(struct loop *l);
@@ -90,7 +96,8 @@ static const struct tg_upstream_handlers H = {NULL, on_complete, on_error};
 static void next(struct loop *l)
 {
     if (l->i == l->n) {
-        event_base_loopbreak(l->base);
+        if (--l->sh->chains_left == 0)
+            event_base_loopbreak(l->base);
         return;
     }
     struct tg_upstream_call call = {.request = l->rq, .targets = &l->target, .n_targets = 1};
@@ -99,6 +106,17 @@ static void next(struct loop *l)
         fprintf(stderr, "start failed\n");
         exit(1);
     }
+}
+
+static int atoi_checked(const char *s)
+{
+    char *end = NULL;
+    long v = strtol(s, &end, 10);
+    if (end == s || *end != '\0' || v < 1 || v > 4096) {
+        fprintf(stderr, "bad number '%s'\n", s);
+        exit(2);
+    }
+    return (int)v;
 }
 
 static size_t sink(char *p, size_t s, size_t n, void *u)
@@ -110,7 +128,10 @@ int main(int argc, char **argv)
 {
     const char *base_url = NULL;
     size_t n = 20000;
+    int conc = 1;
     for (int i = 1; i + 1 < argc; i += 2) {
+        if (strcmp(argv[i], "--concurrency") == 0)
+            conc = atoi_checked(argv[i + 1]);
         if (strcmp(argv[i], "--base-url") == 0)
             base_url = argv[i + 1];
         else if (strcmp(argv[i], "--n") == 0)
@@ -128,25 +149,43 @@ int main(int argc, char **argv)
                                 .circuit_failures = 5, .circuit_window_ms = 30000, .circuit_open_ms = 15000};
     struct tg_cfg_model m = {.name = "gpt-4o-mini", .tier = TG_TIER_REMOTE, .target = TG_TARGET_PROVIDER,
                              .provider = "fake", .provider_ref = &p, .upstream_model = "gpt-4o-mini"};
-    struct loop l = {.target = &m, .n = n};
-    l.base = event_base_new();
-    l.ex = tg_upstream_exec_create(l.base, NULL);
-    l.rq = json_loads(BODY, 0, NULL);
-    l.lat = calloc(n, sizeof *l.lat);
-    /* warm-up: connection established, pools filled */
-    l.n = 200;
-    next(&l);
-    event_base_dispatch(l.base);
-    l.i = 0;
-    l.n = n;
-    double c0 = cpu_s();
-    next(&l);
-    event_base_dispatch(l.base);
-    g_cpu_us = (cpu_s() - c0) / (double)n * 1e6;
-    report("executor", l.lat, n);
-    if (l.failures > 0)
-        fprintf(stderr, "%d failures\n", l.failures);
-
+    struct event_base *base = event_base_new();
+    struct tg_upstream_exec *ex = tg_upstream_exec_create(base, NULL);
+    json_t *rq = json_loads(BODY, 0, NULL);
+    struct loop *chains = calloc((size_t)conc, sizeof *chains);
+    int64_t *all = calloc(n, sizeof *all);
+    struct shared sh;
+    int failures = 0;
+    for (int pass = 0; pass < 2; pass++) {
+        /* pass 0 warms up (connections, pools); pass 1 is measured */
+        size_t per = pass == 0 ? 200 : n / (size_t)conc;
+        sh.chains_left = conc;
+        for (int k = 0; k < conc; k++) {
+            free(chains[k].lat);
+            chains[k] = (struct loop){.sh = &sh, .base = base, .ex = ex, .target = &m, .rq = rq, .n = per};
+            chains[k].lat = calloc(per, sizeof *chains[k].lat);
+        }
+        double c0 = cpu_s();
+        int64_t t0 = now_ns();
+        for (int k = 0; k < conc; k++)
+            next(&chains[k]);
+        event_base_dispatch(base);
+        double wall = (double)(now_ns() - t0) / 1e9;
+        if (pass == 1) {
+            size_t m_ = 0;
+            for (int k = 0; k < conc; k++) {
+                memcpy(all + m_, chains[k].lat, per * sizeof *all);
+                m_ += per;
+                failures += chains[k].failures;
+            }
+            g_cpu_us = (cpu_s() - c0) / (double)m_ * 1e6;
+            printf("{\"concurrency\":%d,\"req_per_s\":%.0f}\n", conc, (double)m_ / wall);
+            report("executor", all, m_);
+        }
+    }
+    if (failures > 0)
+        fprintf(stderr, "%d failures\n", failures);
+    double c0;
     char url[1024];
     snprintf(url, sizeof url, "%s/chat/completions", base_url);
     CURL *e = curl_easy_init();
@@ -172,10 +211,13 @@ int main(int argc, char **argv)
     curl_slist_free_all(h);
     curl_easy_cleanup(e);
     free(raw);
-    free(l.lat);
-    json_decref(l.rq);
-    tg_upstream_exec_destroy(l.ex);
-    event_base_free(l.base);
+    for (int k = 0; k < conc; k++)
+        free(chains[k].lat);
+    free(chains);
+    free(all);
+    json_decref(rq);
+    tg_upstream_exec_destroy(ex);
+    event_base_free(base);
     tg_upstream_global_cleanup();
     return 0;
 }
