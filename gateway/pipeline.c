@@ -869,6 +869,8 @@ static void route_and_run(struct tg_req *r)
     }
     if (tier == TG_ROUTE_LOCAL && r->local_model != NULL)
         run_local(r);
+    else if (r->remote_model != NULL && tg_glue_budget_exhausted(r))
+        tg_glue_reject_budget(r); /* spent budget, and the policy did not downgrade it */
     else if (r->remote_model != NULL)
         tg_remote_run(r);
     else
@@ -885,7 +887,7 @@ static bool try_remote_instead(struct tg_req *r, const char *reason, bool escala
         return false;
     if (escalation && r->routed && !r->dec.escalation_allowed)
         return false;
-    if (r->ep == TG_GW_EP_EMBEDDINGS)
+    if (r->ep == TG_GW_EP_EMBEDDINGS || tg_glue_budget_exhausted(r))
         return false;
     if (escalation) {
         r->escalated = true;

@@ -27,6 +27,7 @@ struct glue {
     bool write;                    /* store the response when it completes */
     bool failed;                   /* stream broke after it started */
     bool budget_exhausted;
+    struct tg_limits_result limits; /* the check's answer (budget reset time for the 429) */
     struct tg_cache_entry *entry;  /* response being captured */
 };
 
@@ -232,6 +233,7 @@ static void on_limits(const struct tg_limits_result *res, void *user)
         tg_log_set_request_id(NULL);
         return;
     }
+    g->limits = *res;
     if (res->remote_budget_exhausted) {
         g->budget_exhausted = true;
         /* The router downgrades to local; a request that can only go remote is refused. */
@@ -275,6 +277,18 @@ bool tg_glue_budget_exhausted(const struct tg_req *r)
 {
     const struct glue *g = r->redis_state;
     return g != NULL && g->budget_exhausted;
+}
+
+void tg_glue_reject_budget(struct tg_req *r)
+{
+    struct glue *g = r->redis_state;
+    int status;
+    int64_t after;
+    json_t *body = tg_limits_reject_budget(&g->limits, &status, &after);
+    retry_after(r, after);
+    tg_info("budget %s spent for key %s and the policy keeps the request remote",
+            tg_limit_kind_name(g->limits.budget_kind), r->key != NULL ? r->key->name : "-");
+    tg_req_reply_json(r, status, body);
 }
 
 /* ---- capture and store ---- */

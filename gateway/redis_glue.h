@@ -29,6 +29,10 @@ void tg_glue_before_route(struct tg_req *r, void (*cont)(struct tg_req *r));
 /* The router input `remote_budget_exhausted` for r. */
 bool tg_glue_budget_exhausted(const struct tg_req *r);
 
+/* r's budget is spent and it would still go remote (the policy does not downgrade, or local
+ * cannot serve it): answer 429 insufficient_quota with Retry-After. */
+void tg_glue_reject_budget(struct tg_req *r);
+
 /* Reply capture for the cache: a JSON body about to be sent (call before headers are added), an
  * SSE chunk about to be written, and a stream that failed after it started (never stored). */
 void tg_glue_capture_body(struct tg_req *r, int status, const char *body, size_t len);

@@ -337,6 +337,15 @@ static void test_budget_downgrade(void **state)
     assert_string_equal(r.tier, "local");
     assert_non_null(strstr(r.fallback, "budget"));
     tg_test_response_free(&r.r);
+    /* a request only the remote tier can serve (tools) is refused instead */
+    post("budget", "/v1/chat/completions",
+         "{\"model\":\"auto\",\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"lookup\","
+         "\"parameters\":{\"type\":\"object\"}}}],\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}",
+         "Cache-Control: no-store", &r);
+    assert_int_equal(r.r.status, 429);
+    assert_non_null(strstr(r.r.body, "insufficient_quota"));
+    assert_true(atol(r.retry_after) >= 1);
+    tg_test_response_free(&r.r);
     /* the same request for a key with budget left goes remote */
     post("secret", "/v1/chat/completions", hard, "Cache-Control: no-store", &r);
     assert_int_equal(r.r.status, 200);
