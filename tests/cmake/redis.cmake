@@ -5,7 +5,7 @@ tg_add_unit_test(test_redis_component SOURCES ${TG_TEST_DIR}/redis/test_redis_co
 
 # End to end through the tiergate binary (redis-server + fake upstream + tiny model).
 tg_add_unit_test(test_redis_e2e SOURCES ${TG_TEST_DIR}/redis/test_redis_e2e.c
-  LIBS tg_testlib PkgConfig::JANSSON PkgConfig::LIBEVENT OpenSSL::Crypto Threads::Threads
+  LIBS tg_testlib PkgConfig::JANSSON PkgConfig::LIBEVENT PkgConfig::HIREDIS OpenSSL::Crypto Threads::Threads
   LABELS "redis;integration")
 add_dependencies(test_redis_e2e tiergate model-tiny)
 if(TARGET tg-fake-upstream)

@@ -21,6 +21,7 @@
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
 #include <event2/thread.h>
+#include <hiredis/hiredis.h>
 #include <jansson.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
@@ -144,6 +145,27 @@ static int group_teardown(void **state)
     return 0;
 }
 
+/* Cached entries in Redis right now (the store after a miss is fire-and-forget, and the next
+ * request may run on another I/O thread's connection: wait for it instead of sleeping). */
+static long long cache_keys(void)
+{
+    redisContext *c = redisConnect("127.0.0.1", g_redis.port);
+    assert_true(c != NULL && c->err == 0);
+    redisReply *r = redisCommand(c, "KEYS tg:c:*");
+    long long n = r != NULL && r->type == REDIS_REPLY_ARRAY ? (long long)r->elements : -1;
+    freeReplyObject(r);
+    redisFree(c);
+    return n;
+}
+
+static void wait_stored(long long before)
+{
+    int64_t end = mono_ms() + 5000;
+    while (cache_keys() <= before && mono_ms() < end)
+        usleep(10000);
+    assert_true(cache_keys() > before);
+}
+
 struct resp {
     struct tg_test_response r;
     char cache[32], tier[32], retry_after[32], fallback[96], cost[32];
@@ -179,11 +201,12 @@ static void test_cache_hit_miss_bypass(void **state)
     const char *body = "{\"model\":\"gpt-fake\",\"temperature\":0,\"messages\":[{\"role\":\"user\","
                        "\"content\":\"Classify ticket 4711: my invoice is wrong\"}]}";
     struct resp a, b, c, d, e;
+    long long n0 = cache_keys();
     post("secret", "/v1/chat/completions", body, NULL, &a);
     assert_int_equal(a.r.status, 200);
     assert_string_equal(a.cache, "miss");
     assert_string_equal(a.tier, "remote");
-    usleep(100000); /* the store is fire-and-forget */
+    wait_stored(n0);
     post("secret", "/v1/chat/completions", body, NULL, &b);
     assert_int_equal(b.r.status, 200);
     assert_string_equal(b.cache, "hit");
@@ -213,13 +236,14 @@ static void test_cross_tenant(void **state)
     const char *body = "{\"model\":\"gpt-fake\",\"temperature\":0,\"messages\":[{\"role\":\"user\","
                        "\"content\":\"tenant isolation probe\"}]}";
     struct resp a, b, c;
+    long long n0 = cache_keys();
     post("secret", "/v1/chat/completions", body, NULL, &a);
     assert_string_equal(a.cache, "miss");
-    usleep(100000);
+    wait_stored(n0);
     post("tenant-b", "/v1/chat/completions", body, NULL, &b);
     assert_int_equal(b.r.status, 200);
     assert_string_equal(b.cache, "miss"); /* globex never sees acme's entry */
-    usleep(100000);
+    wait_stored(n0 + 1);
     post("acme-two", "/v1/chat/completions", body, NULL, &c); /* same tenant acme: shared */
     assert_string_equal(c.cache, "hit");
     tg_test_response_free(&a.r);
@@ -232,11 +256,12 @@ static void test_stream_replay_identical(void **state)
     const char *body = "{\"model\":\"gpt-fake\",\"temperature\":0,\"stream\":true,\"messages\":[{\"role\":"
                        "\"user\",\"content\":\"stream me the answer please\"}]}";
     struct resp a, b, j;
+    long long n0 = cache_keys();
     post("secret", "/v1/chat/completions", body, NULL, &a);
     assert_int_equal(a.r.status, 200);
     assert_string_equal(a.cache, "miss");
     assert_non_null(strstr(a.r.body, "data: [DONE]"));
-    usleep(100000);
+    wait_stored(n0);
     post("secret", "/v1/chat/completions", body, NULL, &b);
     assert_int_equal(b.r.status, 200);
     assert_string_equal(b.cache, "hit");
@@ -261,6 +286,7 @@ static void test_partial_stream_not_cached(void **state)
 {
     const char *body = "{\"model\":\"gpt-cut\",\"temperature\":0,\"stream\":true,\"messages\":[{\"role\":"
                        "\"user\",\"content\":\"this stream breaks half way through\"}]}";
+    long long n0 = cache_keys();
     for (int i = 0; i < 2; i++) {
         struct resp r;
         post("secret", "/v1/chat/completions", body, NULL, &r);
@@ -270,6 +296,7 @@ static void test_partial_stream_not_cached(void **state)
         tg_test_response_free(&r.r);
         usleep(150000);
     }
+    assert_true(cache_keys() == n0); /* nothing was stored */
 }
 
 static void test_rate_limit_429(void **state)
