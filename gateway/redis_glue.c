@@ -27,7 +27,11 @@ struct glue {
     bool write;                    /* store the response when it completes */
     bool failed;                   /* stream broke after it started */
     bool budget_exhausted;
-    struct tg_limits_result limits; /* the check's answer (budget reset time for the 429) */
+    bool limited;                  /* the key has limits: `limits` holds the check's answer */
+    struct tg_limits_result limits;
+    int waiting;                   /* Redis answers still expected before routing */
+    bool issuing;
+    struct tg_cache_entry *hit;    /* looked-up entry, until replayed */
     struct tg_cache_entry *entry;  /* response being captured */
 };
 
@@ -49,6 +53,7 @@ void tg_glue_req_free(struct tg_req *r)
     if (g == NULL)
         return;
     tg_cache_entry_free(g->entry);
+    tg_cache_entry_free(g->hit);
     free(g);
     r->redis_state = NULL;
 }
@@ -128,31 +133,47 @@ static int64_t estimate_tokens(const struct tg_req *r)
     return (int64_t)(bytes / 4) + 1;
 }
 
-/* ---- cache ---- */
+/* ---- limits + cache lookup ------------------------------------------------------------------
+ * Both go out at once (one round trip, not two); the request proceeds when both answered. */
 
-static void on_lookup(int err, struct tg_cache_entry *e, void *user)
+/* Both answers are in: reject, replay a hit, or route. */
+static void proceed(struct tg_req *r, struct glue *g)
 {
-    struct glue *g = user;
-    struct tg_req *r = g->r;
-    r->redis_active--;
+    struct tg_cache_entry *e = g->hit;
+    g->hit = NULL;
     if (r->replied || r->client_gone) {
         tg_cache_entry_free(e);
         tg_req_maybe_free(r);
         return;
     }
     tg_log_set_request_id(r->id);
-    if (err != TG_OK) {
-        r->cache_result = "bypass";
-        g->write = false;
-    } else if (e == NULL || e->status != 200 || e->stream != r->stream) {
-        r->cache_result = "miss";
+    int status;
+    int64_t after;
+    if (g->limited && !g->limits.allowed) {
         tg_cache_entry_free(e);
-        e = NULL;
+        json_t *body = tg_limits_reply(&g->limits, &status, &after);
+        retry_after(r, after);
+        tg_info("limit %s reached for key %s", tg_limit_kind_name(g->limits.kind), r->key->name);
+        tg_req_reply_json(r, status, body);
+        goto out;
+    }
+    if (g->limited && g->limits.remote_budget_exhausted) {
+        g->budget_exhausted = true;
+        /* The router downgrades to local; a request that can only go remote is refused here,
+         * the rest after routing (tg_glue_reject_budget). */
+        const struct tg_cfg_model *m = tg_config_model(r->cfg, r->model_req);
+        bool remote_only = r->tier_override == 2 || !r->cfg->local.enabled ||
+                           (m != NULL && m->tier == TG_TIER_REMOTE);
+        if (remote_only && e == NULL) {
+            json_t *body = tg_limits_reject_budget(&g->limits, &status, &after);
+            retry_after(r, after);
+            tg_req_reply_json(r, status, body);
+            goto out;
+        }
     }
     if (e == NULL) {
         g->cont(r);
-        tg_log_set_request_id(NULL);
-        return;
+        goto out;
     }
     /* Hit: served as stored; cost 0, the avoided cost is computed from the stored usage. */
     g->write = false;
@@ -170,10 +191,44 @@ static void on_lookup(int err, struct tg_cache_entry *e, void *user)
         tg_req_reply_raw(r, e->status, e->body != NULL ? e->body : "", e->body_len);
     }
     tg_cache_entry_free(e);
+out:
     tg_log_set_request_id(NULL);
 }
 
-static void cache_then_route(struct tg_req *r, struct glue *g)
+/* One of the two answers arrived. */
+static void answered(struct glue *g)
+{
+    struct tg_req *r = g->r;
+    r->redis_active--;
+    if (--g->waiting == 0 && !g->issuing)
+        proceed(r, g);
+}
+
+static void on_lookup(int err, struct tg_cache_entry *e, void *user)
+{
+    struct glue *g = user;
+    struct tg_req *r = g->r;
+    if (err != TG_OK) {
+        r->cache_result = "bypass";
+        g->write = false;
+    } else if (e == NULL || e->status != 200 || e->stream != r->stream) {
+        r->cache_result = "miss";
+        tg_cache_entry_free(e);
+        e = NULL;
+    }
+    g->hit = e;
+    answered(g);
+}
+
+static void on_limits(const struct tg_limits_result *res, void *user)
+{
+    struct glue *g = user;
+    g->limits = *res;
+    answered(g);
+}
+
+/* Cache decision and key; true when the entry must be looked up. */
+static bool cache_prepare(struct tg_req *r, struct glue *g)
 {
     struct tg_redis *c = r->w->redis;
     double default_temp = r->ep == TG_GW_EP_CHAT || r->ep == TG_GW_EP_COMPLETIONS ||
@@ -186,70 +241,16 @@ static void cache_then_route(struct tg_req *r, struct glue *g)
     r->cache_result = "bypass";
     if (d.reason != NULL)
         tg_debug("cache: %s", d.reason);
-    if (!d.read && !d.write) {
-        g->cont(r);
-        return;
-    }
+    if (!d.read && !d.write)
+        return false;
     char resolved[160];
     snprintf(resolved, sizeof resolved, "%s|tier=%d", r->model_req != NULL ? r->model_req : "auto",
              r->tier_override);
-    if (tg_cache_key(r->key != NULL ? r->key->tenant : "", ep_path(r->ep), resolved, r->body, r->stream,
-                     &g->key) != TG_OK) {
-        g->cont(r);
-        return;
-    }
+    if (tg_cache_key(r->key != NULL ? r->key->tenant : "", ep_path(r->ep), resolved, r->body,
+                     r->stream, &g->key) != TG_OK)
+        return false;
     g->write = d.write;
-    if (!d.read) {
-        g->cont(r);
-        return;
-    }
-    r->redis_active++;
-    if (tg_cache_lookup(c, &g->key, on_lookup, g) != TG_OK) {
-        r->redis_active--;
-        g->write = false;
-        g->cont(r);
-    }
-}
-
-/* ---- limits ---- */
-
-static void on_limits(const struct tg_limits_result *res, void *user)
-{
-    struct glue *g = user;
-    struct tg_req *r = g->r;
-    r->redis_active--;
-    if (r->replied || r->client_gone) {
-        tg_req_maybe_free(r);
-        return;
-    }
-    tg_log_set_request_id(r->id);
-    int status;
-    int64_t after;
-    if (!res->allowed) {
-        json_t *body = tg_limits_reply(res, &status, &after);
-        retry_after(r, after);
-        tg_info("limit %s reached for key %s", tg_limit_kind_name(res->kind), r->key->name);
-        tg_req_reply_json(r, status, body);
-        tg_log_set_request_id(NULL);
-        return;
-    }
-    g->limits = *res;
-    if (res->remote_budget_exhausted) {
-        g->budget_exhausted = true;
-        /* The router downgrades to local; a request that can only go remote is refused. */
-        const struct tg_cfg_model *m = tg_config_model(r->cfg, r->model_req);
-        bool remote_only = r->tier_override == 2 || !r->cfg->local.enabled ||
-                           (m != NULL && m->tier == TG_TIER_REMOTE);
-        if (remote_only) {
-            json_t *body = tg_limits_reject_budget(res, &status, &after);
-            retry_after(r, after);
-            tg_req_reply_json(r, status, body);
-            tg_log_set_request_id(NULL);
-            return;
-        }
-    }
-    cache_then_route(r, g);
-    tg_log_set_request_id(NULL);
+    return d.read;
 }
 
 void tg_glue_before_route(struct tg_req *r, void (*cont)(struct tg_req *r))
@@ -260,17 +261,33 @@ void tg_glue_before_route(struct tg_req *r, void (*cont)(struct tg_req *r))
         return;
     }
     g->cont = cont;
-    if (r->key == NULL || !tg_limits_any(&r->key->limits)) {
-        cache_then_route(r, g);
-        return;
+    bool lookup = cache_prepare(r, g);
+    g->limited = r->key != NULL && tg_limits_any(&r->key->limits);
+    /* Callbacks may run inside the submit calls (limits with Redis down): `issuing` keeps them
+     * from proceeding before both are out. */
+    g->issuing = true;
+    if (g->limited) {
+        g->waiting++;
+        r->redis_active++;
+        if (tg_limits_check(r->w->redis, &r->cfg->redis, r->key->name, &r->key->limits,
+                            estimate_tokens(r), 0, on_limits, g) != TG_OK) {
+            g->waiting--; /* out of memory: no check, the request goes on */
+            r->redis_active--;
+            g->limited = false;
+        }
     }
-    r->redis_active++;
-    int rc = tg_limits_check(r->w->redis, &r->cfg->redis, r->key->name, &r->key->limits,
-                             estimate_tokens(r), 0, on_limits, g);
-    if (rc != TG_OK) {
-        r->redis_active--;
-        cache_then_route(r, g);
+    if (lookup) {
+        g->waiting++;
+        r->redis_active++;
+        if (tg_cache_lookup(r->w->redis, &g->key, on_lookup, g) != TG_OK) {
+            g->waiting--;
+            r->redis_active--;
+            g->write = false;
+        }
     }
+    g->issuing = false;
+    if (g->waiting == 0)
+        proceed(r, g);
 }
 
 bool tg_glue_budget_exhausted(const struct tg_req *r)
