@@ -210,7 +210,11 @@ static void on_reply(redisAsyncContext *ac, void *r, void *privdata)
     plist_unlink(c, p);
     if (reply != NULL && p->script != NULL && reply->type == REDIS_REPLY_ERROR &&
         strncmp(reply->str, "NOSCRIPT", 8) == 0 && c->ac == ac && c->state == ST_UP) {
-        /* Script cache flushed since we loaded it: resend the text once. */
+        /* Script cache flushed since we loaded it: resend the text once, and load it again
+         * before its next use on this connection. */
+        for (int i = 0; i < c->n_loaded; i++)
+            if (c->loaded[i] == p->script)
+                c->loaded[i] = c->loaded[--c->n_loaded];
         p->deadline_ms = now_ms() + c->command_timeout_ms;
         plist_push(c, p);
         if (send_eval(c, p, false) == TG_OK) {

@@ -92,6 +92,16 @@ static void on_reply(int err, const redisReply *r, void *user)
     }
 }
 
+/* first element of an array reply, as an integer */
+static void on_first_int(int err, const redisReply *r, void *user)
+{
+    struct reply_box *b = user;
+    b->done = true;
+    b->err = err;
+    if (r != NULL && r->type == REDIS_REPLY_ARRAY && r->elements > 0)
+        b->integer = r->element[0]->integer;
+}
+
 static int group_setup(void **state)
 {
     tg_log_set_level(TG_LOG_WARN);
@@ -140,6 +150,15 @@ static void test_client_basics(void **state)
     assert_true(run_until(base, &b.done, 2000));
     assert_int_equal(b.type, REDIS_REPLY_INTEGER);
     assert_int_equal(b.integer, 42);
+    /* ... and it is loaded again: the next EVALSHA finds it */
+    memset(&b, 0, sizeof b);
+    assert_int_equal(tg_redis_eval(c, &s, on_reply, &b, 0, 1, args, lens), TG_OK);
+    assert_true(run_until(base, &b.done, 2000));
+    assert_int_equal(b.integer, 42);
+    memset(&b, 0, sizeof b);
+    tg_redis_command(c, on_first_int, &b, "SCRIPT EXISTS %s", s.sha1);
+    assert_true(run_until(base, &b.done, 2000));
+    assert_int_equal(b.integer, 1);
 
     /* pending callbacks run with TG_UNAVAILABLE on destroy */
     memset(&b, 0, sizeof b);
