@@ -307,11 +307,11 @@ void tg_remote_run(struct tg_req *r)
     json_t *own = NULL;
     const json_t *body = r->body;
     bool stream = r->stream;
-    if (r->ep != TG_GW_EP_CHAT || r->escalated) {
+    /* Chat passes through as the client sent it (escalated and fallen-back requests too). */
+    if (r->ep != TG_GW_EP_CHAT) {
         own = translated_request(r);
         body = own;
-        if (r->ep != TG_GW_EP_CHAT)
-            stream = r->stream && (r->ep == TG_GW_EP_COMPLETIONS || r->ep == TG_GW_EP_RESPONSES);
+        stream = r->stream && (r->ep == TG_GW_EP_COMPLETIONS || r->ep == TG_GW_EP_RESPONSES);
     }
     if (body == NULL) {
         tg_req_reply_error(r, 500, "out of memory", "server_error", NULL, "internal_error");
