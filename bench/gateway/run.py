@@ -74,12 +74,30 @@ def measured(pids, fn):
     return r
 
 
+RT = {"on": False}
+
+
+def set_rt(pids, on):
+    """SCHED_FIFO (on) or back to SCHED_OTHER for every thread of the server processes."""
+    for pid in pids:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            try:
+                if on:
+                    os.sched_setscheduler(int(tid), os.SCHED_FIFO, os.sched_param(10))
+                else:
+                    os.sched_setscheduler(int(tid), os.SCHED_OTHER, os.sched_param(0))
+            except OSError:
+                pass
+
+
 def loadgen(build, url, rate, duration, warmup, headers=(), conns=32):
     cmd = [f"{build}/bench/gateway/tg-loadgen", "--url", url, "--rate", str(rate), "--duration",
            str(duration), "--warmup", str(warmup), "--connections", str(conns), "--body", BODY,
            "--header", "Authorization: Bearer sk-bench"]
     for h in headers:
         cmd += ["--header", h]
+    if RT["on"]:
+        cmd = ["chrt", "-f", "10"] + cmd
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + warmup + 60)
     r = json.loads(out.stdout.strip().splitlines()[-1])
     r["sent_total"] = r["sent"]  # everything sent, warm-up included
@@ -123,6 +141,10 @@ def main():
     ap.add_argument("--portkey-rate", type=int, default=200)
     ap.add_argument("--idle-conns", type=int, default=10000)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--rt", action="store_true",
+                    help="fixed-rate phases (paced, < 1 core in all) under SCHED_FIFO: load generator, "
+                         "fake, tiergate and Portkey then run when they are ready instead of queueing "
+                         "behind a shared VM's other work; closed-loop phases stay SCHED_OTHER")
     ap.add_argument("--nice", type=int, default=None,
                     help="run everything at this nice value (e.g. -20 on a shared VM: the other "
                          "tenants' builds then take CPU only when the benchmark leaves it idle)")
@@ -133,6 +155,7 @@ def main():
     work = tempfile.mkdtemp(prefix="tg-bench-gw-")
     procs = []
     res = {"rate": a.rate, "duration_s": a.duration, "reps": a.reps, "io_threads": a.io_threads, "nice": a.nice,
+           "rt": a.rt,
            "loadavg_before": open("/proc/loadavg").read().split()[:3]}
 
     def start(cmd, log, **kw):
@@ -194,6 +217,9 @@ metrics:
         pids = {"fake": procs[0].pid, "tiergate": tg.pid}
         if have_portkey:
             pids["portkey"] = procs[2].pid
+        RT["on"] = a.rt
+        if a.rt:
+            set_rt(pids.values(), True)
         runs = {"direct": [], "tiergate": []}
         for _ in range(a.reps):
             runs["direct"].append(measured(pids, lambda: loadgen(build, direct, a.rate, a.duration, 1)))
@@ -206,6 +232,9 @@ metrics:
             low["portkey"] = measured(pids, lambda: loadgen(build, pk, a.portkey_rate, a.duration, 2, pk_headers,
                                                             conns=16))
         res["low_rate"] = low
+        if a.rt:
+            set_rt(pids.values(), False)
+        RT["on"] = False
 
         # one connection, closed loop: every request alone in the pipeline (the least contended
         # view of the per-request overhead on a shared machine)
