@@ -507,6 +507,17 @@ static void trail_add(struct tg_upstream_req *rq, const char *target, const char
     tg_buf_printf(&rq->trail, "%s: %s", target, what);
 }
 
+/* A client-supplied value may go into an upstream header only if it cannot break the header:
+ * visible ASCII, bounded. */
+static bool header_safe(const char *v, size_t max)
+{
+    size_t n = 0;
+    for (; v[n] != '\0'; n++)
+        if (n >= max || (unsigned char)v[n] < 0x21 || (unsigned char)v[n] > 0x7e)
+            return false;
+    return n > 0;
+}
+
 static bool url_for(const struct tg_cfg_model *m, char *url, size_t len)
 {
     const char *base = m->provider_ref->base_url;
@@ -559,7 +570,7 @@ static int attempt_start(struct tg_upstream_req *rq)
         h = curl_slist_append(h, line);
     }
     explicit_bzero(line, sizeof line);
-    if (rq->request_id != NULL) {
+    if (rq->request_id != NULL && header_safe(rq->request_id, 128)) {
         snprintf(line, sizeof line, "X-Request-Id: %s", rq->request_id);
         h = curl_slist_append(h, line);
     }

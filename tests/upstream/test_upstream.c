@@ -143,6 +143,7 @@ struct outcome {
     struct tg_upstream_stats stats;
     int cancel_after;         /* > 0: cancel (from a timer) after this many chunks */
     int cancel_ms;            /* > 0: cancel this long after the start */
+    const char *request_id;   /* NULL = "req-test-1" */
     struct tg_upstream_req *req;
     struct event *cancel_ev;
     bool handler_after_cancel;
@@ -248,7 +249,7 @@ static void run(const char *request, const char *const *targets, struct outcome 
                                     .targets = tv,
                                     .n_targets = n,
                                     .stream = json_is_true(json_object_get(rq, "stream")),
-                                    .request_id = "req-test-1",
+                                    .request_id = o->request_id != NULL ? o->request_id : "req-test-1",
                                     .headers = extra};
     assert_int_equal(tg_upstream_start(ex, &call, &handlers, o, &o->req), TG_OK);
     json_decref(rq); /* the executor keeps its own reference */
@@ -315,6 +316,18 @@ static void test_passthrough_exact_request(void **state)
     assert_null(json_object_get(h, "expect"));
     json_decref(reqs);
     outcome_free(&o);
+
+    /* a request id that could break the header is not forwarded */
+    fake_reset();
+    struct outcome o2 = {.request_id = "evil\r\nX-Injected: 1"};
+    run("{\"model\":\"x\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}", T_OA, &o2, 5000);
+    assert_true(o2.completed);
+    reqs = fake_requests();
+    h = json_object_get(json_array_get(reqs, 0), "headers");
+    assert_null(json_object_get(h, "x-request-id"));
+    assert_null(json_object_get(h, "x-injected"));
+    json_decref(reqs);
+    outcome_free(&o2);
 }
 
 static void test_stream_include_usage_added(void **state)
