@@ -456,7 +456,21 @@ static void check_counters(const char *before, const char *after)
     assert_true(family_sum(after, "tiergate_bad_requests_total") -
                     family_sum(before, "tiergate_bad_requests_total") >= 1);
 
-    /* the scrape-time gauges are wired */
+    /* the executor reports every attempt (a scripted 5xx is an upstream error of its target) and
+     * its breakers; the scrape-time gauges are wired */
+    int64_t remote_5xx = 0, remote_answers = 0;
+    for (size_t i = 0; i < g_n; i++) {
+        remote_5xx += strcmp(g_sent[i].tier, "remote") == 0 && g_sent[i].status >= 500;
+        remote_answers += strcmp(g_sent[i].tier, "remote") == 0;
+    }
+    assert_true(remote_5xx >= 1);
+    assert_true(family_sum(after, "tiergate_upstream_errors_total") -
+                    family_sum(before, "tiergate_upstream_errors_total") >= remote_5xx);
+    assert_true(series_int(after, "tiergate_upstream_errors_total{target=\"gpt-big\",kind=\"http_5xx\"}") -
+                    series_int(before, "tiergate_upstream_errors_total{target=\"gpt-big\",kind=\"http_5xx\"}") >= 1);
+    assert_true(family_sum(after, "tiergate_upstream_duration_seconds_count") -
+                    family_sum(before, "tiergate_upstream_duration_seconds_count") >= remote_answers);
+    assert_non_null(strstr(after, "\ntiergate_circuit_state{target=\"gpt-big\"} "));
     assert_non_null(strstr(after, "\ntiergate_inflight_requests "));
     assert_non_null(strstr(after, "\ntiergate_engine_slots_busy "));
 }
