@@ -55,6 +55,8 @@ struct tg_upstream_req {
     bool stream, started, dropped, done;
     bool in_start;               /* inside tg_upstream_start: handlers must not run yet */
     bool in_multi_handle;        /* easy is added to the multi */
+    bool in_write;               /* inside on_write (on_chunk may ask for a pause) */
+    bool paused, pause_pending;  /* backpressure: provider reads stopped / to stop after on_write */
     char *request_id;
     char **extra;                /* copied extra headers */
     size_t n_extra;
@@ -486,9 +488,17 @@ static size_t on_write(char *p, size_t size, size_t n, void *ud)
     size_t len = size * n;
     if (rq->stream && rq->http_status == 200) {
         arm(rq, T_IDLE, rq->targets[rq->cur]->provider_ref->stream_idle_timeout_ms);
+        rq->in_write = true;
         int rc = up_sse_feed(&rq->sse, p, len, on_sse_event, rq);
+        rq->in_write = false;
         if (rc == TG_TOOBIG)
             rq->too_big = true;
+        if (rc == 0 && rq->pause_pending) {
+            /* on_chunk asked for backpressure: this buffer is consumed, curl keeps any rest */
+            rq->pause_pending = false;
+            curl_easy_pause(rq->easy, CURLPAUSE_RECV);
+            arm(rq, T_NONE, 0); /* a paused stream is not idle */
+        }
         return rc == 0 ? len : 0; /* 0 makes curl abort the transfer */
     }
     if (tg_buf_append(&rq->resp, p, len) != TG_OK) {
@@ -1004,6 +1014,44 @@ int tg_upstream_start(struct tg_upstream_exec *ex, const struct tg_upstream_call
     if (out != NULL)
         *out = rq;
     return TG_OK;
+}
+
+void tg_upstream_pause(struct tg_upstream_req *req)
+{
+    if (req == NULL || req->done || req->paused || req->easy == NULL || !req->stream)
+        return;
+    req->paused = true;
+    if (req->in_write) {
+        req->pause_pending = true;
+        return;
+    }
+    curl_easy_pause(req->easy, CURLPAUSE_RECV);
+    arm(req, T_NONE, 0);
+}
+
+void tg_upstream_resume(struct tg_upstream_req *req)
+{
+    if (req == NULL || req->done || !req->paused)
+        return;
+    req->paused = false;
+    if (req->pause_pending) {
+        req->pause_pending = false; /* resumed within the same on_write: never paused */
+        return;
+    }
+    if (req->easy == NULL)
+        return;
+    struct tg_upstream_exec *ex = req->ex;
+    arm(req, T_IDLE, req->targets[req->cur]->provider_ref->stream_idle_timeout_ms);
+    /* Unpausing hands curl's buffered bytes to on_write right here: chunks may reach on_chunk
+     * before this returns. Mark the multi busy so a tg_upstream_start from there defers. */
+    bool was = ex->in_multi;
+    ex->in_multi = true;
+    curl_easy_pause(req->easy, CURLPAUSE_CONT);
+    ex->in_multi = was;
+    if (!was) {
+        struct timeval zero = {0, 0};
+        evtimer_add(ex->drain, &zero); /* the transfer may have ended while delivering */
+    }
 }
 
 void tg_upstream_cancel(struct tg_upstream_req *req)

@@ -159,6 +159,16 @@ int tg_upstream_start(struct tg_upstream_exec *ex, const struct tg_upstream_call
  * the connection closed; no handler runs afterwards. Not from inside that request's handlers. */
 void tg_upstream_cancel(struct tg_upstream_req *req);
 
+/* Backpressure for streams (the client's socket is behind): stop reading the provider until
+ * resumed, so TCP flow control slows the provider instead of the gateway buffering the answer.
+ * pause may be called from on_chunk (it takes effect once the bytes curl just handed over are
+ * processed: a few more on_chunk calls may follow) or from the loop; the stream-idle timeout is
+ * suspended while paused (the total timeout is not). resume must be called from the loop, not
+ * from this request's handlers; it may deliver buffered chunks to on_chunk before it returns.
+ * No-ops for non-streaming calls, finished requests and repeated calls. */
+void tg_upstream_pause(struct tg_upstream_req *req);
+void tg_upstream_resume(struct tg_upstream_req *req);
+
 /* ---- circuit breakers (process-wide, thread-safe) ----
  * One breaker per target, keyed by the model name (struct tg_cfg_model.name); its thresholds come
  * from the target's provider (circuit_failures within circuit_window_ms open it; after

@@ -144,6 +144,10 @@ struct outcome {
     int cancel_after;         /* > 0: cancel (from a timer) after this many chunks */
     int cancel_ms;            /* > 0: cancel this long after the start */
     const char *request_id;   /* NULL = "req-test-1" */
+    int pause_after;          /* > 0: tg_upstream_pause from on_chunk after this many chunks */
+    int resume_ms;            /* ... and tg_upstream_resume from a timer this much later */
+    struct event *resume_ev;
+    int chunks_at_resume;
     struct tg_upstream_req *req;
     struct event *cancel_ev;
     bool handler_after_cancel;
@@ -173,6 +177,11 @@ static int on_chunk(void *user, const struct tg_upstream_chunk *c)
     assert_non_null(re);
     assert_true(json_equal(re, (json_t *)c->json));
     json_decref(re);
+    if (o->pause_after > 0 && o->n_chunks == o->pause_after) {
+        tg_upstream_pause(o->req);
+        struct timeval tv = {.tv_sec = 0, .tv_usec = o->resume_ms * 1000};
+        evtimer_add(o->resume_ev, &tv);
+    }
     if (o->cancel_after > 0 && o->n_chunks == o->cancel_after) {
         struct timeval tv = {0, 0};
         evtimer_add(o->cancel_ev, &tv);
@@ -221,6 +230,13 @@ static void on_watchdog(evutil_socket_t fd, short w, void *arg)
     event_base_loopbreak(arg);
 }
 
+static void on_resume(evutil_socket_t fd, short w, void *arg)
+{
+    struct outcome *o = arg;
+    o->chunks_at_resume = o->n_chunks;
+    tg_upstream_resume(o->req);
+}
+
 static void on_cancel(evutil_socket_t fd, short w, void *arg)
 {
     struct outcome *o = arg;
@@ -244,6 +260,7 @@ static void run(const char *request, const char *const *targets, struct outcome 
     assert_non_null(rq);
     o->base = base;
     o->cancel_ev = evtimer_new(base, on_cancel, o);
+    o->resume_ev = evtimer_new(base, on_resume, o);
     const char *extra[] = {"X-Extra-Test: yes", NULL};
     struct tg_upstream_call call = {.request = rq,
                                     .targets = tv,
@@ -267,6 +284,7 @@ static void run(const char *request, const char *const *targets, struct outcome 
         assert_int_equal(tg_upstream_exec_inflight(ex), 0);
     event_free(wd);
     event_free(o->cancel_ev);
+    event_free(o->resume_ev);
     tg_upstream_exec_destroy(ex);
     event_base_free(base);
 }
@@ -845,6 +863,23 @@ static void test_proxy_cases(void **state)
     json_decref(cases);
 }
 
+static void test_backpressure(void **state)
+{
+    /* 40 pieces, 20 ms apart; paused after the 2nd for 600 ms, longer than the provider's
+     * 300 ms stream-idle timeout: no timeout, nothing read meanwhile, everything after resume */
+    fake_reset();
+    fake_script("[\"chunk_delay_ms=20;chunks=40;content=abcdefghijklmnopqrstuvwxyz0123456789ABCD\"]");
+    struct outcome o = {.pause_after = 2, .resume_ms = 600};
+    run("{\"model\":\"x\",\"stream\":true,\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}", T_OA, &o,
+        8000);
+    assert_true(o.completed);
+    assert_string_equal(o.text, "abcdefghijklmnopqrstuvwxyz0123456789ABCD");
+    print_message("chunks at resume: %d of %d\n", o.chunks_at_resume, o.n_chunks);
+    assert_true(o.chunks_at_resume >= 2);
+    assert_true(o.chunks_at_resume <= 10); /* unpaused, ~30 would have arrived by then */
+    outcome_free(&o);
+}
+
 static void test_bad_arguments(void **state)
 {
     struct event_base *base = event_base_new();
@@ -881,6 +916,7 @@ int main(void)
         cmocka_unit_test(test_connect_refused),
         cmocka_unit_test(test_cancel),
         cmocka_unit_test(test_proxy_cases),
+        cmocka_unit_test(test_backpressure),
         cmocka_unit_test(test_bad_arguments),
     };
     return cmocka_run_group_tests(tests, setup_all, teardown_all);
