@@ -922,7 +922,9 @@ static bool pcache_evict_lru(struct tg_engine *e)
 
 /* ---------------------------------------------------------------- scheduler */
 
-static void slot_release(struct tg_engine *e, struct slot *s)
+/* Free the slot and count the job as done, before its final event goes out (so stats read
+ * from a callback or right after it are current). The caller delivers and frees the job. */
+static struct job *slot_detach(struct tg_engine *e, struct slot *s)
 {
     llama_memory_seq_rm(e->mem, s->seq, -1, -1);
     struct job *j = s->job;
@@ -933,8 +935,14 @@ static void slot_release(struct tg_engine *e, struct slot *s)
     e->job_ms_ewma = e->job_ms_ewma == 0 ? slot_ms : 0.8 * e->job_ms_ewma + 0.2 * slot_ms;
     pthread_mutex_unlock(&e->mu);
     s->state = SLOT_IDLE;
-    tg_buf_reset(&s->out);
-    job_free(j);
+    return j;
+}
+
+static void count_done(struct tg_engine *e)
+{
+    pthread_mutex_lock(&e->mu);
+    e->jobs_done++;
+    pthread_mutex_unlock(&e->mu);
 }
 
 static void fill_usage(const struct slot *s, struct tg_engine_usage *u)
@@ -946,8 +954,9 @@ static void fill_usage(const struct slot *s, struct tg_engine_usage *u)
 
 static void slot_fail(struct tg_engine *e, struct slot *s, int err, const char *msg)
 {
-    deliver_error(s->job, err, "%s", msg);
-    slot_release(e, s);
+    struct job *j = slot_detach(e, s);
+    deliver_error(j, err, "%s", msg);
+    job_free(j);
 }
 
 /* Send out[emitted..upto) as one TOKEN event. */
@@ -1010,8 +1019,9 @@ static void slot_finish(struct tg_engine *e, struct slot *s, const char *reason)
         ev.label_idx = idx32;
         ev.n_label_idx = n_idx;
         ev.confidence = exp(s->logp);
+        slot_detach(e, s);
         j->cb(&ev, j->user);
-        slot_release(e, s);
+        job_free(j);
         return;
     }
     if (j->kind == TG_JOB_EXTRACT && !cancelled) {
@@ -1024,8 +1034,9 @@ static void slot_finish(struct tg_engine *e, struct slot *s, const char *reason)
             return;
         }
     }
+    slot_detach(e, s);
     j->cb(&ev, j->user);
-    slot_release(e, s);
+    job_free(j);
 }
 
 /* Scheduler thread: a job just got slot s. */
@@ -1333,6 +1344,7 @@ static void fail_all(struct tg_engine *e)
     for (int k = 0; k < 3; k++) {
         for (struct job *j = lists[k], *next; j; j = next) {
             next = j->next;
+            count_done(e);
             if (k == 2)
                 deliver_cancelled_queued(j);
             else
@@ -1396,6 +1408,7 @@ static void *engine_main(void *arg)
 
         for (struct job *j = cq, *next; j; j = next) {
             next = j->next;
+            count_done(e);
             deliver_cancelled_queued(j);
             job_free(j);
         }
@@ -1404,10 +1417,8 @@ static void *engine_main(void *arg)
         for (int32_t i = 0; i < n_started; i++)
             slot_start(e, started[i]);
         if (ej) {
+            count_done(e); /* counted before its final event, like the others */
             embed_run(e, ej);
-            pthread_mutex_lock(&e->mu);
-            e->jobs_done++;
-            pthread_mutex_unlock(&e->mu);
             job_free(ej);
         }
         step(e);
@@ -1497,12 +1508,19 @@ int tg_engine_create(const struct tg_engine_params *pin, struct tg_engine **out,
         long nc = sysconf(_SC_NPROCESSORS_ONLN);
         p.n_threads = nc > 0 ? (int32_t)nc : 1;
     }
+    /* Every running stream needs its token in each step, and llama.cpp reserves one output
+     * row per sequence (GGML_ASSERT in output_reserve otherwise). */
+    if (p.n_batch > p.n_ctx)
+        p.n_batch = p.n_ctx; /* llama.cpp clamps it the same way */
+    if (p.n_batch > 0 && p.n_batch < p.n_slots + p.prefix_cache_entries)
+        p.n_batch = p.n_slots + p.prefix_cache_entries;
     enum ggml_type kvt;
     if (p.n_slots < 1 || p.n_slots > MAX_SLOTS || p.n_ctx < 16 || p.n_batch < 1 ||
+        p.n_ctx < p.n_slots + p.prefix_cache_entries ||
         p.queue_max < 0 || p.prefix_cache_entries > 256 - MAX_SLOTS || p.embed_ctx < -1) {
         errf(err, errlen,
-             "engine: bad parameters (n_slots 1..%d, n_ctx >= 16, n_batch >= 1, "
-             "prefix_cache_entries <= %d)",
+             "engine: bad parameters (n_slots 1..%d, n_ctx >= 16 and >= n_slots + "
+             "prefix_cache_entries, n_batch >= 1, prefix_cache_entries <= %d)",
              MAX_SLOTS, 256 - MAX_SLOTS);
         return TG_INVAL;
     }

@@ -262,6 +262,44 @@ static void test_create_errors(void **state)
     tg_engine_destroy(NULL);
 }
 
+/* Quantized KV cache (flash attention on) and n_batch below n_slots still generate. */
+static void test_kv_quant(void **state)
+{
+    (void)state;
+    const char *types[] = {"q8_0", "q4_0"};
+    for (int i = 0; i < 2; i++) {
+        struct tg_engine_params p = tg_engine_default_params();
+        p.model_path = TG_TINY_MODEL;
+        p.n_ctx = 512;
+        p.n_slots = 4;
+        p.n_batch = 2;
+        p.n_threads = 1;
+        p.kv_cache_type = types[i];
+        p.embed_ctx = -1;
+        struct tg_engine *e = NULL;
+        char err[256];
+        assert_int_equal(tg_engine_create(&p, &e, err, sizeof err), TG_OK);
+        struct tg_chat_msg m[] = {{"user", "Hello there, how are you?"}};
+        struct tg_engine_job j = user_job(m, 1, 8);
+        struct coll c[4];
+        for (int k = 0; k < 4; k++) {
+            coll_init(&c[k]);
+            submit_ok(e, &j, &c[k], NULL);
+        }
+        for (int k = 0; k < 4; k++) {
+            coll_wait(&c[k]);
+            assert_int_equal(c[k].type, TG_EV_DONE);
+            assert_true(c[k].usage.completion_tokens >= 1);
+            /* same greedy prompt, same output whatever the batch */
+            assert_int_equal(c[k].text.len, c[0].text.len);
+            assert_memory_equal(c[k].text.data, c[0].text.data, c[0].text.len);
+        }
+        for (int k = 0; k < 4; k++)
+            coll_free(&c[k]);
+        tg_engine_destroy(e);
+    }
+}
+
 static void test_info(void **state)
 {
     (void)state;
@@ -1116,6 +1154,7 @@ int main(void)
         cmocka_unit_test(test_utf8_and_stop_helpers),
         cmocka_unit_test(test_create_errors),
         cmocka_unit_test(test_info),
+        cmocka_unit_test(test_kv_quant),
         cmocka_unit_test(test_generate_stream),
         cmocka_unit_test(test_stop_string),
         cmocka_unit_test(test_raw_grammar),

@@ -44,7 +44,8 @@ struct tg_engine_params {
     const char *kv_cache_type;    /* "f16" (NULL/default), "q8_0" or "q4_0"; quantized K/V
                                      turns flash attention on */
     int32_t n_batch;              /* tokens per decode step (prefill chunk + one per running
-                                     stream); 0 = 512 */
+                                     stream); 0 = 512; raised to n_slots +
+                                     prefix_cache_entries if smaller */
     int32_t queue_max;            /* jobs waiting for a slot before submit says TG_BUSY;
                                      0 = 64 */
     int32_t prefix_cache_entries; /* cached prompt prefixes (LRU); 0 = 8; -1 = no cache */
