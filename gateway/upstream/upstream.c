@@ -651,9 +651,12 @@ static int attempt_start(struct tg_upstream_req *rq)
 /* Move past targets[cur] to the next target. */
 static void next_target(struct tg_upstream_req *rq, const char *reason)
 {
-    if (rq->stats.fallback_reason == NULL)
-        rq->stats.fallback_reason = reason;
-    rq->stats.fallbacks++;
+    /* Only a move to another target is a fallback; failing the last one is not. */
+    if (rq->cur + 1 < rq->n_targets) {
+        if (rq->stats.fallback_reason == NULL)
+            rq->stats.fallback_reason = reason;
+        rq->stats.fallbacks++;
+    }
     rq->cur++;
     rq->tries_on_target = 0;
 }

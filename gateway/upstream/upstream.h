@@ -109,7 +109,8 @@ struct tg_upstream_usage {
 struct tg_upstream_stats {
     int attempts;               /* HTTP attempts made, all targets together */
     int retries;                /* attempts beyond the first on the same target */
-    int fallbacks;              /* targets moved past (failed, skipped as disabled or circuit open) */
+    int fallbacks;              /* moves to the next target (after a failure, or skipping one that
+                                   is disabled or has its circuit open); failing the last is not one */
     int64_t backoff_ms;         /* total delay requested between attempts (backoff + Retry-After) */
     int64_t retry_after_ms;     /* the last Retry-After honoured, -1 if none */
     const char *fallback_reason; /* short code of the first fallback ("timeout", "http_503",
