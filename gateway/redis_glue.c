@@ -415,3 +415,14 @@ void tg_glue_jobs_http(struct tg_req *r, const char *path)
     tg_req_reply_error(r, 405, "Use POST /v1/jobs or GET /v1/jobs/{id}.", "invalid_request_error",
                        NULL, "method_not_allowed");
 }
+
+void tg_glue_redis_gauges(const struct tg_config *cfg, double *up, double *outages)
+{
+    if (!cfg->redis.enabled) {
+        *up = -1;
+        *outages = 0;
+        return;
+    }
+    *up = tg_redis_clients_down() == 0 ? 1 : 0;
+    *outages = (double)tg_redis_outages_total();
+}

@@ -19,6 +19,10 @@ struct tg_req;
 int tg_glue_worker_init(struct tg_worker *w, const struct tg_config *cfg);
 void tg_glue_worker_fini(struct tg_worker *w);
 
+/* Scrape-time Redis health for /metrics: *up = 1 when every worker's connection is up, 0 when
+ * one is down, -1 when Redis is disabled; *outages = outages since start. Any thread. */
+void tg_glue_redis_gauges(const struct tg_config *cfg, double *up, double *outages);
+
 /* SIGTERM drain: stop taking new async jobs on this worker (call on the worker's thread). */
 void tg_glue_drain(struct tg_worker *w);
 

@@ -109,6 +109,8 @@ struct tg_metrics_gauges {
     double engine_queue_depth;       /* jobs waiting for a slot */
     double engine_tokens_per_second; /* recent generation rate */
     double inflight_requests;        /* accepted, not yet answered */
+    double redis_up;                 /* 1 every I/O thread's Redis connection is up, 0 not, -1 disabled */
+    double redis_outages_total;      /* Redis outages seen since start (one per outage, not per request) */
 };
 typedef void (*tg_metrics_gauges_fn)(void *user, struct tg_metrics_gauges *out);
 void tg_metrics_set_gauges_fn(tg_metrics_gauges_fn fn, void *user); /* NULL fn unregisters */

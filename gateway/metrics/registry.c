@@ -752,7 +752,7 @@ int tg_metrics_render(struct tg_buf *out)
     pthread_mutex_unlock(&g->lock);
 
     /* Pull gauges without the registry lock: the callbacks take their owners' locks. */
-    struct tg_metrics_gauges gv = {-1, -1, -1, -1};
+    struct tg_metrics_gauges gv = {-1, -1, -1, -1, -1, 0};
     if (gauges_fn != NULL)
         gauges_fn(gauges_user, &gv);
     struct tg_buf circuits;
@@ -794,6 +794,15 @@ int tg_metrics_render(struct tg_buf *out)
     if (rc == TG_OK)
         rc = put_gauge(out, "inflight_requests", "Requests accepted and not yet answered.",
                        gv.inflight_requests);
+    if (rc == TG_OK && gv.redis_up >= 0)
+        rc = put_gauge(out, "redis_up", "1 when every I/O thread's Redis connection is up.",
+                       gv.redis_up);
+    if (rc == TG_OK && gv.redis_up >= 0) {
+        rc = put_header(out, "redis_outages_total", "Redis outages since start (one per outage).",
+                        "counter");
+        if (rc == TG_OK)
+            rc = tg_buf_printf(out, "tiergate_redis_outages_total %.0f\n", gv.redis_outages_total);
+    }
     if (rc == TG_OK)
         rc = put_header(out, "build_info", "tiergate build information (always 1).", "gauge");
     if (rc == TG_OK)
