@@ -25,3 +25,7 @@ if(CMAKE_C_COMPILER_ID MATCHES "Clang")
   target_link_libraries(fuzz-upstream PRIVATE tg_gw_upstream)
   tg_target_defaults(fuzz-upstream)
 endif()
+
+# HTTP/2 over TLS to a node http2 server (skipped without node/openssl).
+tg_add_unit_test(test_upstream_h2 SOURCES ${TG_TEST_DIR}/upstream/test_upstream_h2.c
+  LIBS tg_gw_upstream tg_config tg_testlib PkgConfig::LIBEVENT LABELS integration)
