@@ -1578,8 +1578,13 @@ void tg_pipeline_http(struct tg_worker *w, struct evhttp_request *http, const ch
     if (rid != NULL && id_ok(rid)) {
         snprintf(r->id, sizeof r->id, "%s", rid);
     } else {
+        /* "req_" + 16 hex digits, without the printf machinery on the hot path */
+        static const char hex[] = "0123456789abcdef";
         uint64_t a = next_rand(w);
-        snprintf(r->id, sizeof r->id, "req_%016llx", (unsigned long long)a);
+        memcpy(r->id, "req_", 4);
+        for (int i = 0; i < 16; i++)
+            r->id[4 + i] = hex[(a >> (60 - 4 * i)) & 15];
+        r->id[20] = '\0';
     }
     tg_log_set_request_id(r->id);
     enum evhttp_cmd_type method = evhttp_request_get_command(http);

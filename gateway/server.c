@@ -146,6 +146,9 @@ static void gauges_fn(void *user, struct tg_metrics_gauges *out)
         out->engine_queue_depth = st.engine.queue_depth;
         out->engine_tokens_per_second = st.engine.tokens_per_s;
     }
+    struct tg_config *cfg = tg_gateway_config(gw);
+    tg_glue_redis_gauges(cfg, &out->redis_up, &out->redis_outages_total);
+    tg_config_unref(cfg);
 }
 #endif
 
@@ -255,7 +258,15 @@ static void on_drain(evutil_socket_t fd, short what, void *arg)
 static int worker_init(struct tg_worker *w, struct tg_gateway *gw, const struct tg_config *cfg)
 {
     w->gw = gw;
-    w->base = event_base_new();
+    /* The epoll changelist folds the enable/disable churn of evhttp's bufferevents within one
+     * loop turn into one epoll_ctl: about half the syscalls per proxied request. Our sockets are
+     * never dup()ed, the case the changelist gets wrong. */
+    struct event_config *ec = event_config_new();
+    if (ec != NULL)
+        event_config_set_flag(ec, EVENT_BASE_FLAG_EPOLL_USE_CHANGELIST);
+    w->base = ec != NULL ? event_base_new_with_config(ec) : event_base_new();
+    if (ec != NULL)
+        event_config_free(ec);
     w->http = w->base != NULL ? evhttp_new(w->base) : NULL;
     if (w->http == NULL)
         return TG_NOMEM;
