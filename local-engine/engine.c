@@ -1085,6 +1085,8 @@ static llama_token slot_sample(struct tg_engine *e, struct slot *s, int32_t idx,
 {
     const float *logits = llama_get_logits_ith(e->ctx, idx);
     struct job *j = s->job;
+    if (!logits)
+        return LLAMA_TOKEN_NULL; /* llama.cpp logged why; the job fails, the process lives */
     for (int32_t t = 0; t < e->n_vocab; t++)
         s->cand[t] = (llama_token_data){t, logits[t], 0.0f};
     llama_token_data_array arr = {s->cand, (size_t)e->n_vocab, -1, false};
@@ -1306,7 +1308,7 @@ static void step(struct tg_engine *e)
         double lp = 0;
         llama_token tok = slot_sample(e, s, s->batch_idx, &lp);
         if (tok == LLAMA_TOKEN_NULL) {
-            slot_fail(e, s, TG_INTERNAL, "sampler selected no token");
+            slot_fail(e, s, TG_INTERNAL, "no logits or no token selected for this step");
             continue;
         }
         s->logp += lp;
