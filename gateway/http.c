@@ -62,6 +62,8 @@ static void add_headers(struct tg_req *r, struct evkeyvalq *h, bool final_cost)
     if (final_cost) {
         tg_pipeline_finish_record(r);
         evhttp_add_header(h, "x-tiergate-cost-usd", tg_pipeline_cost_header(r, buf, sizeof buf));
+    } else if (r->tier != NULL && strcmp(r->tier, "cache") == 0) {
+        evhttp_add_header(h, "x-tiergate-cost-usd", "0"); /* a replayed stream costs nothing */
     } else {
         /* Streams send headers before usage is known; the final usage chunk carries the cost. */
         evhttp_add_header(h, "x-tiergate-cost-usd", "pending");
