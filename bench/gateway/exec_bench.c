@@ -6,10 +6,11 @@
  * latency distributions. The difference is what the executor adds per call (adapter, JSON,
  * multi_socket glue, timers).
  *
- *   tg-exec-bench --base-url http://127.0.0.1:PORT/v1 [--n 20000] [--concurrency K]
+ *   tg-exec-bench --base-url http://127.0.0.1:PORT/v1 [--n 20000] [--concurrency K] [--prompt-bytes KiB] [--raw 1]
  * (K calls in flight at once on the one executor; the libcurl baseline is always sequential)
  */
 #include <curl/curl.h>
+#include <stdbool.h>
 #include <event2/event.h>
 #include <jansson.h>
 #include <stdio.h>
@@ -21,8 +22,10 @@
 #include "tg/config.h"
 #include "upstream.h"
 
-static const char BODY[] = "{\"model\":\"gpt-4o-mini\",\"messages\":[{\"role\":\"user\",\"content\":"
-                           "\"Say hello in one short sentence.\"}]}";
+static const char BODY_SMALL[] = "{\"model\":\"gpt-4o-mini\",\"messages\":[{\"role\":\"user\",\"content\":"
+                                 "\"Say hello in one short sentence.\"}]}";
+static const char *BODY = BODY_SMALL;
+static bool g_raw; /* --raw 1: hand the exact bytes over too (raw passthrough) */
 
 static int64_t now_ns(void)
 {
@@ -100,7 +103,8 @@ static void next(struct loop *l)
             event_base_loopbreak(l->base);
         return;
     }
-    struct tg_upstream_call call = {.request = l->rq, .targets = &l->target, .n_targets = 1};
+    struct tg_upstream_call call = {.request = l->rq, .targets = &l->target, .n_targets = 1,
+                                    .raw_body = g_raw ? BODY : NULL, .raw_len = g_raw ? strlen(BODY) : 0};
     l->t0 = now_ns();
     if (tg_upstream_start(l->ex, &call, &H, l, NULL) != 0) {
         fprintf(stderr, "start failed\n");
@@ -132,6 +136,23 @@ int main(int argc, char **argv)
     for (int i = 1; i + 1 < argc; i += 2) {
         if (strcmp(argv[i], "--concurrency") == 0)
             conc = atoi_checked(argv[i + 1]);
+        else if (strcmp(argv[i], "--raw") == 0)
+            g_raw = strcmp(argv[i + 1], "1") == 0;
+        else if (strcmp(argv[i], "--prompt-bytes") == 0) {
+            /* one user message of this many bytes (words of prose), instead of the short one */
+            size_t nb = (size_t)atoi_checked(argv[i + 1]) * 1024;
+            json_t *text = json_stringn_nocheck("", 0);
+            char *t = malloc(nb + 1);
+            for (size_t k = 0; k < nb; k++)
+                t[k] = "lorem ipsum dolor sit amet, consectetur adipiscing elit. "[k % 57];
+            t[nb] = '\0';
+            json_decref(text);
+            json_t *b = json_pack("{s:s,s:[{s:s,s:s}]}", "model", "gpt-4o-mini", "messages", "role", "user",
+                                  "content", t);
+            BODY = json_dumps(b, JSON_COMPACT);
+            json_decref(b);
+            free(t);
+        }
         if (strcmp(argv[i], "--base-url") == 0)
             base_url = argv[i + 1];
         else if (strcmp(argv[i], "--n") == 0)

@@ -49,6 +49,8 @@ struct tg_upstream_req {
     struct tg_upstream_handlers h;
     void *user;
     json_t *request;
+    char *raw;                   /* copy of call->raw_body, NULL if none */
+    size_t raw_len;
     const struct tg_cfg_model **targets;
     size_t n_targets, cur;       /* cur: index of the target being tried */
     int tries_on_target;         /* attempts made on targets[cur] */
@@ -299,6 +301,7 @@ static void req_free(struct tg_upstream_req *rq)
     if (rq->timer != NULL)
         event_free(rq->timer);
     json_decref(rq->request);
+    free(rq->raw);
     json_decref(rq->fail_error);
     free(rq->targets);
     free(rq->request_id);
@@ -549,11 +552,20 @@ static int attempt_start(struct tg_upstream_req *rq)
     char err[256] = "";
     int rc;
     up_stream_init(&rq->st);
-    if (p->kind == TG_PROVIDER_ANTHROPIC)
+    if (p->kind == TG_PROVIDER_ANTHROPIC) {
         rc = up_anthropic_build(rq->request, m, rq->stream, &rq->body_out, &rq->st.client_usage,
                                 &rq->forced_json, err, sizeof err);
-    else
-        rc = up_openai_build(rq->request, m, rq->stream, &rq->body_out, &rq->st.client_usage);
+    } else {
+        rc = TG_UNSUPPORTED;
+        if (rq->raw != NULL) {
+            rc = up_openai_build_raw(rq->request, rq->raw, rq->raw_len, m, rq->stream, &rq->body_out,
+                                     &rq->st.client_usage);
+            if (rc != TG_OK)
+                tg_buf_reset(&rq->body_out);
+        }
+        if (rc == TG_UNSUPPORTED)
+            rc = up_openai_build(rq->request, m, rq->stream, &rq->body_out, &rq->st.client_usage);
+    }
     rq->st.forced_json = rq->forced_json;
     if (rc != TG_OK)
         return rc == TG_INVAL ? TG_INVAL : TG_NOMEM;
@@ -999,6 +1011,15 @@ int tg_upstream_start(struct tg_upstream_exec *ex, const struct tg_upstream_call
             return TG_NOMEM;
         }
         rq->n_extra++;
+    }
+    if (call->raw_body != NULL) {
+        rq->raw = malloc(call->raw_len > 0 ? call->raw_len : 1);
+        if (rq->raw == NULL) {
+            req_free(rq);
+            return TG_NOMEM;
+        }
+        memcpy(rq->raw, call->raw_body, call->raw_len);
+        rq->raw_len = call->raw_len;
     }
     memcpy(rq->targets, call->targets, call->n_targets * sizeof *rq->targets);
     rq->n_targets = call->n_targets;

@@ -89,6 +89,12 @@ struct tg_upstream_call {
     const char *request_id;                  /* sent as X-Request-Id; may be NULL */
     const char *const *headers;              /* extra "Name: value" headers, NULL-terminated,
                                                 may be NULL; never auth headers */
+    const char *raw_body;                    /* optional: the exact bytes `request` was parsed
+                                                from (copied). OpenAI-compatible targets then get
+                                                these bytes with only the model value replaced,
+                                                instead of a re-serialisation (~5 ns/byte saved);
+                                                NULL = serialise `request` */
+    size_t raw_len;
 };
 
 /* One OpenAI chat.completion.chunk. json is the parsed chunk; data/len its serialised form (the

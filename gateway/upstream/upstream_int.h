@@ -45,6 +45,10 @@ typedef int (*up_emit_fn)(void *ctx, const json_t *chunk, const char *data, size
  * stream_options.include_usage forced on. *client_usage: whether rq itself asked for usage. */
 int up_openai_build(const json_t *rq, const struct tg_cfg_model *m, bool stream, struct tg_buf *out,
                     bool *client_usage);
+/* The same from the client's exact bytes (raw parses to rq): only the model value is replaced
+ * (and stream_options added to a stream that has none). TG_UNSUPPORTED: use up_openai_build. */
+int up_openai_build_raw(const json_t *rq, const char *raw, size_t raw_len, const struct tg_cfg_model *m,
+                        bool stream, struct tg_buf *out, bool *client_usage);
 /* Parse a non-streaming response: *out new reference, usage and finish_reason filled. */
 int up_openai_response(const char *body, size_t len, json_t **out, struct tg_upstream_usage *u,
                        char *finish, size_t finish_len);

@@ -26,7 +26,8 @@
  * tool) is answered with a JSON value generated to match the schema.
  *
  * GET /_requests returns the requests received (most recent last, at most --max-record) as
- * [{"method","path","headers":{lowercase name: value},"body": parsed JSON or string}];
+ * [{"method","path","headers":{lowercase name: value},"body": parsed JSON or string,
+ *   "body_raw": the exact bytes}];
  * DELETE /_requests clears them; POST /_reset clears requests and the script queue.
  *
  *   tg-fake-upstream --port P [--host 127.0.0.1] [--threads N] [--no-record] [--max-record N]
@@ -697,7 +698,8 @@ static void record(struct evhttp_request *req, const char *path, const char *bod
         b = json_stringn(body, len);
     const char *m = evhttp_request_get_command(req) == EVHTTP_REQ_GET ? "GET"
                     : evhttp_request_get_command(req) == EVHTTP_REQ_DELETE ? "DELETE" : "POST";
-    json_t *entry = json_pack("{s:s,s:s,s:o,s:o}", "method", m, "path", path, "headers", hdrs, "body", b);
+    json_t *entry = json_pack("{s:s,s:s,s:o,s:o,s:s%}", "method", m, "path", path, "headers", hdrs, "body", b,
+                              "body_raw", body, len);
     pthread_mutex_lock(&g_lock);
     json_array_append_new(g_log, entry);
     while (json_array_size(g_log) > g_max_record)

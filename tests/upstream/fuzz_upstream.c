@@ -42,7 +42,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (size < 2)
         return 0;
-    int mode = data[0] % 6;
+    int mode = data[0] % 7;
     size_t split = data[1];
     const char *p = (const char *)data + 2;
     size_t n = size - 2;
@@ -75,6 +75,30 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         else
             up_anthropic_response(p, n, (split & 1) != 0, &out, &u, finish, sizeof finish);
         json_decref(out);
+        break;
+    }
+    case 6: {
+        /* differential: the raw splice must parse to the JSON path's result */
+        json_t *rq = json_loadb(p, n, 0, NULL);
+        if (json_is_object(rq)) {
+            bool stream = json_is_true(json_object_get(rq, "stream"));
+            struct tg_buf body;
+            tg_buf_init(&body, 1 << 20);
+            bool cu = false;
+            if (up_openai_build_raw(rq, p, n, &m, stream, &body, &cu) == TG_OK) {
+                json_t *got = json_loadb(body.data, body.len, 0, NULL);
+                json_t *want = json_copy(rq);
+                json_object_set_new(want, "model", json_string("up"));
+                if (stream && json_object_get(rq, "stream_options") == NULL)
+                    json_object_set_new(want, "stream_options", json_pack("{s:b}", "include_usage", 1));
+                if (got == NULL || !json_equal(got, want))
+                    abort();
+                json_decref(got);
+                json_decref(want);
+            }
+            tg_buf_free(&body);
+        }
+        json_decref(rq);
         break;
     }
     default: {

@@ -144,6 +144,7 @@ struct outcome {
     int cancel_after;         /* > 0: cancel (from a timer) after this many chunks */
     int cancel_ms;            /* > 0: cancel this long after the start */
     const char *request_id;   /* NULL = "req-test-1" */
+    bool raw;                 /* pass the request text as call.raw_body too */
     int pause_after;          /* > 0: tg_upstream_pause from on_chunk after this many chunks */
     int resume_ms;            /* ... and tg_upstream_resume from a timer this much later */
     struct event *resume_ev;
@@ -267,7 +268,9 @@ static void run(const char *request, const char *const *targets, struct outcome 
                                     .n_targets = n,
                                     .stream = json_is_true(json_object_get(rq, "stream")),
                                     .request_id = o->request_id != NULL ? o->request_id : "req-test-1",
-                                    .headers = extra};
+                                    .headers = extra,
+                                    .raw_body = o->raw ? request : NULL,
+                                    .raw_len = o->raw ? strlen(request) : 0};
     assert_int_equal(tg_upstream_start(ex, &call, &handlers, o, &o->req), TG_OK);
     json_decref(rq); /* the executor keeps its own reference */
     /* handlers never run inside start */
@@ -882,6 +885,50 @@ static void test_backpressure(void **state)
     outcome_free(&o);
 }
 
+static void test_raw_passthrough(void **state)
+{
+    static const struct {
+        const char *request, *upstream; /* upstream NULL: the JSON path (compare parsed) */
+    } rows[] = {
+        /* the client's bytes, formatting and number spelling kept; only the model value changes */
+        {"{ \"model\" : \"auto\", \"temperature\": 1e0,\n \"messages\":[{\"role\":\"user\",\"content\":\"h\\u00e9\"}],"
+         " \"z\":[1, 2] }",
+         "{ \"model\" : \"gpt-fake\", \"temperature\": 1e0,\n \"messages\":[{\"role\":\"user\",\"content\":\"h\\u00e9\"}],"
+         " \"z\":[1, 2] }"},
+        /* a stream without stream_options gets include_usage appended */
+        {"{\"stream\":true,\"messages\":[{\"role\":\"user\",\"content\":\"}{\"}],\"model\":\"m\"}",
+         "{\"stream\":true,\"messages\":[{\"role\":\"user\",\"content\":\"}{\"}],\"model\":\"gpt-fake\","
+         "\"stream_options\":{\"include_usage\":true}}"},
+        /* an escaped key that means "model": the JSON path takes over */
+        {"{\"mod\\u0065l\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}", NULL},
+        /* stream_options without include_usage: the JSON path sets it */
+        {"{\"model\":\"m\",\"stream\":true,\"stream_options\":{\"include_usage\":false},"
+         "\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}",
+         NULL},
+    };
+    for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++) {
+        fake_reset();
+        struct outcome o = {.raw = true};
+        run(rows[i].request, T_OA, &o, 5000);
+        assert_true(o.completed);
+        json_t *reqs = fake_requests();
+        const json_t *r0 = json_array_get(reqs, 0);
+        const char *got = json_string_value(json_object_get(r0, "body_raw"));
+        if (rows[i].upstream != NULL) {
+            assert_string_equal(got, rows[i].upstream);
+        } else {
+            json_t *want = json_loads(rows[i].request, 0, NULL);
+            json_object_set_new(want, "model", json_string("gpt-fake"));
+            if (json_is_true(json_object_get(want, "stream")))
+                json_object_set_new(want, "stream_options", json_pack("{s:b}", "include_usage", 1));
+            assert_true(json_equal(want, json_object_get(r0, "body")));
+            json_decref(want);
+        }
+        json_decref(reqs);
+        outcome_free(&o);
+    }
+}
+
 static void test_bad_arguments(void **state)
 {
     struct event_base *base = event_base_new();
@@ -919,6 +966,7 @@ int main(void)
         cmocka_unit_test(test_cancel),
         cmocka_unit_test(test_proxy_cases),
         cmocka_unit_test(test_backpressure),
+        cmocka_unit_test(test_raw_passthrough),
         cmocka_unit_test(test_bad_arguments),
     };
     return cmocka_run_group_tests(tests, setup_all, teardown_all);
