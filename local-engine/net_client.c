@@ -234,6 +234,7 @@ static nng_msg *ops_kick_locked(struct worker *w)
     if (rc == TG_OK)
         rc = tg_buf_append(&b, "]}", 2);
     nng_msg *m = NULL;
+    size_t bytes = b.len;
     if (rc == TG_OK && nng_msg_alloc(&m, 0) == 0 && nng_msg_append(m, b.data, b.len) != 0) {
         nng_msg_free(m);
         m = NULL;
@@ -256,6 +257,7 @@ static nng_msg *ops_kick_locked(struct worker *w)
         return NULL;
     }
     w->ops_state = CH_SEND;
+    tg_debug("engine client: request to %s: %zu bytes of ops", w->url, bytes);
     return m;
 }
 
@@ -278,17 +280,47 @@ struct failed {
 /* Fail every job on w with (err, msg): called with cb_mtx held and mtx NOT held. With
  * cancel_remote, cancels are queued so the worker frees their slots if it comes back on the
  * same session; otherwise the session is replaced (the worker drops the old one itself). */
+static size_t pick_worker(struct tg_engine_client *c);
+
 static void worker_fail(struct worker *w, int err, const char *msg, bool cancel_remote)
 {
     struct tg_engine_client *c = w->c;
     struct cjob *list = NULL;
     nng_msg *m = NULL;
+    nng_msg *moved[CLI_MAX_WORKERS] = {NULL};
     pthread_mutex_lock(&c->mtx);
     if (w->live)
         tg_warn("engine worker %s is down: %s", w->url, msg);
     w->live = false;
-    ops_free(w->q_head);
+    /* Submits still queued here never left this process: send them to another live worker
+     * instead of failing them (a hung worker's queue can hold many). Cancels queued for this
+     * worker are moot now. */
+    struct cop *q = w->q_head;
     w->q_head = w->q_tail = NULL;
+    size_t rerouted = 0;
+    while (q != NULL) {
+        struct cop *o = q;
+        q = o->next;
+        o->next = NULL;
+        struct cjob *j = o->kind == OP_SUBMIT ? *job_slot(c, o->id) : NULL;
+        size_t to = (j != NULL && j->worker == w->idx) ? pick_worker(c) : SIZE_MAX;
+        if (to == SIZE_MAX) {
+            ops_free(o);
+            continue;
+        }
+        j->worker = to;
+        w->jobs--;
+        c->w[to].jobs++;
+        op_push(&c->w[to], o);
+        rerouted++;
+    }
+    if (rerouted > 0) {
+        tg_info("engine client: %zu job(s) not yet sent to %s moved to other workers", rerouted,
+                w->url);
+        for (size_t i = 0; i < c->n; i++)
+            if (i != w->idx)
+                moved[i] = ops_kick_locked(&c->w[i]);
+    }
     for (size_t b = 0; b < CLI_BUCKETS; b++) {
         struct cjob **pp = &c->buckets[b];
         while (*pp != NULL) {
@@ -312,6 +344,8 @@ static void worker_fail(struct worker *w, int err, const char *msg, bool cancel_
         m = ops_kick_locked(w);
     pthread_mutex_unlock(&c->mtx);
     ops_send(w, m);
+    for (size_t i = 0; i < c->n; i++)
+        ops_send(&c->w[i], moved[i]);
 
     while (list != NULL) {
         struct cjob *j = list;

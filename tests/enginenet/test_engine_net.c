@@ -24,6 +24,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dirent.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -614,15 +616,81 @@ static void test_client_without_workers(void **state)
 
 /* ---- standalone workers over ipc ----------------------------------------------------- */
 
+/* Workers die with the test process (PR_SET_PDEATHSIG), so a failed or timed-out test
+ * leaves none behind; teardown_workers() also reaps them after a failed assertion. */
+#define MAX_CHILDREN 16
+static pid_t children[MAX_CHILDREN];
+
 static pid_t spawn_worker_slots(const char *url, const char *slots)
 {
     char *argv[] = {(char *)TG_ENGINE_WORKER_BIN, "--listen", (char *)url,
                     "--model", (char *)TG_TINY_MODEL, "--slots", (char *)slots,
                     "--ctx", "16384", "--threads", "1",
                     NULL};
-    pid_t pid = tg_test_spawn(argv, NULL, NULL);
-    assert_true(pid > 0);
+    pid_t parent = getpid();
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        if (prctl(PR_SET_PDEATHSIG, SIGKILL) == -1 || getppid() != parent)
+            _exit(126);
+        execv(argv[0], argv);
+        _exit(127);
+    }
+    for (int i = 0; i < MAX_CHILDREN; i++) {
+        if (children[i] <= 0) {
+            children[i] = pid;
+            break;
+        }
+    }
     return pid;
+}
+
+/* kill(SIGSTOP) returns before the target has stopped: wait until every thread shows 'T'. */
+static bool wait_stopped(pid_t pid)
+{
+    char dir[64];
+    snprintf(dir, sizeof(dir), "/proc/%ld/task", (long)pid);
+    for (int attempt = 0; attempt < WAIT_S * 100; attempt++) {
+        DIR *d = opendir(dir);
+        if (d == NULL)
+            return false;
+        bool all = true;
+        struct dirent *de;
+        while ((de = readdir(d)) != NULL) {
+            if (de->d_name[0] == '.')
+                continue;
+            char path[400], buf[512];
+            snprintf(path, sizeof(path), "%s/%s/stat", dir, de->d_name);
+            FILE *f = fopen(path, "r");
+            if (f == NULL)
+                continue;
+            size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+            fclose(f);
+            buf[n] = '\0';
+            const char *p = strrchr(buf, ')'); /* state follows "(comm)" */
+            if (p == NULL || p[1] != ' ' || (p[2] != 'T' && p[2] != 't'))
+                all = false;
+        }
+        closedir(d);
+        if (all)
+            return true;
+        usleep(10 * 1000);
+    }
+    return false;
+}
+
+static int teardown_workers(void **state)
+{
+    (void)state;
+    for (int i = 0; i < MAX_CHILDREN; i++) {
+        if (children[i] > 0 && waitpid(children[i], NULL, WNOHANG) == 0) {
+            kill(children[i], SIGCONT);
+            kill(children[i], SIGKILL);
+            waitpid(children[i], NULL, 0);
+        }
+        children[i] = 0;
+    }
+    return 0;
 }
 
 static pid_t spawn_worker(const char *url)
@@ -797,6 +865,7 @@ static void test_ipc_hung_and_restarted_worker(void **state)
 
     /* Hang the worker: no heartbeat, the job fails. */
     assert_int_equal(kill(pid, SIGSTOP), 0);
+    assert_true(wait_stopped(pid));
     col_wait_done(x);
     assert_int_equal(x->final_type, TG_EV_ERROR);
     assert_int_equal(x->err, TG_UNAVAILABLE);
@@ -840,6 +909,85 @@ static void test_ipc_hung_and_restarted_worker(void **state)
     rmdir(dir);
 }
 
+/* Jobs queued for a worker that goes silent before their submit left the process are moved
+ * to a live worker instead of failing; the one already sent fails with TG_UNAVAILABLE. */
+static void test_ipc_reroute_unsent(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/tg-enginenet-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    /* Worker 0 = b (1 slot), worker 1 = a (2 slots). No request goes to a before the hang,
+     * so its request channel is idle then and the first job sent to it leaves at once. */
+    char url[2][160];
+    snprintf(url[0], sizeof(url[0]), "ipc://%s/b.sock", dir);
+    snprintf(url[1], sizeof(url[1]), "ipc://%s/a.sock", dir);
+    pid_t pb = spawn_worker_slots(url[0], "1");
+    pid_t pa = spawn_worker_slots(url[1], "2");
+    const char *urls[] = {url[0], url[1]};
+    char err[512] = "";
+    struct tg_engine_client_params cp = tg_engine_client_default_params();
+    cp.heartbeat_timeout_ms = 3000;
+    cp.poll_hold_ms = 200;
+    struct tg_engine_client *cli = NULL;
+    assert_int_equal(tg_engine_client_create(urls, 2, &cp, &cli, err, sizeof(err)), TG_OK);
+    assert_int_equal(tg_engine_client_wait_ready(cli, 2, WAIT_S * 1000), TG_OK);
+
+    /* Occupy b's only slot with a long job (the first job goes to worker 0). */
+    struct tg_engine_job longj = gen_job(0, true), shortj = gen_job(8, false);
+    struct col *l = col_new();
+    uint64_t lid = 0;
+    size_t lw = 9;
+    assert_int_equal(tg_engine_client_submit(cli, &longj, on_event, l, &lid, err, sizeof(err)),
+                     TG_OK);
+    assert_int_equal(tg_engine_client_job_worker(cli, lid, &lw), TG_OK);
+    assert_int_equal(lw, 0);
+    col_wait_tokens(l, 1);
+    assert_true(wait_worker(cli, 0, slot_busy));
+
+    /* Hang a: j goes out to it at once (a is the less loaded); k, also for a, waits in the
+     * client behind j's unanswered request. */
+    assert_int_equal(kill(pa, SIGSTOP), 0);
+    assert_true(wait_stopped(pa));
+    struct col *j = col_new(), *k = col_new();
+    uint64_t jid = 0, kid = 0;
+    size_t jw = 9, kw = 9;
+    assert_int_equal(tg_engine_client_submit(cli, &shortj, on_event, j, &jid, err, sizeof(err)),
+                     TG_OK);
+    assert_int_equal(tg_engine_client_submit(cli, &shortj, on_event, k, &kid, err, sizeof(err)),
+                     TG_OK);
+    assert_int_equal(tg_engine_client_job_worker(cli, jid, &jw), TG_OK);
+    assert_int_equal(tg_engine_client_job_worker(cli, kid, &kw), TG_OK);
+    assert_int_equal(jw, 1);
+    assert_int_equal(kw, 1);
+
+    col_wait_done(j);
+    assert_int_equal(j->final_type, TG_EV_ERROR);
+    assert_int_equal(j->err, TG_UNAVAILABLE);
+    /* k now belongs to b, behind the long job: free b's slot and k completes there. */
+    if (tg_engine_client_job_worker(cli, kid, &kw) == TG_OK)
+        assert_int_equal(kw, 0);
+    assert_int_equal(tg_engine_client_cancel(cli, lid), TG_OK);
+    col_wait_done(l);
+    col_wait_done(k);
+    if (k->final_type != TG_EV_DONE)
+        fail_msg("rerouted job failed: %s", k->message);
+    assert_int_equal(k->n_final, 1);
+
+    assert_int_equal(kill(pa, SIGCONT), 0);
+    tg_engine_client_destroy(cli);
+    col_free(l);
+    col_free(j);
+    col_free(k);
+    tg_test_stop(pa, SIGTERM, WAIT_S * 1000);
+    tg_test_stop(pb, SIGTERM, WAIT_S * 1000);
+    char path[200];
+    snprintf(path, sizeof(path), "%s/a.sock", dir);
+    unlink(path);
+    snprintf(path, sizeof(path), "%s/b.sock", dir);
+    unlink(path);
+    rmdir(dir);
+}
+
 /* The worker's command line: usage errors exit 2, an unreadable model exits 1. */
 static void test_worker_cli_errors(void **state)
 {
@@ -869,7 +1017,14 @@ static void test_worker_cli_errors(void **state)
 
 int main(void)
 {
-    tg_log_set_level(TG_LOG_WARN);
+    enum tg_log_level lv = TG_LOG_WARN;
+    const char *lvs = getenv("TG_TEST_LOG");
+    if (lvs != NULL)
+        tg_log_level_parse(lvs, &lv);
+    tg_log_set_level(lv);
+    const char *filter = getenv("TG_TEST_FILTER");
+    if (filter != NULL)
+        cmocka_set_test_filter(filter);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_client_without_workers),
         cmocka_unit_test(test_inproc_generate_matches_direct),
@@ -878,8 +1033,9 @@ int main(void)
         cmocka_unit_test(test_bad_requests),
         cmocka_unit_test(test_tcp_round_trip),
         cmocka_unit_test(test_worker_cli_errors),
-        cmocka_unit_test(test_ipc_workers),
-        cmocka_unit_test(test_ipc_hung_and_restarted_worker),
+        cmocka_unit_test_teardown(test_ipc_workers, teardown_workers),
+        cmocka_unit_test_teardown(test_ipc_hung_and_restarted_worker, teardown_workers),
+        cmocka_unit_test_teardown(test_ipc_reroute_unsent, teardown_workers),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

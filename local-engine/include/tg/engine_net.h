@@ -136,7 +136,9 @@ int tg_engine_client_wait_ready(struct tg_engine_client *c, size_t n_live, uint3
  *     per-job order is kept); the gateway hands each event to the owning event loop;
  *   - errors the engine reports at submit (TG_INVAL, TG_CONTEXT, TG_SCHEMA, TG_BUSY,
  *     TG_UNSUPPORTED) arrive as an ERROR event, since they are known only on the worker;
- *   - a worker that dies or goes silent gives TG_UNAVAILABLE, naming the worker;
+ *   - a worker that dies or goes silent gives TG_UNAVAILABLE, naming the worker, to the
+ *     jobs it may have started; jobs whose submit had not left this process yet are sent
+ *     to another live worker instead (or fail the same way when there is none);
  *   - tg_engine_client_destroy gives TG_CLOSED for jobs still running (on its thread).
  * Synchronous errors (callback never runs): TG_UNAVAILABLE (no live worker), TG_INVAL
  * (job cannot be encoded: non-UTF-8 text, non-finite number, too many items), TG_TOOBIG
