@@ -73,7 +73,7 @@ static void test_openai_client(void **state)
         free(out);
     }
     struct gw_env env;
-    assert_true(gw_env_start(&env, "", NULL));
+    assert_true(gw_env_start(&env, "", NULL, NULL));
     char cmd[512];
     snprintf(cmd, sizeof cmd,
              "cd " CONF_DIR " && TIERGATE_BASE_URL=%s/v1 TIERGATE_API_KEY=secret node conformance.mjs 2>&1",

@@ -28,7 +28,8 @@ static char *slurp(const char *path)
     return p;
 }
 
-bool gw_env_start(struct gw_env *e, const char *extra_server, const char *extra_top)
+bool gw_env_start(struct gw_env *e, const char *extra_server, const char *extra_local,
+                  const char *extra_top)
 {
     memset(e, 0, sizeof *e);
     e->auth_header = "Authorization: Bearer secret";
@@ -62,7 +63,7 @@ bool gw_env_start(struct gw_env *e, const char *extra_server, const char *extra_
              "    - {name: test, sha256: " KEY_SHA "}\n"
              "%s"
              "redis:\n  enabled: false\n"
-             "local:\n  model: %s\n  slots: 2\n  context: 4096\n  price_per_mtok_usd: 0.02\n"
+             "local:\n  model: %s\n  price_per_mtok_usd: 0.02\n%s"
              "providers:\n"
              "  fake:\n    kind: openai\n    base_url: %s/v1\n    api_key: sk-fake-provider-key\n"
              "    retries: 0\n    retry_base_ms: 10\n    circuit_failures: 1000\n"
@@ -77,7 +78,8 @@ bool gw_env_start(struct gw_env *e, const char *extra_server, const char *extra_
              "cache:\n  enabled: false\n"
              "metrics:\n  reference_model: gpt-fake\n"
              "%s",
-             e->port, e->max_body, extra_server, TG_TINY_MODEL, e->fake_base,
+             e->port, e->max_body, extra_server != NULL ? extra_server : "", TG_TINY_MODEL,
+             extra_local != NULL ? extra_local : "  slots: 2\n  context: 4096\n", e->fake_base,
              extra_top != NULL ? extra_top : "");
     const char *path = tg_test_write_temp("routes.yaml", cfg);
     snprintf(e->cfg_path, sizeof e->cfg_path, "%s", path);

@@ -21,9 +21,11 @@ struct gw_env {
     char cfg_path[256];      /* the config file written (SIGHUP tests rewrite it) */
 };
 
-/* Start both processes; extra_server is appended to the server: section (indented lines),
- * extra_top to the end of the file (top-level keys). Waits until /readyz answers 200. */
-bool gw_env_start(struct gw_env *e, const char *extra_server, const char *extra_top);
+/* Start both processes; extra_server / extra_local are appended to the server: / local:
+ * sections (indented lines; local keys given here replace the defaults slots 2, context 4096),
+ * extra_top to the end of the file (top-level keys). NULL = nothing. Waits until /readyz is 200. */
+bool gw_env_start(struct gw_env *e, const char *extra_server, const char *extra_local,
+                  const char *extra_top);
 void gw_env_stop(struct gw_env *e);
 
 int gw_post(struct gw_env *e, const char *path, const char *body, const char *extra_header,

@@ -21,6 +21,7 @@
 
 #include <cmocka.h>
 #include <jansson.h>
+#include <pthread.h>
 
 #include "gw_testenv.h"
 #include "tg/schema.h"
@@ -30,7 +31,7 @@ static struct gw_env env;
 static int setup(void **state)
 {
     (void)state;
-    return gw_env_start(&env, "", NULL) ? 0 : -1;
+    return gw_env_start(&env, "", NULL, NULL) ? 0 : -1;
 }
 
 static int teardown(void **state)
@@ -206,6 +207,15 @@ static void test_completions_and_responses(void **state)
     assert_string_equal(json_string_value(json_object_get(part, "type")), "output_text");
     assert_true(json_integer_value(json_object_get(json_object_get(j, "usage"), "output_tokens")) > 0);
     json_decref(j);
+    tg_test_response_free(&r);
+
+    /* streamed legacy completions */
+    assert_int_equal(gw_post(&env, "/v1/completions",
+                             "{\"model\":\"phi-3.5-mini\",\"prompt\":\"Once\",\"max_tokens\":3,\"stream\":true}",
+                             NULL, &r), 0);
+    assert_int_equal(r.status, 200);
+    assert_non_null(strstr(r.body, "\"object\":\"text_completion\""));
+    assert_non_null(strstr(r.body, "data: [DONE]\n\n"));
     tg_test_response_free(&r);
 
     /* streamed responses: the event sequence the SDKs expect */
@@ -593,7 +603,7 @@ static void test_sigterm_drain(void **state)
 {
     (void)state;
     struct gw_env e2;
-    assert_true(gw_env_start(&e2, "", NULL));
+    assert_true(gw_env_start(&e2, "", NULL, NULL));
     /* a stream in flight when SIGTERM arrives still completes; then the process exits 0 */
     int fd = raw_connect(e2.port);
     char req[512];
@@ -633,6 +643,55 @@ static void test_sigterm_drain(void **state)
     gw_env_stop(&e2);
 }
 
+/* The engine at capacity (1 slot, 1 queued): a request it refuses falls back to the remote tier
+ * and says so. */
+struct busy_call {
+    struct gw_env *env;
+    struct tg_test_response r;
+};
+
+static void *busy_thread(void *arg)
+{
+    struct busy_call *c = arg;
+    gw_post(c->env, "/v1/chat/completions",
+            "{\"model\":\"phi-3.5-mini\",\"messages\":[{\"role\":\"user\",\"content\":\"go\"}],"
+            "\"max_tokens\":40}", NULL, &c->r);
+    return NULL;
+}
+
+static void test_engine_busy_fallback(void **state)
+{
+    (void)state;
+    struct gw_env e2;
+    assert_true(gw_env_start(&e2, "", "  slots: 1\n  queue_max: 1\n  context: 2048\n", NULL));
+    enum { N = 4 };
+    struct busy_call calls[N];
+    pthread_t th[N];
+    for (int i = 0; i < N; i++) {
+        calls[i].env = &e2;
+        memset(&calls[i].r, 0, sizeof calls[i].r);
+        pthread_create(&th[i], NULL, busy_thread, &calls[i]);
+    }
+    int fell_back = 0, ok = 0;
+    for (int i = 0; i < N; i++) {
+        pthread_join(th[i], NULL);
+        if (calls[i].r.status == 200)
+            ok++;
+        char v[128];
+        if (tg_test_header(&calls[i].r, "x-tiergate-fallback", v, sizeof v)) {
+            fell_back++;
+            char tier[32];
+            assert_true(tg_test_header(&calls[i].r, "x-tiergate-tier", tier, sizeof tier));
+            assert_string_equal(tier, "remote");
+            assert_non_null(strstr(v, "reason="));
+        }
+        tg_test_response_free(&calls[i].r);
+    }
+    assert_int_equal(ok, N);      /* nobody got an error */
+    assert_true(fell_back >= 1);  /* 1 running + 1 queued at most: the rest went remote */
+    gw_env_stop(&e2);
+}
+
 /* SIGHUP with a broken policy file: logged with its line, the old snapshot keeps serving; a
  * fixed file is then taken. */
 static void test_reload_bad_policy(void **state)
@@ -643,7 +702,7 @@ static void test_reload_bad_policy(void **state)
     char top[512];
     snprintf(top, sizeof top, "policy: %s\n", policy);
     struct gw_env e2;
-    assert_true(gw_env_start(&e2, "", top));
+    assert_true(gw_env_start(&e2, "", NULL, top));
     assert_true(gw_log_wait(&e2, "routing policy: reload-test", 2000));
     FILE *f = fopen(policy, "w");
     fputs("name: reload-test\nthreshold: [not a number\n", f);
@@ -680,6 +739,7 @@ int main(void)
         cmocka_unit_test(test_disconnect_cancels),
         cmocka_unit_test(test_sigterm_drain),
         cmocka_unit_test(test_reload_bad_policy),
+        cmocka_unit_test(test_engine_busy_fallback),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

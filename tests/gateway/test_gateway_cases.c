@@ -218,7 +218,7 @@ static void test_cases(void **state)
 static int setup(void **state)
 {
     (void)state;
-    return gw_env_start(&env, "", NULL) ? 0 : -1;
+    return gw_env_start(&env, "", NULL, NULL) ? 0 : -1;
 }
 
 static int teardown(void **state)
