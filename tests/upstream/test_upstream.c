@@ -929,6 +929,53 @@ static void test_raw_passthrough(void **state)
     }
 }
 
+/* The fake provider's own surface, as other tests and the benchmark use it. */
+static void test_fake_endpoints(void **state)
+{
+    fake_reset();
+    char url[256];
+    struct tg_test_response r;
+    snprintf(url, sizeof url, "%s/v1/models", g_base);
+    assert_int_equal(tg_test_http("GET", url, NULL, NULL, &r), 0);
+    assert_int_equal(r.status, 200);
+    assert_non_null(strstr(r.body, "\"object\":\"list\""));
+    tg_test_response_free(&r);
+
+    snprintf(url, sizeof url, "%s/v1/embeddings", g_base);
+    const char *ct[] = {"Content-Type: application/json", NULL};
+    assert_int_equal(tg_test_http("POST", url, ct, "{\"model\":\"e\",\"input\":[\"a\",\"bb\"]}", &r), 0);
+    assert_int_equal(r.status, 200);
+    json_t *v = json_loads(r.body, 0, NULL);
+    assert_int_equal(json_array_size(json_object_get(v, "data")), 2);
+    assert_int_equal(json_array_size(json_object_get(json_array_get(json_object_get(v, "data"), 0), "embedding")), 8);
+    json_decref(v);
+    tg_test_response_free(&r);
+
+    snprintf(url, sizeof url, "%s/v1/chat/completions", g_base);
+    const char *hs[] = {"Content-Type: application/json", "X-Fake-Script: status=418", NULL};
+    assert_int_equal(tg_test_http("POST", url, hs, "{\"model\":\"m\",\"messages\":[]}", &r), 0);
+    assert_int_equal(r.status, 418);
+    tg_test_response_free(&r);
+
+    assert_int_equal(tg_test_http("POST", url, ct,
+                                  "{\"model\":\"script:content=yo\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}",
+                                  &r),
+                     0);
+    assert_int_equal(r.status, 200);
+    assert_non_null(strstr(r.body, "\"content\":\"yo\""));
+    tg_test_response_free(&r);
+
+    assert_int_equal(tg_test_http("POST", url, ct, "not json", &r), 0);
+    assert_int_equal(r.status, 400);
+    tg_test_response_free(&r);
+
+    snprintf(url, sizeof url, "%s/_script", g_base);
+    assert_int_equal(tg_test_http("POST", url, NULL, "[\"bogus=1\"]", &r), 0);
+    assert_int_equal(r.status, 400);
+    assert_non_null(strstr(r.body, "unknown script key 'bogus'"));
+    tg_test_response_free(&r);
+}
+
 static void test_bad_arguments(void **state)
 {
     struct event_base *base = event_base_new();
@@ -967,6 +1014,7 @@ int main(void)
         cmocka_unit_test(test_proxy_cases),
         cmocka_unit_test(test_backpressure),
         cmocka_unit_test(test_raw_passthrough),
+        cmocka_unit_test(test_fake_endpoints),
         cmocka_unit_test(test_bad_arguments),
     };
     return cmocka_run_group_tests(tests, setup_all, teardown_all);
