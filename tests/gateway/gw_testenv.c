@@ -67,6 +67,8 @@ bool gw_env_start(struct gw_env *e, const char *extra_server, const char *extra_
              "providers:\n"
              "  fake:\n    kind: openai\n    base_url: %s/v1\n    api_key: sk-fake-provider-key\n"
              "    retries: 0\n    retry_base_ms: 10\n    circuit_failures: 1000\n"
+             "  fake-anthropic:\n    kind: anthropic\n    base_url: %s/v1\n    api_key: sk-ant-fake-key\n"
+             "    retries: 0\n"
              "models:\n"
              "  - {name: phi-3.5-mini, tier: local, target: engine, fallbacks: [gpt-fake]}\n"
              "  - {name: gpt-fake, tier: remote, provider: fake, input_usd_per_mtok: 0.15, output_usd_per_mtok: 0.6}\n"
@@ -74,12 +76,14 @@ bool gw_env_start(struct gw_env *e, const char *extra_server, const char *extra_
              "  - {name: gpt-dead, tier: remote, provider: fake, upstream_model: \"script:status=503\"}\n"
              "  - {name: gpt-slow, tier: remote, provider: fake, upstream_model: \"script:delay_ms=5000\"}\n"
              "  - {name: gpt-cut, tier: remote, provider: fake, upstream_model: \"script:cut=2\"}\n"
+             "  - {name: claude-fake, tier: remote, provider: fake-anthropic, upstream_model: claude-x, input_usd_per_mtok: 3, output_usd_per_mtok: 15}\n"
              "aliases:\n  auto: {local: phi-3.5-mini, remote: gpt-fake}\n"
              "cache:\n  enabled: false\n"
              "metrics:\n  reference_model: gpt-fake\n"
              "%s",
              e->port, e->max_body, extra_server != NULL ? extra_server : "", TG_TINY_MODEL,
              extra_local != NULL ? extra_local : "  slots: 2\n  context: 4096\n", e->fake_base,
+             e->fake_base,
              extra_top != NULL ? extra_top : "");
     const char *path = tg_test_write_temp("routes.yaml", cfg);
     snprintf(e->cfg_path, sizeof e->cfg_path, "%s", path);
