@@ -6,8 +6,9 @@
  * latency distributions. The difference is what the executor adds per call (adapter, JSON,
  * multi_socket glue, timers).
  *
- *   tg-exec-bench --base-url http://127.0.0.1:PORT/v1 [--n 20000] [--concurrency K] [--prompt-bytes KiB] [--raw 1]
- * (K calls in flight at once on the one executor; the libcurl baseline is always sequential)
+ *   tg-exec-bench --base-url http://127.0.0.1:PORT/v1 [--n 20000] [--concurrency K] [--prompt-bytes
+ * KiB] [--raw 1] (K calls in flight at once on the one executor; the libcurl baseline is always
+ * sequential)
  */
 #include <curl/curl.h>
 #include <stdbool.h>
@@ -22,8 +23,9 @@
 #include "tg/config.h"
 #include "upstream.h"
 
-static const char BODY_SMALL[] = "{\"model\":\"gpt-4o-mini\",\"messages\":[{\"role\":\"user\",\"content\":"
-                                 "\"Say hello in one short sentence.\"}]}";
+static const char BODY_SMALL[] =
+    "{\"model\":\"gpt-4o-mini\",\"messages\":[{\"role\":\"user\",\"content\":"
+    "\"Say hello in one short sentence.\"}]}";
 static const char *BODY = BODY_SMALL;
 static bool g_raw; /* --raw 1: hand the exact bytes over too (raw passthrough) */
 
@@ -44,8 +46,8 @@ static double cpu_s(void)
 {
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
-    return (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6 + (double)ru.ru_stime.tv_sec +
-           (double)ru.ru_stime.tv_usec / 1e6;
+    return (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6 +
+           (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec / 1e6;
 }
 
 static double g_cpu_us; /* CPU (user + system) per request of the phase just measured */
@@ -56,7 +58,8 @@ static void report(const char *name, int64_t *v, size_t n)
     double sum = 0;
     for (size_t i = 0; i < n; i++)
         sum += (double)v[i];
-    printf("{\"name\":\"%s\",\"n\":%zu,\"mean_us\":%.1f,\"p50_us\":%.1f,\"p99_us\":%.1f,\"cpu_us_per_req\":%.1f}\n",
+    printf("{\"name\":\"%s\",\"n\":%zu,\"mean_us\":%.1f,\"p50_us\":%.1f,\"p99_us\":%.1f,\"cpu_us_"
+           "per_req\":%.1f}\n",
            name, n, sum / (double)n / 1000.0, (double)v[n / 2] / 1000.0,
            (double)v[(size_t)((double)n * 0.99)] / 1000.0, g_cpu_us);
 }
@@ -103,8 +106,11 @@ static void next(struct loop *l)
             event_base_loopbreak(l->base);
         return;
     }
-    struct tg_upstream_call call = {.request = l->rq, .targets = &l->target, .n_targets = 1,
-                                    .raw_body = g_raw ? BODY : NULL, .raw_len = g_raw ? strlen(BODY) : 0};
+    struct tg_upstream_call call = {.request = l->rq,
+                                    .targets = &l->target,
+                                    .n_targets = 1,
+                                    .raw_body = g_raw ? BODY : NULL,
+                                    .raw_len = g_raw ? strlen(BODY) : 0};
     l->t0 = now_ns();
     if (tg_upstream_start(l->ex, &call, &H, l, NULL) != 0) {
         fprintf(stderr, "start failed\n");
@@ -147,8 +153,8 @@ int main(int argc, char **argv)
                 t[k] = "lorem ipsum dolor sit amet, consectetur adipiscing elit. "[k % 57];
             t[nb] = '\0';
             json_decref(text);
-            json_t *b = json_pack("{s:s,s:[{s:s,s:s}]}", "model", "gpt-4o-mini", "messages", "role", "user",
-                                  "content", t);
+            json_t *b = json_pack("{s:s,s:[{s:s,s:s}]}", "model", "gpt-4o-mini", "messages", "role",
+                                  "user", "content", t);
             BODY = json_dumps(b, JSON_COMPACT);
             json_decref(b);
             free(t);
@@ -163,13 +169,26 @@ int main(int argc, char **argv)
         return 2;
     }
     tg_upstream_global_init();
-    struct tg_cfg_provider p = {.name = "fake", .kind = TG_PROVIDER_OPENAI, .base_url = (char *)base_url,
-                                .api_key = "sk-bench", .enabled = true, .connect_timeout_ms = 5000,
-                                .first_byte_timeout_ms = 60000, .stream_idle_timeout_ms = 30000,
-                                .total_timeout_ms = 600000, .retries = 0, .retry_base_ms = 100,
-                                .circuit_failures = 5, .circuit_window_ms = 30000, .circuit_open_ms = 15000};
-    struct tg_cfg_model m = {.name = "gpt-4o-mini", .tier = TG_TIER_REMOTE, .target = TG_TARGET_PROVIDER,
-                             .provider = "fake", .provider_ref = &p, .upstream_model = "gpt-4o-mini"};
+    struct tg_cfg_provider p = {.name = "fake",
+                                .kind = TG_PROVIDER_OPENAI,
+                                .base_url = (char *)base_url,
+                                .api_key = "sk-bench",
+                                .enabled = true,
+                                .connect_timeout_ms = 5000,
+                                .first_byte_timeout_ms = 60000,
+                                .stream_idle_timeout_ms = 30000,
+                                .total_timeout_ms = 600000,
+                                .retries = 0,
+                                .retry_base_ms = 100,
+                                .circuit_failures = 5,
+                                .circuit_window_ms = 30000,
+                                .circuit_open_ms = 15000};
+    struct tg_cfg_model m = {.name = "gpt-4o-mini",
+                             .tier = TG_TIER_REMOTE,
+                             .target = TG_TARGET_PROVIDER,
+                             .provider = "fake",
+                             .provider_ref = &p,
+                             .upstream_model = "gpt-4o-mini"};
     struct event_base *base = event_base_new();
     struct tg_upstream_exec *ex = tg_upstream_exec_create(base, NULL);
     json_t *rq = json_loads(BODY, 0, NULL);
@@ -183,7 +202,8 @@ int main(int argc, char **argv)
         sh.chains_left = conc;
         for (int k = 0; k < conc; k++) {
             free(chains[k].lat);
-            chains[k] = (struct loop){.sh = &sh, .base = base, .ex = ex, .target = &m, .rq = rq, .n = per};
+            chains[k] =
+                (struct loop){.sh = &sh, .base = base, .ex = ex, .target = &m, .rq = rq, .n = per};
             chains[k].lat = calloc(per, sizeof *chains[k].lat);
         }
         double c0 = cpu_s();

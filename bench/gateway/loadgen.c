@@ -38,12 +38,12 @@ struct conn;
 struct lg {
     struct event_base *base;
     struct sockaddr_in addr;
-    char *request;             /* the full HTTP request bytes */
+    char *request; /* the full HTTP request bytes */
     size_t request_len;
     double rate;
     int64_t start_ns, warm_end_ns, end_ns, interval_ns;
-    int64_t next_ns;           /* intended time of the next request */
-    int64_t *backlog;          /* intended times waiting for a connection (ring) */
+    int64_t next_ns;  /* intended time of the next request */
+    int64_t *backlog; /* intended times waiting for a connection (ring) */
     size_t bl_head, bl_len, bl_cap;
     struct conn **idle;
     size_t n_idle;
@@ -182,7 +182,8 @@ static void conn_open(struct conn *c)
     c->bev = bufferevent_socket_new(c->lg->base, -1, BEV_OPT_CLOSE_ON_FREE);
     bufferevent_setcb(c->bev, on_read, NULL, on_event, c);
     bufferevent_enable(c->bev, EV_READ | EV_WRITE);
-    if (bufferevent_socket_connect(c->bev, (struct sockaddr *)&c->lg->addr, sizeof c->lg->addr) != 0) {
+    if (bufferevent_socket_connect(c->bev, (struct sockaddr *)&c->lg->addr, sizeof c->lg->addr) !=
+        0) {
         c->lg->errors++;
     }
 }
@@ -309,7 +310,8 @@ int main(int argc, char **argv)
             goto usage;
         i++;
     }
-    if (url == NULL || strncmp(url, "http://", 7) != 0 || (g.rate <= 0 && g.idle_target <= 0) || conns < 1)
+    if (url == NULL || strncmp(url, "http://", 7) != 0 || (g.rate <= 0 && g.idle_target <= 0) ||
+        conns < 1)
         goto usage;
     char host[256];
     int port = 80;
@@ -335,13 +337,14 @@ int main(int argc, char **argv)
     /* Build the request once. */
     size_t cap = 4096 + (body != NULL ? strlen(body) : 0);
     g.request = malloc(cap);
-    int off = snprintf(g.request, cap, "%s %s HTTP/1.1\r\nHost: %s:%d\r\n", body != NULL ? "POST" : "GET", path,
-                       host, port);
+    int off = snprintf(g.request, cap, "%s %s HTTP/1.1\r\nHost: %s:%d\r\n",
+                       body != NULL ? "POST" : "GET", path, host, port);
     for (int i = 0; i < n_headers; i++)
         off += snprintf(g.request + off, cap - (size_t)off, "%s\r\n", headers[i]);
     if (body != NULL)
         off += snprintf(g.request + off, cap - (size_t)off,
-                        "Content-Type: application/json\r\nContent-Length: %zu\r\n\r\n%s", strlen(body), body);
+                        "Content-Type: application/json\r\nContent-Length: %zu\r\n\r\n%s",
+                        strlen(body), body);
     else
         off += snprintf(g.request + off, cap - (size_t)off, "\r\n");
     g.request_len = (size_t)off;
@@ -366,7 +369,8 @@ int main(int argc, char **argv)
         int64_t deadline = now_ns() + 60LL * 1000000000;
         while (g.idle_ready + (int)g.errors < g.idle_target && now_ns() < deadline)
             event_base_loop(g.base, EVLOOP_ONCE);
-        printf("{\"idle_connections\":%d,\"errors\":%llu}\n", g.idle_ready, (unsigned long long)g.errors);
+        printf("{\"idle_connections\":%d,\"errors\":%llu}\n", g.idle_ready,
+               (unsigned long long)g.errors);
         fflush(stdout);
         event_base_loopexit(g.base, &(struct timeval){hold, 0});
         event_base_dispatch(g.base);
@@ -403,15 +407,20 @@ int main(int argc, char **argv)
     qsort(g.service, g.n_samples, sizeof *g.service, cmp64);
     qsort(g.corrected, g.n_samples, sizeof *g.corrected, cmp64);
     double achieved = (double)g.n_samples / duration;
-    printf("{\"target_rate\":%.0f,\"achieved_rate\":%.1f,\"sent\":%llu,\"ok\":%llu,\"non2xx\":%llu,\"errors\":%llu,"
-           "\"reconnects\":%llu,\"service_us\":{\"p50\":%.1f,\"p90\":%.1f,\"p99\":%.1f,\"p999\":%.1f,\"max\":%.1f},"
-           "\"corrected_us\":{\"p50\":%.1f,\"p90\":%.1f,\"p99\":%.1f,\"p999\":%.1f,\"max\":%.1f}}\n",
-           g.rate, achieved, (unsigned long long)g.sent, (unsigned long long)g.ok, (unsigned long long)g.non2xx,
-           (unsigned long long)g.errors, (unsigned long long)g.reconnects, pct(g.service, g.n_samples, 50),
-           pct(g.service, g.n_samples, 90), pct(g.service, g.n_samples, 99), pct(g.service, g.n_samples, 99.9),
-           pct(g.service, g.n_samples, 100), pct(g.corrected, g.n_samples, 50), pct(g.corrected, g.n_samples, 90),
-           pct(g.corrected, g.n_samples, 99), pct(g.corrected, g.n_samples, 99.9),
-           pct(g.corrected, g.n_samples, 100));
+    printf(
+        "{\"target_rate\":%.0f,\"achieved_rate\":%.1f,\"sent\":%llu,\"ok\":%llu,\"non2xx\":%llu,"
+        "\"errors\":%llu,"
+        "\"reconnects\":%llu,\"service_us\":{\"p50\":%.1f,\"p90\":%.1f,\"p99\":%.1f,\"p999\":%.1f,"
+        "\"max\":%.1f},"
+        "\"corrected_us\":{\"p50\":%.1f,\"p90\":%.1f,\"p99\":%.1f,\"p999\":%.1f,\"max\":%.1f}}\n",
+        g.rate, achieved, (unsigned long long)g.sent, (unsigned long long)g.ok,
+        (unsigned long long)g.non2xx, (unsigned long long)g.errors,
+        (unsigned long long)g.reconnects, pct(g.service, g.n_samples, 50),
+        pct(g.service, g.n_samples, 90), pct(g.service, g.n_samples, 99),
+        pct(g.service, g.n_samples, 99.9), pct(g.service, g.n_samples, 100),
+        pct(g.corrected, g.n_samples, 50), pct(g.corrected, g.n_samples, 90),
+        pct(g.corrected, g.n_samples, 99), pct(g.corrected, g.n_samples, 99.9),
+        pct(g.corrected, g.n_samples, 100));
     for (int i = 0; i < conns; i++)
         if (g.conns[i].bev != NULL)
             bufferevent_free(g.conns[i].bev);
@@ -426,8 +435,9 @@ int main(int argc, char **argv)
     free(body_alloc);
     return 0;
 usage:
-    fprintf(stderr, "usage: tg-loadgen --url http://IP:PORT/path (--rate R [--duration S] [--warmup S] "
-                    "[--connections C] | --idle-conns N [--hold S]) [--header 'K: V']... "
-                    "[--body STR | --body-file F]\n");
+    fprintf(stderr,
+            "usage: tg-loadgen --url http://IP:PORT/path (--rate R [--duration S] [--warmup S] "
+            "[--connections C] | --idle-conns N [--hold S]) [--header 'K: V']... "
+            "[--body STR | --body-file F]\n");
     return 2;
 }

@@ -22,7 +22,7 @@
 #include "upstream_int.h"
 
 #define DEFAULT_MAX_TOKENS 4096
-#define JSON_TOOL "json_output"
+#define JSON_TOOL          "json_output"
 
 static int set(json_t *o, const char *k, json_t *v)
 {
@@ -46,25 +46,28 @@ static json_t *content_blocks(const json_t *c, char *err, size_t errlen)
     }
     size_t i;
     const json_t *part;
-    json_array_foreach(c, i, part) {
+    json_array_foreach(c, i, part)
+    {
         const char *t = json_string_value(json_object_get(part, "type"));
         if (t != NULL && strcmp(t, "text") == 0) {
             const json_t *text = json_object_get(part, "text");
             if (json_is_string(text))
                 json_array_append_new(out, json_pack("{s:s,s:O}", "type", "text", "text", text));
         } else if (t != NULL && strcmp(t, "image_url") == 0) {
-            const char *url = json_string_value(json_object_get(json_object_get(part, "image_url"), "url"));
+            const char *url =
+                json_string_value(json_object_get(json_object_get(part, "image_url"), "url"));
             if (url == NULL)
                 continue;
             const char *comma = strchr(url, ',');
             if (strncmp(url, "data:", 5) == 0 && comma != NULL && strstr(url, ";base64,") != NULL) {
                 const char *semi = strchr(url, ';');
                 json_t *mt = json_stringn(url + 5, (size_t)(semi - url - 5));
-                json_array_append_new(out, json_pack("{s:s,s:{s:s,s:o,s:s}}", "type", "image", "source", "type",
-                                                     "base64", "media_type", mt, "data", comma + 1));
+                json_array_append_new(out, json_pack("{s:s,s:{s:s,s:o,s:s}}", "type", "image",
+                                                     "source", "type", "base64", "media_type", mt,
+                                                     "data", comma + 1));
             } else {
-                json_array_append_new(out, json_pack("{s:s,s:{s:s,s:s}}", "type", "image", "source", "type",
-                                                     "url", "url", url));
+                json_array_append_new(out, json_pack("{s:s,s:{s:s,s:s}}", "type", "image", "source",
+                                                     "type", "url", "url", url));
             }
         } else {
             snprintf(err, errlen, "content part type '%s' is not supported by Anthropic targets",
@@ -86,7 +89,8 @@ static void append_text(struct tg_buf *b, const json_t *c)
     }
     size_t i;
     const json_t *part;
-    json_array_foreach(c, i, part) {
+    json_array_foreach(c, i, part)
+    {
         const char *t = json_string_value(json_object_get(part, "text"));
         if (t == NULL)
             continue;
@@ -115,7 +119,8 @@ static json_t *translate_messages(const json_t *in, struct tg_buf *system, char 
     json_t *msgs = json_array();
     size_t i;
     const json_t *m;
-    json_array_foreach(in, i, m) {
+    json_array_foreach(in, i, m)
+    {
         const char *role = json_string_value(json_object_get(m, "role"));
         const json_t *c = json_object_get(m, "content");
         if (role == NULL) {
@@ -131,8 +136,8 @@ static json_t *translate_messages(const json_t *in, struct tg_buf *system, char 
             json_t *blocks = content_blocks(c, err, errlen);
             if (blocks == NULL)
                 goto fail;
-            json_t *tr = json_pack("{s:s,s:s,s:o}", "type", "tool_result", "tool_use_id", id != NULL ? id : "",
-                                   "content", blocks);
+            json_t *tr = json_pack("{s:s,s:s,s:o}", "type", "tool_result", "tool_use_id",
+                                   id != NULL ? id : "", "content", blocks);
             push(msgs, "user", json_pack("[o]", tr));
             continue;
         }
@@ -145,7 +150,8 @@ static json_t *translate_messages(const json_t *in, struct tg_buf *system, char 
             goto fail;
         size_t k;
         const json_t *tc;
-        json_array_foreach(json_object_get(m, "tool_calls"), k, tc) {
+        json_array_foreach(json_object_get(m, "tool_calls"), k, tc)
+        {
             const json_t *fn = json_object_get(tc, "function");
             const char *args = json_string_value(json_object_get(fn, "arguments"));
             json_t *input = args != NULL ? json_loads(args, 0, NULL) : NULL;
@@ -156,8 +162,8 @@ static json_t *translate_messages(const json_t *in, struct tg_buf *system, char 
             const char *id = json_string_value(json_object_get(tc, "id"));
             const char *name = json_string_value(json_object_get(fn, "name"));
             json_array_append_new(blocks, json_pack("{s:s,s:s,s:s,s:o}", "type", "tool_use", "id",
-                                                    id != NULL ? id : "", "name", name != NULL ? name : "",
-                                                    "input", input));
+                                                    id != NULL ? id : "", "name",
+                                                    name != NULL ? name : "", "input", input));
         }
         if (json_array_size(blocks) == 0) {
             json_decref(blocks);
@@ -171,11 +177,13 @@ fail:
     return NULL;
 }
 
-int up_anthropic_build(const json_t *rq, const struct tg_cfg_model *m, bool stream, struct tg_buf *out,
-                       bool *client_usage, bool *forced_json, char *err, size_t errlen)
+int up_anthropic_build(const json_t *rq, const struct tg_cfg_model *m, bool stream,
+                       struct tg_buf *out, bool *client_usage, bool *forced_json, char *err,
+                       size_t errlen)
 {
     *forced_json = false;
-    *client_usage = json_is_true(json_object_get(json_object_get(rq, "stream_options"), "include_usage"));
+    *client_usage =
+        json_is_true(json_object_get(json_object_get(rq, "stream_options"), "include_usage"));
     const json_t *in = json_object_get(rq, "messages");
     if (!json_is_array(in)) {
         snprintf(err, errlen, "'messages' must be an array");
@@ -195,7 +203,8 @@ int up_anthropic_build(const json_t *rq, const struct tg_cfg_model *m, bool stre
     const json_t *mt = json_object_get(rq, "max_completion_tokens");
     if (!json_is_integer(mt))
         mt = json_object_get(rq, "max_tokens");
-    if (set(o, "max_tokens", json_integer(json_is_integer(mt) ? json_integer_value(mt) : DEFAULT_MAX_TOKENS)) != 0)
+    if (set(o, "max_tokens",
+            json_integer(json_is_integer(mt) ? json_integer_value(mt) : DEFAULT_MAX_TOKENS)) != 0)
         goto out;
     const json_t *t = json_object_get(rq, "temperature");
     if (json_is_number(t)) {
@@ -221,14 +230,16 @@ int up_anthropic_build(const json_t *rq, const struct tg_cfg_model *m, bool stre
     json_t *tools = NULL;
     size_t i;
     const json_t *tool;
-    json_array_foreach(json_object_get(rq, "tools"), i, tool) {
+    json_array_foreach(json_object_get(rq, "tools"), i, tool)
+    {
         const json_t *fn = json_object_get(tool, "function");
         const char *name = json_string_value(json_object_get(fn, "name"));
         if (name == NULL)
             continue;
         const json_t *params = json_object_get(fn, "parameters");
         json_t *at = json_pack("{s:s,s:o}", "name", name, "input_schema",
-                               json_is_object(params) ? json_deep_copy(params) : json_pack("{s:s}", "type", "object"));
+                               json_is_object(params) ? json_deep_copy(params)
+                                                      : json_pack("{s:s}", "type", "object"));
         const json_t *desc = json_object_get(fn, "description");
         if (json_is_string(desc))
             json_object_set(at, "description", (json_t *)desc);
@@ -244,7 +255,8 @@ int up_anthropic_build(const json_t *rq, const struct tg_cfg_model *m, bool stre
                  : strcmp(s, "none") == 0   ? json_pack("{s:s}", "type", "none")
                                             : json_pack("{s:s}", "type", "auto");
     } else if (json_is_object(tc)) {
-        const char *name = json_string_value(json_object_get(json_object_get(tc, "function"), "name"));
+        const char *name =
+            json_string_value(json_object_get(json_object_get(tc, "function"), "name"));
         if (name != NULL)
             choice = json_pack("{s:s,s:s}", "type", "tool", "name", name);
     }
@@ -330,9 +342,9 @@ static json_t *usage_json(const struct tg_upstream_usage *u)
 {
     int64_t p = u->prompt_tokens < 0 ? 0 : u->prompt_tokens;
     int64_t c = u->completion_tokens < 0 ? 0 : u->completion_tokens;
-    return json_pack("{s:I,s:I,s:I,s:{s:I}}", "prompt_tokens", (json_int_t)p, "completion_tokens", (json_int_t)c,
-                     "total_tokens", (json_int_t)(p + c), "prompt_tokens_details", "cached_tokens",
-                     (json_int_t)u->cached_tokens);
+    return json_pack("{s:I,s:I,s:I,s:{s:I}}", "prompt_tokens", (json_int_t)p, "completion_tokens",
+                     (json_int_t)c, "total_tokens", (json_int_t)(p + c), "prompt_tokens_details",
+                     "cached_tokens", (json_int_t)u->cached_tokens);
 }
 
 int up_anthropic_response(const char *body, size_t len, bool forced_json, json_t **out,
@@ -349,7 +361,8 @@ int up_anthropic_response(const char *body, size_t len, bool forced_json, json_t
     json_t *calls = json_array();
     size_t i;
     const json_t *b;
-    json_array_foreach(content, i, b) {
+    json_array_foreach(content, i, b)
+    {
         const char *t = json_string_value(json_object_get(b, "type"));
         if (t == NULL)
             continue;
@@ -362,10 +375,11 @@ int up_anthropic_response(const char *body, size_t len, bool forced_json, json_t
             if (forced_json) {
                 tg_buf_append_str(&text, args != NULL ? args : "{}");
             } else {
-                json_array_append_new(calls, json_pack("{s:O,s:s,s:{s:O,s:s}}", "id", json_object_get(b, "id"),
-                                                       "type", "function", "function", "name",
-                                                       json_object_get(b, "name"), "arguments",
-                                                       args != NULL ? args : "{}"));
+                json_array_append_new(calls,
+                                      json_pack("{s:O,s:s,s:{s:O,s:s}}", "id",
+                                                json_object_get(b, "id"), "type", "function",
+                                                "function", "name", json_object_get(b, "name"),
+                                                "arguments", args != NULL ? args : "{}"));
             }
             free(args);
         }
@@ -375,8 +389,9 @@ int up_anthropic_response(const char *body, size_t len, bool forced_json, json_t
     if (f != NULL)
         snprintf(finish, finish_len, "%s", f);
     json_t *msg = json_pack("{s:s,s:o,s:n}", "role", "assistant", "content",
-                            text.len > 0 || json_array_size(calls) == 0 ? json_stringn(text.data ? text.data : "", text.len)
-                                                                        : json_null(),
+                            text.len > 0 || json_array_size(calls) == 0
+                                ? json_stringn(text.data ? text.data : "", text.len)
+                                : json_null(),
                             "refusal");
     if (json_array_size(calls) > 0)
         json_object_set(msg, "tool_calls", calls);
@@ -386,9 +401,10 @@ int up_anthropic_response(const char *body, size_t len, bool forced_json, json_t
     char oid[128];
     snprintf(oid, sizeof oid, "chatcmpl-%s", id != NULL ? id : "anthropic");
     const json_t *model = json_object_get(v, "model");
-    json_t *r = json_pack("{s:s,s:s,s:I,s:O,s:[{s:i,s:o,s:n,s:s?}],s:o}", "id", oid, "object", "chat.completion",
-                          "created", (json_int_t)time(NULL), "model", model != NULL ? model : json_null(), "choices",
-                          "index", 0, "message", msg, "logprobs", "finish_reason", f, "usage", usage_json(u));
+    json_t *r = json_pack("{s:s,s:s,s:I,s:O,s:[{s:i,s:o,s:n,s:s?}],s:o}", "id", oid, "object",
+                          "chat.completion", "created", (json_int_t)time(NULL), "model",
+                          model != NULL ? model : json_null(), "choices", "index", 0, "message",
+                          msg, "logprobs", "finish_reason", f, "usage", usage_json(u));
     json_decref(v);
     if (r == NULL)
         return TG_NOMEM;
@@ -396,12 +412,15 @@ int up_anthropic_response(const char *body, size_t len, bool forced_json, json_t
     return TG_OK;
 }
 
-/* Emit one chunk {id, object, created, model, choices:[{index, delta, logprobs, finish_reason}]}. */
-static int emit_chunk(struct up_stream *st, json_t *delta, const char *finish, up_emit_fn emit, void *ctx)
+/* Emit one chunk {id, object, created, model, choices:[{index, delta, logprobs, finish_reason}]}.
+ */
+static int emit_chunk(struct up_stream *st, json_t *delta, const char *finish, up_emit_fn emit,
+                      void *ctx)
 {
-    json_t *c = json_pack("{s:s,s:s,s:I,s:s,s:[{s:i,s:o,s:n,s:s?}]}", "id", st->id, "object",
-                          "chat.completion.chunk", "created", (json_int_t)st->created, "model", st->model,
-                          "choices", "index", 0, "delta", delta, "logprobs", "finish_reason", finish);
+    json_t *c =
+        json_pack("{s:s,s:s,s:I,s:s,s:[{s:i,s:o,s:n,s:s?}]}", "id", st->id, "object",
+                  "chat.completion.chunk", "created", (json_int_t)st->created, "model", st->model,
+                  "choices", "index", 0, "delta", delta, "logprobs", "finish_reason", finish);
     if (c == NULL)
         return TG_NOMEM;
     char *s = json_dumps(c, JSON_COMPACT);
@@ -430,7 +449,8 @@ int up_anthropic_event(struct up_stream *st, const char *event, const char *data
         st->created = (long)time(NULL);
         usage_of(json_object_get(m, "usage"), &st->usage);
         st->usage.completion_tokens = -1; /* the real count comes with message_delta */
-        rc = emit_chunk(st, json_pack("{s:s,s:s}", "role", "assistant", "content", ""), NULL, emit, ctx);
+        rc = emit_chunk(st, json_pack("{s:s,s:s}", "role", "assistant", "content", ""), NULL, emit,
+                        ctx);
     } else if (strcmp(type, "content_block_start") == 0) {
         json_int_t idx = json_integer_value(json_object_get(v, "index"));
         const json_t *b = json_object_get(v, "content_block");
@@ -438,31 +458,34 @@ int up_anthropic_event(struct up_stream *st, const char *event, const char *data
         if (bt != NULL && strcmp(bt, "tool_use") == 0 && !st->forced_json && idx >= 0 && idx < 64) {
             int k = st->n_tools++;
             st->tool_idx[idx] = k;
-            rc = emit_chunk(st,
-                            json_pack("{s:[{s:i,s:O,s:s,s:{s:O,s:s}}]}", "tool_calls", "index", k, "id",
-                                      json_object_get(b, "id"), "type", "function", "function", "name",
-                                      json_object_get(b, "name"), "arguments", ""),
-                            NULL, emit, ctx);
+            rc =
+                emit_chunk(st,
+                           json_pack("{s:[{s:i,s:O,s:s,s:{s:O,s:s}}]}", "tool_calls", "index", k,
+                                     "id", json_object_get(b, "id"), "type", "function", "function",
+                                     "name", json_object_get(b, "name"), "arguments", ""),
+                           NULL, emit, ctx);
         }
     } else if (strcmp(type, "content_block_delta") == 0) {
         json_int_t idx = json_integer_value(json_object_get(v, "index"));
         const json_t *d = json_object_get(v, "delta");
         const char *dt = json_string_value(json_object_get(d, "type"));
         if (dt != NULL && strcmp(dt, "text_delta") == 0) {
-            rc = emit_chunk(st, json_pack("{s:O}", "content", json_object_get(d, "text")), NULL, emit, ctx);
+            rc = emit_chunk(st, json_pack("{s:O}", "content", json_object_get(d, "text")), NULL,
+                            emit, ctx);
         } else if (dt != NULL && strcmp(dt, "input_json_delta") == 0) {
             const json_t *pj = json_object_get(d, "partial_json");
             if (st->forced_json)
                 rc = emit_chunk(st, json_pack("{s:O}", "content", pj), NULL, emit, ctx);
             else if (idx >= 0 && idx < 64 && st->tool_idx[idx] >= 0)
                 rc = emit_chunk(st,
-                                json_pack("{s:[{s:i,s:{s:O}}]}", "tool_calls", "index", st->tool_idx[idx],
-                                          "function", "arguments", pj),
+                                json_pack("{s:[{s:i,s:{s:O}}]}", "tool_calls", "index",
+                                          st->tool_idx[idx], "function", "arguments", pj),
                                 NULL, emit, ctx);
         }
     } else if (strcmp(type, "message_delta") == 0) {
-        const char *f = finish_of(json_string_value(json_object_get(json_object_get(v, "delta"), "stop_reason")),
-                                  st->forced_json);
+        const char *f = finish_of(
+            json_string_value(json_object_get(json_object_get(v, "delta"), "stop_reason")),
+            st->forced_json);
         const json_t *u = json_object_get(v, "usage");
         const json_t *o = json_object_get(u, "output_tokens");
         if (json_is_integer(o))
@@ -476,9 +499,9 @@ int up_anthropic_event(struct up_stream *st, const char *event, const char *data
     } else if (strcmp(type, "message_stop") == 0) {
         st->done = true;
         if (st->client_usage) {
-            json_t *c = json_pack("{s:s,s:s,s:I,s:s,s:[],s:o}", "id", st->id, "object", "chat.completion.chunk",
-                                  "created", (json_int_t)st->created, "model", st->model, "choices", "usage",
-                                  usage_json(&st->usage));
+            json_t *c = json_pack("{s:s,s:s,s:I,s:s,s:[],s:o}", "id", st->id, "object",
+                                  "chat.completion.chunk", "created", (json_int_t)st->created,
+                                  "model", st->model, "choices", "usage", usage_json(&st->usage));
             char *s = c != NULL ? json_dumps(c, JSON_COMPACT) : NULL;
             rc = s != NULL ? emit(ctx, c, s, strlen(s)) : TG_NOMEM;
             free(s);
@@ -491,8 +514,10 @@ int up_anthropic_event(struct up_stream *st, const char *event, const char *data
         char text[512];
         snprintf(text, sizeof text, "upstream stream error: %.400s", msg != NULL ? msg : "unknown");
         json_decref(st->error);
-        st->error = tg_json_error(text, et != NULL && strcmp(et, "overloaded_error") == 0 ? "server_error" : "server_error",
-                                  NULL, et);
+        st->error = tg_json_error(
+            text,
+            et != NULL && strcmp(et, "overloaded_error") == 0 ? "server_error" : "server_error",
+            NULL, et);
         st->done = true;
     }
     /* ping, content_block_stop and unknown events carry nothing for the client */

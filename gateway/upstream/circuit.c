@@ -11,12 +11,12 @@
 #include "upstream_int.h"
 
 #define MAX_BREAKERS 256
-#define MAX_FAILS 64
+#define MAX_FAILS    64
 
 struct breaker {
     char name[128];
     enum tg_circuit_state state;
-    int64_t fails[MAX_FAILS];  /* ring of recent failure times (ms) */
+    int64_t fails[MAX_FAILS]; /* ring of recent failure times (ms) */
     int n_fails, head;
     int64_t open_until_ms;
     bool probe_inflight;
@@ -173,7 +173,8 @@ size_t tg_upstream_circuit_list(struct tg_upstream_circuit_info *out, size_t max
     return n;
 }
 
-void tg_upstream_circuits_visit(void *user, void (*visit)(void *vctx, const char *target, int state),
+void tg_upstream_circuits_visit(void *user,
+                                void (*visit)(void *vctx, const char *target, int state),
                                 void *vctx)
 {
     int64_t now = up_now_ms();
@@ -204,7 +205,8 @@ void tg_upstream_set_metrics_hooks(const struct tg_upstream_metrics_hooks *hooks
         g_hooks = *hooks;
 }
 
-/* Without hooks the metrics component gets the reports directly (a no-op before tg_metrics_init). */
+/* Without hooks the metrics component gets the reports directly (a no-op before tg_metrics_init).
+ */
 void up_metric_error(const char *target, const char *kind)
 {
     if (g_hooks.error != NULL)

@@ -97,14 +97,15 @@ static const char *skip_value(const char *p, const char *end)
         }
         return NULL;
     }
-    while (p < end && *p != ',' && *p != '}' && *p != ']' && *p != ' ' && *p != '\n' && *p != '\r' &&
-           *p != '\t')
+    while (p < end && *p != ',' && *p != '}' && *p != ']' && *p != ' ' && *p != '\n' &&
+           *p != '\r' && *p != '\t')
         p++;
     return p;
 }
 
-int up_openai_build_raw(const json_t *rq, const char *raw, size_t raw_len, const struct tg_cfg_model *m,
-                        bool stream, struct tg_buf *out, bool *client_usage)
+int up_openai_build_raw(const json_t *rq, const char *raw, size_t raw_len,
+                        const struct tg_cfg_model *m, bool stream, struct tg_buf *out,
+                        bool *client_usage)
 {
     const json_t *so = json_object_get(rq, "stream_options");
     bool rq_stream = json_is_true(json_object_get(rq, "stream"));
@@ -187,7 +188,8 @@ static void usage_from(const json_t *u, struct tg_upstream_usage *out)
         out->prompt_tokens = json_integer_value(p);
     if (json_is_integer(c))
         out->completion_tokens = json_integer_value(c);
-    const json_t *ct = json_object_get(json_object_get(u, "prompt_tokens_details"), "cached_tokens");
+    const json_t *ct =
+        json_object_get(json_object_get(u, "prompt_tokens_details"), "cached_tokens");
     if (json_is_integer(ct))
         out->cached_tokens = json_integer_value(ct);
 }
@@ -201,8 +203,8 @@ int up_openai_response(const char *body, size_t len, json_t **out, struct tg_ups
         return TG_PARSE;
     }
     usage_from(json_object_get(v, "usage"), u);
-    const char *f = json_string_value(json_object_get(json_array_get(json_object_get(v, "choices"), 0),
-                                                      "finish_reason"));
+    const char *f = json_string_value(
+        json_object_get(json_array_get(json_object_get(v, "choices"), 0), "finish_reason"));
     if (f != NULL)
         snprintf(finish, finish_len, "%s", f);
     *out = v;
@@ -225,8 +227,9 @@ int up_openai_event(struct up_stream *st, const char *data, size_t len, up_emit_
     if (err != NULL) {
         /* A provider error inside the stream ends it; the caller reports it (started). */
         json_decref(st->error);
-        st->error = json_is_object(err) ? json_pack("{s:O}", "error", err)
-                                        : tg_json_error("upstream stream error", "server_error", NULL, NULL);
+        st->error = json_is_object(err)
+                        ? json_pack("{s:O}", "error", err)
+                        : tg_json_error("upstream stream error", "server_error", NULL, NULL);
         st->done = true;
         goto out;
     }
@@ -261,7 +264,8 @@ out:
     return rc;
 }
 
-/* Provider error bodies: OpenAI {"error":{...}}, Anthropic {"type":"error","error":{type,message}}. */
+/* Provider error bodies: OpenAI {"error":{...}}, Anthropic {"type":"error","error":{type,message}}.
+ */
 json_t *up_error_from_body(enum tg_provider_kind kind, int status, const char *body, size_t len,
                            bool include_message)
 {
@@ -269,9 +273,10 @@ json_t *up_error_from_body(enum tg_provider_kind kind, int status, const char *b
     const json_t *e = json_object_get(v, "error");
     const char *msg = json_string_value(json_object_get(e, "message"));
     const char *etype = json_string_value(json_object_get(e, "type"));
-    const char *type = status == 429 ? "rate_limit_error"
+    const char *type = status == 429                    ? "rate_limit_error"
                        : status == 401 || status == 403 ? "authentication_error"
-                       : status >= 500 ? "server_error" : "invalid_request_error";
+                       : status >= 500                  ? "server_error"
+                                                        : "invalid_request_error";
     if (etype != NULL && kind == TG_PROVIDER_OPENAI)
         type = etype;
     char text[512];
@@ -279,8 +284,10 @@ json_t *up_error_from_body(enum tg_provider_kind kind, int status, const char *b
         snprintf(text, sizeof text, "upstream error (HTTP %d): %.400s", status, msg);
     else
         snprintf(text, sizeof text, "upstream error (HTTP %d)", status);
-    const char *param = kind == TG_PROVIDER_OPENAI ? json_string_value(json_object_get(e, "param")) : NULL;
-    const char *code = kind == TG_PROVIDER_OPENAI ? json_string_value(json_object_get(e, "code")) : NULL;
+    const char *param =
+        kind == TG_PROVIDER_OPENAI ? json_string_value(json_object_get(e, "param")) : NULL;
+    const char *code =
+        kind == TG_PROVIDER_OPENAI ? json_string_value(json_object_get(e, "code")) : NULL;
     json_t *out = tg_json_error(text, type, param, code);
     json_decref(v);
     return out;

@@ -41,7 +41,8 @@ static int dispatch(const char *blk, size_t n, up_sse_fn fn, void *ctx, struct t
     }
     if (!have_data)
         return 0;
-    return fn(ctx, event[0] != '\0' ? event : NULL, data->data != NULL ? data->data : "", data->len);
+    return fn(ctx, event[0] != '\0' ? event : NULL, data->data != NULL ? data->data : "",
+              data->len);
 }
 
 /* Position just past the first blank line (\n\n or \r\n\r\n) in p[0..n), or 0 if none. Also
@@ -85,7 +86,8 @@ int up_sse_feed(struct tg_buf *pending, const char *p, size_t n, up_sse_fn fn, v
     if (rc != 0)
         goto out;
     size_t off = 0, blk = 0, end;
-    while (off < pending->len && (end = find_end(pending->data + off, pending->len - off, &blk)) != 0) {
+    while (off < pending->len &&
+           (end = find_end(pending->data + off, pending->len - off, &blk)) != 0) {
         rc = dispatch(pending->data + off, blk, fn, ctx, &data);
         off += end;
         if (rc != 0)

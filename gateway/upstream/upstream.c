@@ -20,8 +20,8 @@
 #define EASY_POOL_MAX 64
 
 struct sock_ctx {
-    struct event ev;             /* embedded: no allocation when curl changes what it waits for */
-    short kind;                  /* flags ev is registered with, 0 = not added */
+    struct event ev; /* embedded: no allocation when curl changes what it waits for */
+    short kind;      /* flags ev is registered with, 0 = not added */
     curl_socket_t fd;
     struct tg_upstream_exec *ex;
     struct sock_ctx *prev, *next;
@@ -33,14 +33,14 @@ struct tg_upstream_exec {
     CURLSH *share;
     struct event *timer;
     struct tg_upstream_exec_params params;
-    struct tg_upstream_req *reqs;   /* doubly linked, for destroy */
+    struct tg_upstream_req *reqs; /* doubly linked, for destroy */
     size_t inflight;
-    size_t n_active;                /* easy handles in the multi */
-    struct event *drain;            /* zero timer: read completions produced by a kick */
+    size_t n_active;     /* easy handles in the multi */
+    struct event *drain; /* zero timer: read completions produced by a kick */
     struct sock_ctx *socks;
-    CURL *pool[EASY_POOL_MAX];      /* reset easy handles, reused to save setup work */
+    CURL *pool[EASY_POOL_MAX]; /* reset easy handles, reused to save setup work */
     size_t n_pool;
-    bool in_multi;                  /* inside curl_multi_socket_action (no add/remove allowed) */
+    bool in_multi; /* inside curl_multi_socket_action (no add/remove allowed) */
 };
 
 struct tg_upstream_req {
@@ -49,33 +49,33 @@ struct tg_upstream_req {
     struct tg_upstream_handlers h;
     void *user;
     json_t *request;
-    char *raw;                   /* copy of call->raw_body, NULL if none */
+    char *raw; /* copy of call->raw_body, NULL if none */
     size_t raw_len;
     const struct tg_cfg_model **targets;
-    size_t n_targets, cur;       /* cur: index of the target being tried */
-    int tries_on_target;         /* attempts made on targets[cur] */
+    size_t n_targets, cur; /* cur: index of the target being tried */
+    int tries_on_target;   /* attempts made on targets[cur] */
     bool stream, started, dropped, done;
-    bool in_start;               /* inside tg_upstream_start: handlers must not run yet */
-    bool in_multi_handle;        /* easy is added to the multi */
-    bool in_write;               /* inside on_write (on_chunk may ask for a pause) */
-    bool paused, pause_pending;  /* backpressure: provider reads stopped / to stop after on_write */
+    bool in_start;              /* inside tg_upstream_start: handlers must not run yet */
+    bool in_multi_handle;       /* easy is added to the multi */
+    bool in_write;              /* inside on_write (on_chunk may ask for a pause) */
+    bool paused, pause_pending; /* backpressure: provider reads stopped / to stop after on_write */
     char *request_id;
-    char **extra;                /* copied extra headers */
+    char **extra; /* copied extra headers */
     size_t n_extra;
-    struct tg_buf trail;         /* "target: reason; ..." for the final error message */
+    struct tg_buf trail; /* "target: reason; ..." for the final error message */
 
     /* current attempt */
     CURL *easy;
     struct curl_slist *hdrs;
     struct tg_buf body_out;
-    struct tg_buf resp;          /* non-stream body or error body */
-    struct tg_buf sse;           /* partial SSE event */
+    struct tg_buf resp; /* non-stream body or error body */
+    struct tg_buf sse;  /* partial SSE event */
     struct up_stream st;
     bool forced_json, probe, got_headers, too_big, parse_failed;
     long http_status;
-    int64_t retry_after_ms;      /* from this attempt's headers, -1 if none */
+    int64_t retry_after_ms; /* from this attempt's headers, -1 if none */
     int64_t attempt_start_ms;
-    struct event *timer;         /* first-byte / idle timeout of the attempt, or the retry delay */
+    struct event *timer; /* first-byte / idle timeout of the attempt, or the retry delay */
     enum { T_NONE, T_FIRST_BYTE, T_IDLE, T_RETRY } timer_kind;
     char curl_err[CURL_ERROR_SIZE];
 
@@ -119,7 +119,8 @@ static void on_socket_event(evutil_socket_t fd, short what, void *arg)
 {
     struct sock_ctx *s = arg;
     struct tg_upstream_exec *ex = s->ex;
-    int flags = ((what & EV_READ) ? CURL_CSELECT_IN : 0) | ((what & EV_WRITE) ? CURL_CSELECT_OUT : 0);
+    int flags =
+        ((what & EV_READ) ? CURL_CSELECT_IN : 0) | ((what & EV_WRITE) ? CURL_CSELECT_OUT : 0);
     int running = 0;
     ex->in_multi = true;
     curl_multi_socket_action(ex->multi, fd, flags, &running);
@@ -178,8 +179,8 @@ static int curl_socket_cb(CURL *easy, curl_socket_t fd, int what, void *userp, v
         }
         return 0;
     }
-    short kind = (short)(((what & CURL_POLL_IN) ? EV_READ : 0) | ((what & CURL_POLL_OUT) ? EV_WRITE : 0) |
-                         EV_PERSIST);
+    short kind = (short)(((what & CURL_POLL_IN) ? EV_READ : 0) |
+                         ((what & CURL_POLL_OUT) ? EV_WRITE : 0) | EV_PERSIST);
     if (s == NULL) {
         s = calloc(1, sizeof *s);
         if (s == NULL)
@@ -196,7 +197,8 @@ static int curl_socket_cb(CURL *easy, curl_socket_t fd, int what, void *userp, v
     } else if (s->kind != 0) {
         event_del(&s->ev);
     }
-    if (event_assign(&s->ev, ex->base, fd, kind, on_socket_event, s) != 0 || event_add(&s->ev, NULL) != 0) {
+    if (event_assign(&s->ev, ex->base, fd, kind, on_socket_event, s) != 0 ||
+        event_add(&s->ev, NULL) != 0) {
         s->kind = 0;
         return -1;
     }
@@ -246,7 +248,8 @@ struct tg_upstream_exec *tg_upstream_exec_create(struct event_base *base,
     /* No cap by default: LLM streams are long-lived, and a per-host cap on an HTTP/1.1 provider
      * would queue requests inside curl where no timeout of ours sees them. */
     if (ex->params.max_host_connections > 0)
-        curl_multi_setopt(ex->multi, CURLMOPT_MAX_HOST_CONNECTIONS, ex->params.max_host_connections);
+        curl_multi_setopt(ex->multi, CURLMOPT_MAX_HOST_CONNECTIONS,
+                          ex->params.max_host_connections);
     return ex;
 }
 
@@ -368,7 +371,8 @@ static void arm(struct tg_upstream_req *rq, int kind, int64_t ms)
         rq->timer_kind = T_NONE;
         return;
     }
-    struct timeval tv = {.tv_sec = (time_t)(ms / 1000), .tv_usec = (suseconds_t)((ms % 1000) * 1000)};
+    struct timeval tv = {.tv_sec = (time_t)(ms / 1000),
+                         .tv_usec = (suseconds_t)((ms % 1000) * 1000)};
     rq->timer_kind = kind;
     evtimer_add(rq->timer, &tv);
 }
@@ -388,7 +392,8 @@ static void on_req_timer(evutil_socket_t fd, short what, void *arg)
     const char *what_s = kind == T_FIRST_BYTE ? "first-byte" : "stream-idle";
     char msg[160];
     snprintf(msg, sizeof msg, "upstream %s timeout", what_s);
-    attempt_failed(rq, "timeout", 504, tg_json_error(msg, "timeout_error", NULL, "upstream_timeout"), true, true);
+    attempt_failed(rq, "timeout", 504,
+                   tg_json_error(msg, "timeout_error", NULL, "upstream_timeout"), true, true);
 }
 
 /* ---- curl callbacks ---- */
@@ -537,7 +542,8 @@ static bool url_for(const struct tg_cfg_model *m, char *url, size_t len)
     size_t bl = strlen(base);
     while (bl > 0 && base[bl - 1] == '/')
         bl--;
-    const char *path = m->provider_ref->kind == TG_PROVIDER_ANTHROPIC ? "/messages" : "/chat/completions";
+    const char *path =
+        m->provider_ref->kind == TG_PROVIDER_ANTHROPIC ? "/messages" : "/chat/completions";
     int w = snprintf(url, len, "%.*s%s", (int)bl, base, path);
     return w > 0 && (size_t)w < len;
 }
@@ -558,8 +564,8 @@ static int attempt_start(struct tg_upstream_req *rq)
     } else {
         rc = TG_UNSUPPORTED;
         if (rq->raw != NULL) {
-            rc = up_openai_build_raw(rq->request, rq->raw, rq->raw_len, m, rq->stream, &rq->body_out,
-                                     &rq->st.client_usage);
+            rc = up_openai_build_raw(rq->request, rq->raw, rq->raw_len, m, rq->stream,
+                                     &rq->body_out, &rq->st.client_usage);
             if (rc != TG_OK)
                 tg_buf_reset(&rq->body_out);
         }
@@ -746,8 +752,9 @@ static void advance(struct tg_upstream_req *rq)
     rq->fail_error = NULL;
     if (err == NULL || status >= 500 || status == 429) {
         json_decref(err);
-        const char *type = status == 429 ? "rate_limit_error" : status == 400 ? "invalid_request_error"
-                                                                               : "upstream_error";
+        const char *type = status == 429   ? "rate_limit_error"
+                           : status == 400 ? "invalid_request_error"
+                                           : "upstream_error";
         err = tg_json_error(msg, type, NULL, kind);
     }
     finish_error(rq, status, err, kind, false);
@@ -803,7 +810,8 @@ static void attempt_failed(struct tg_upstream_req *rq, const char *kind, int sta
             rq->stats.retry_after_ms = retry_after;
         } else {
             /* Exponential backoff with full jitter: uniform in [0, min(cap, base * 2^n)]. */
-            int64_t cap = (int64_t)p->retry_base_ms << (rq->tries_on_target - 1 < 20 ? rq->tries_on_target - 1 : 20);
+            int64_t cap = (int64_t)p->retry_base_ms
+                          << (rq->tries_on_target - 1 < 20 ? rq->tries_on_target - 1 : 20);
             if (cap > ex->params.max_backoff_ms)
                 cap = ex->params.max_backoff_ms;
             uint32_t r = 0;
@@ -849,8 +857,8 @@ static void attempt_done(struct tg_upstream_req *rq, CURLcode crc)
     if (crc != CURLE_OK && !(crc == CURLE_WRITE_ERROR && rq->parse_failed)) {
         if (rq->too_big) {
             attempt_failed(rq, "too_big", 502,
-                           tg_json_error("upstream response exceeds the size limit", "upstream_error", NULL,
-                                         "upstream_too_big"),
+                           tg_json_error("upstream response exceeds the size limit",
+                                         "upstream_error", NULL, "upstream_too_big"),
                            false, false);
             return;
         }
@@ -859,10 +867,11 @@ static void attempt_done(struct tg_upstream_req *rq, CURLcode crc)
         snprintf(msg, sizeof msg, "upstream transfer failed: %s",
                  rq->curl_err[0] != '\0' ? rq->curl_err : curl_easy_strerror(crc));
         int st = strcmp(kind, "timeout") == 0 ? 504 : 502;
-        attempt_failed(rq, kind, st, tg_json_error(msg, strcmp(kind, "timeout") == 0 ? "timeout_error"
-                                                                                      : "upstream_error",
-                                                   NULL, kind),
-                       true, true);
+        attempt_failed(
+            rq, kind, st,
+            tg_json_error(msg, strcmp(kind, "timeout") == 0 ? "timeout_error" : "upstream_error",
+                          NULL, kind),
+            true, true);
         return;
     }
     if (status != 200) {
@@ -874,7 +883,8 @@ static void attempt_done(struct tg_upstream_req *rq, CURLcode crc)
         int out = retryable || status == 400 || status == 413 || status == 422 ? (int)status : 502;
         if (auth) {
             kind = "auth";
-            tg_warn("upstream %s (provider %s) rejected our credentials (HTTP %ld)", m->name, p->name, status);
+            tg_warn("upstream %s (provider %s) rejected our credentials (HTTP %ld)", m->name,
+                    p->name, status);
         }
         attempt_failed(rq, kind, out, err, retryable, retryable);
         return;
@@ -883,8 +893,9 @@ static void attempt_done(struct tg_upstream_req *rq, CURLcode crc)
         if (rq->parse_failed || !rq->st.done) {
             const char *kind = rq->parse_failed ? "parse" : "cut";
             attempt_failed(rq, kind, 502,
-                           tg_json_error(rq->parse_failed ? "upstream sent a malformed stream event"
-                                                          : "upstream stream ended before completion",
+                           tg_json_error(rq->parse_failed
+                                             ? "upstream sent a malformed stream event"
+                                             : "upstream stream ended before completion",
                                          "upstream_error", NULL, kind),
                            true, true);
             return;
@@ -899,7 +910,8 @@ static void attempt_done(struct tg_upstream_req *rq, CURLcode crc)
         up_circuit_report(m->name, p, true, rq->probe, now);
         stats_finish(rq);
         struct tg_upstream_result res = {.served = m,
-                                         .finish_reason = rq->st.finish[0] != '\0' ? rq->st.finish : NULL,
+                                         .finish_reason =
+                                             rq->st.finish[0] != '\0' ? rq->st.finish : NULL,
                                          .usage = rq->st.usage,
                                          .stats = rq->stats};
         rq->done = true;
@@ -911,14 +923,16 @@ static void attempt_done(struct tg_upstream_req *rq, CURLcode crc)
     json_t *resp = NULL;
     struct tg_upstream_usage u = {.prompt_tokens = -1, .completion_tokens = -1};
     char finish[32] = "";
-    int rc = p->kind == TG_PROVIDER_ANTHROPIC
-                 ? up_anthropic_response(rq->resp.data, rq->resp.len, rq->forced_json, &resp, &u, finish,
-                                         sizeof finish)
-                 : up_openai_response(rq->resp.data, rq->resp.len, &resp, &u, finish, sizeof finish);
+    int rc =
+        p->kind == TG_PROVIDER_ANTHROPIC
+            ? up_anthropic_response(rq->resp.data, rq->resp.len, rq->forced_json, &resp, &u, finish,
+                                    sizeof finish)
+            : up_openai_response(rq->resp.data, rq->resp.len, &resp, &u, finish, sizeof finish);
     if (rc != TG_OK) {
-        attempt_failed(rq, "parse", 502,
-                       tg_json_error("upstream sent a malformed response", "upstream_error", NULL, "parse"), true,
-                       true);
+        attempt_failed(
+            rq, "parse", 502,
+            tg_json_error("upstream sent a malformed response", "upstream_error", NULL, "parse"),
+            true, true);
         return;
     }
     int64_t now = up_now_ms();
@@ -966,7 +980,8 @@ static void check_multi_info(struct tg_upstream_exec *ex)
 /* ---- public ---- */
 
 int tg_upstream_start(struct tg_upstream_exec *ex, const struct tg_upstream_call *call,
-                      const struct tg_upstream_handlers *handlers, void *user, struct tg_upstream_req **out)
+                      const struct tg_upstream_handlers *handlers, void *user,
+                      struct tg_upstream_req **out)
 {
     if (ex == NULL || call == NULL || handlers == NULL || !json_is_object(call->request) ||
         call->targets == NULL || call->n_targets == 0 || handlers->on_complete == NULL ||

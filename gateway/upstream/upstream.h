@@ -18,11 +18,14 @@
  *     return non-zero (the request is then dropped silently, like a cancel).
  *   - Retries and fallback happen only before anything was passed to on_chunk. Once a chunk was
  *     delivered, a failure ends the request with on_error(started = true).
+ *   - tg_upstream_start and tg_upstream_resume drive curl at once (the request is written before
+ *     they return), so on_chunk of OTHER streaming requests on the same executor may run inside
+ *     them; on_complete / on_error never do.
  *
  * Ownership
- *   - The call's JSON request is referenced (json_incref) until the request ends: do not modify it
- *     after tg_upstream_start. Target pointers are copied, the models themselves are NOT: the caller keeps the
- *     config snapshot (tg_config_ref) alive until a handler ran or it cancelled.
+ *   - The call's JSON request is referenced (json_incref) until the request ends: do not modify
+ *     it after tg_upstream_start. Target pointers are copied, the models themselves are NOT: the
+ *     caller keeps the config snapshot (tg_config_ref) alive until a handler ran or it cancelled.
  *   - Every pointer passed to a handler is borrowed and valid only during the call.
  *
  * Provider adapters
@@ -50,12 +53,12 @@ struct tg_upstream_req;
 /* ---- executor (one per I/O thread) ---- */
 
 struct tg_upstream_exec_params {
-    size_t max_response_bytes;  /* ceiling for one upstream response body / SSE event; 0 = 8 MiB */
-    int max_retry_after_ms;     /* a Retry-After longer than this moves on to the next target
-                                   instead of waiting; 0 = 10000 */
-    int max_backoff_ms;         /* cap of one exponential backoff delay; 0 = 5000 */
-    long max_host_connections;  /* cap of connections per upstream host; 0 = no cap (default) */
-    bool verify_tls;            /* verify provider certificates (default true) */
+    size_t max_response_bytes; /* ceiling for one upstream response body / SSE event; 0 = 8 MiB */
+    int max_retry_after_ms;    /* a Retry-After longer than this moves on to the next target
+                                  instead of waiting; 0 = 10000 */
+    int max_backoff_ms;        /* cap of one exponential backoff delay; 0 = 5000 */
+    long max_host_connections; /* cap of connections per upstream host; 0 = no cap (default) */
+    bool verify_tls;           /* verify provider certificates (default true) */
 };
 
 /* Defaults for every field above. */
@@ -81,19 +84,19 @@ void tg_upstream_global_cleanup(void);
 /* ---- one call ---- */
 
 struct tg_upstream_call {
-    const json_t *request;                   /* OpenAI chat.completions request body; a reference is
-                                                kept until the end: do not modify it afterwards */
+    const json_t *request; /* OpenAI chat.completions request body; a reference is
+                              kept until the end: do not modify it afterwards */
     const struct tg_cfg_model *const *targets; /* primary first, then fallbacks, in order */
-    size_t n_targets;                        /* >= 1; engine targets are skipped */
-    bool stream;                             /* ask the provider for SSE and relay chunks */
-    const char *request_id;                  /* sent as X-Request-Id; may be NULL */
-    const char *const *headers;              /* extra "Name: value" headers, NULL-terminated,
-                                                may be NULL; never auth headers */
-    const char *raw_body;                    /* optional: the exact bytes `request` was parsed
-                                                from (copied). OpenAI-compatible targets then get
-                                                these bytes with only the model value replaced,
-                                                instead of a re-serialisation (~5 ns/byte saved);
-                                                NULL = serialise `request` */
+    size_t n_targets;                          /* >= 1; engine targets are skipped */
+    bool stream;                               /* ask the provider for SSE and relay chunks */
+    const char *request_id;                    /* sent as X-Request-Id; may be NULL */
+    const char *const *headers;                /* extra "Name: value" headers, NULL-terminated,
+                                                  may be NULL; never auth headers */
+    const char *raw_body;                      /* optional: the exact bytes `request` was parsed
+                                                  from (copied). OpenAI-compatible targets then get
+                                                  these bytes with only the model value replaced,
+                                                  instead of a re-serialisation (~5 ns/byte saved);
+                                                  NULL = serialise `request` */
     size_t raw_len;
 };
 
@@ -106,22 +109,22 @@ struct tg_upstream_chunk {
 };
 
 struct tg_upstream_usage {
-    int64_t prompt_tokens;      /* -1 when the provider reported none */
-    int64_t completion_tokens;  /* -1 when the provider reported none */
-    int64_t cached_tokens;      /* prompt tokens served from the provider's prompt cache, 0 if n/a */
+    int64_t prompt_tokens;     /* -1 when the provider reported none */
+    int64_t completion_tokens; /* -1 when the provider reported none */
+    int64_t cached_tokens;     /* prompt tokens served from the provider's prompt cache, 0 if n/a */
 };
 
 /* What happened across attempts (both on success and failure). */
 struct tg_upstream_stats {
-    int attempts;               /* HTTP attempts made, all targets together */
-    int retries;                /* attempts beyond the first on the same target */
-    int fallbacks;              /* moves to the next target (after a failure, or skipping one that
-                                   is disabled or has its circuit open); failing the last is not one */
-    int64_t backoff_ms;         /* total delay requested between attempts (backoff + Retry-After) */
-    int64_t retry_after_ms;     /* the last Retry-After honoured, -1 if none */
+    int attempts;           /* HTTP attempts made, all targets together */
+    int retries;            /* attempts beyond the first on the same target */
+    int fallbacks;          /* moves to the next target (after a failure, or skipping one that
+                               is disabled or has its circuit open); failing the last is not one */
+    int64_t backoff_ms;     /* total delay requested between attempts (backoff + Retry-After) */
+    int64_t retry_after_ms; /* the last Retry-After honoured, -1 if none */
     const char *fallback_reason; /* short code of the first fallback ("timeout", "http_503",
                                     "connect", "circuit_open", "disabled", ...), NULL if none */
-    double upstream_s;          /* wall time from start to the end, seconds */
+    double upstream_s;           /* wall time from start to the end, seconds */
 };
 
 struct tg_upstream_result {
@@ -132,17 +135,17 @@ struct tg_upstream_result {
     const json_t *response;
     const char *body;
     size_t body_len;
-    const char *finish_reason;  /* "stop", "length", "tool_calls", ... or NULL if unknown */
+    const char *finish_reason; /* "stop", "length", "tool_calls", ... or NULL if unknown */
     struct tg_upstream_usage usage;
     struct tg_upstream_stats stats;
 };
 
 struct tg_upstream_error {
-    int status;                 /* HTTP status to send the client (502, 504, 429, 400, ...) */
-    const json_t *error;        /* OpenAI-shaped body {"error":{"message","type","param","code"}} */
-    const char *kind;           /* short code of the final failure (as fallback_reason) */
-    bool started;               /* chunks were already relayed: send as `data: {"error":...}` */
-    bool should_retry;          /* value for the x-should-retry header (false when all failed) */
+    int status;          /* HTTP status to send the client (502, 504, 429, 400, ...) */
+    const json_t *error; /* OpenAI-shaped body {"error":{"message","type","param","code"}} */
+    const char *kind;    /* short code of the final failure (as fallback_reason) */
+    bool started;        /* chunks were already relayed: send as `data: {"error":...}` */
+    bool should_retry;   /* value for the x-should-retry header (false when all failed) */
     const struct tg_cfg_model *last_target; /* the last target tried, NULL if none was tried */
     struct tg_upstream_stats stats;
 };
@@ -194,7 +197,7 @@ enum tg_circuit_state tg_upstream_circuit_state(const char *name);
 struct tg_upstream_circuit_info {
     char name[128];
     enum tg_circuit_state state;
-    int recent_failures;        /* failures within the window at the time of the call */
+    int recent_failures; /* failures within the window at the time of the call */
 };
 
 /* Copy up to max breakers into out (for /metrics at scrape time); returns how many exist. */
@@ -206,7 +209,8 @@ void tg_upstream_circuit_reset_all(void);
 /* Visit every breaker; the signature of metrics.h's tg_metrics_circuits_fn (registered by
  * tg_upstream_exec_create). visit runs under the registry lock: it must not call
  * tg_upstream_circuit_*. */
-void tg_upstream_circuits_visit(void *user, void (*visit)(void *vctx, const char *target, int state),
+void tg_upstream_circuits_visit(void *user,
+                                void (*visit)(void *vctx, const char *target, int state),
                                 void *vctx);
 
 /* ---- metrics (process-wide) ----

@@ -22,16 +22,16 @@ int up_sse_feed(struct tg_buf *pending, const char *p, size_t n, up_sse_fn fn, v
 
 /* Translation state of one streaming attempt. */
 struct up_stream {
-    bool client_usage;          /* the client asked for the usage chunk */
-    bool forced_json;           /* Anthropic: response_format became a forced tool */
-    bool done;                  /* [DONE] / message_stop seen */
-    json_t *error;              /* an error event inside the stream (OpenAI-shaped body), owned */
+    bool client_usage; /* the client asked for the usage chunk */
+    bool forced_json;  /* Anthropic: response_format became a forced tool */
+    bool done;         /* [DONE] / message_stop seen */
+    json_t *error;     /* an error event inside the stream (OpenAI-shaped body), owned */
     struct tg_upstream_usage usage;
     char finish[32];
     char id[96];
     char model[128];
     long created;
-    int tool_idx[64];           /* Anthropic content block index -> OpenAI tool_calls index, -1 text */
+    int tool_idx[64]; /* Anthropic content block index -> OpenAI tool_calls index, -1 text */
     int n_tools;
 };
 void up_stream_init(struct up_stream *st);
@@ -47,8 +47,9 @@ int up_openai_build(const json_t *rq, const struct tg_cfg_model *m, bool stream,
                     bool *client_usage);
 /* The same from the client's exact bytes (raw parses to rq): only the model value is replaced
  * (and stream_options added to a stream that has none). TG_UNSUPPORTED: use up_openai_build. */
-int up_openai_build_raw(const json_t *rq, const char *raw, size_t raw_len, const struct tg_cfg_model *m,
-                        bool stream, struct tg_buf *out, bool *client_usage);
+int up_openai_build_raw(const json_t *rq, const char *raw, size_t raw_len,
+                        const struct tg_cfg_model *m, bool stream, struct tg_buf *out,
+                        bool *client_usage);
 /* Parse a non-streaming response: *out new reference, usage and finish_reason filled. */
 int up_openai_response(const char *body, size_t len, json_t **out, struct tg_upstream_usage *u,
                        char *finish, size_t finish_len);
@@ -57,8 +58,9 @@ int up_openai_response(const char *body, size_t len, json_t **out, struct tg_ups
 int up_openai_event(struct up_stream *st, const char *data, size_t len, up_emit_fn emit, void *ctx);
 
 /* ---- Anthropic Messages ---- */
-int up_anthropic_build(const json_t *rq, const struct tg_cfg_model *m, bool stream, struct tg_buf *out,
-                       bool *client_usage, bool *forced_json, char *err, size_t errlen);
+int up_anthropic_build(const json_t *rq, const struct tg_cfg_model *m, bool stream,
+                       struct tg_buf *out, bool *client_usage, bool *forced_json, char *err,
+                       size_t errlen);
 int up_anthropic_response(const char *body, size_t len, bool forced_json, json_t **out,
                           struct tg_upstream_usage *u, char *finish, size_t finish_len);
 int up_anthropic_event(struct up_stream *st, const char *event, const char *data, size_t len,

@@ -64,7 +64,7 @@
 static pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER;
 static char **g_queue;
 static size_t g_queue_len, g_queue_cap;
-static json_t *g_log;          /* array */
+static json_t *g_log; /* array */
 static bool g_record = true;
 static size_t g_max_record = 1000;
 static atomic_long g_seq;
@@ -119,11 +119,19 @@ static int script_parse(const char *text, struct script *s, char *err, size_t er
             val = eq + 1;
         }
         long v = 0;
-        struct { const char *k; int *dst; long lo, hi; } ints[] = {
-            {"delay_ms", &s->delay_ms, 0, 600000},     {"chunk_delay_ms", &s->chunk_delay_ms, 0, 600000},
-            {"status", &s->status, 100, 599},          {"retry_after", &s->retry_after_s, 0, 86400},
-            {"retry_after_ms", &s->retry_after_ms, 0, 86400000}, {"cut", &s->cut, 0, MAX_EVENTS},
-            {"stall", &s->stall, 0, MAX_EVENTS},       {"error_after", &s->error_after, 0, MAX_EVENTS},
+        struct {
+            const char *k;
+            int *dst;
+            long lo, hi;
+        } ints[] = {
+            {"delay_ms", &s->delay_ms, 0, 600000},
+            {"chunk_delay_ms", &s->chunk_delay_ms, 0, 600000},
+            {"status", &s->status, 100, 599},
+            {"retry_after", &s->retry_after_s, 0, 86400},
+            {"retry_after_ms", &s->retry_after_ms, 0, 86400000},
+            {"cut", &s->cut, 0, MAX_EVENTS},
+            {"stall", &s->stall, 0, MAX_EVENTS},
+            {"error_after", &s->error_after, 0, MAX_EVENTS},
             {"chunks", &s->chunks, 1, 1000},
         };
         bool done = false;
@@ -224,9 +232,9 @@ struct rctx {
     struct script sc;
     int status;
     bool stream;
-    char *body;                /* non-stream body or NULL */
+    char *body; /* non-stream body or NULL */
     size_t body_len;
-    char *events[MAX_EVENTS];  /* stream pieces, each a complete "data: ...\n\n" (or event:) */
+    char *events[MAX_EVENTS]; /* stream pieces, each a complete "data: ...\n\n" (or event:) */
     size_t n_events, next;
     bool headers_sent;
     bool cutting;
@@ -384,7 +392,8 @@ static int64_t prompt_tokens_of(const json_t *rq)
 {
     size_t n = 0, i;
     const json_t *m;
-    json_array_foreach(json_object_get(rq, "messages"), i, m) n += text_bytes(json_object_get(m, "content"));
+    json_array_foreach(json_object_get(rq, "messages"), i, m) n +=
+        text_bytes(json_object_get(m, "content"));
     n += text_bytes(json_object_get(rq, "system"));
     return n == 0 ? 1 : (int64_t)((n + 3) / 4);
 }
@@ -459,10 +468,12 @@ static const json_t *forced_schema(const json_t *rq, enum api api, const char **
         const char *t = json_string_value(json_object_get(rf, "type"));
         if (t != NULL && strcmp(t, "json_schema") == 0)
             return json_object_get(json_object_get(rf, "json_schema"), "schema");
-        const char *name = json_string_value(json_object_get(json_object_get(tc, "function"), "name"));
+        const char *name =
+            json_string_value(json_object_get(json_object_get(tc, "function"), "name"));
         size_t i;
         const json_t *tool;
-        json_array_foreach(tools, i, tool) {
+        json_array_foreach(tools, i, tool)
+        {
             const json_t *fn = json_object_get(tool, "function");
             const char *n = json_string_value(json_object_get(fn, "name"));
             if (name != NULL && n != NULL && strcmp(n, name) == 0) {
@@ -478,7 +489,8 @@ static const json_t *forced_schema(const json_t *rq, enum api api, const char **
         return NULL;
     size_t i;
     const json_t *tool;
-    json_array_foreach(tools, i, tool) {
+    json_array_foreach(tools, i, tool)
+    {
         const char *n = json_string_value(json_object_get(tool, "name"));
         if (n != NULL && strcmp(n, name) == 0) {
             *tool_name = n;
@@ -490,16 +502,21 @@ static const json_t *forced_schema(const json_t *rq, enum api api, const char **
 
 static json_t *openai_error_body(int status)
 {
-    const char *type = status == 429 ? "rate_limit_error" : status >= 500 ? "server_error" : "invalid_request_error";
+    const char *type = status == 429   ? "rate_limit_error"
+                       : status >= 500 ? "server_error"
+                                       : "invalid_request_error";
     char msg[64];
     snprintf(msg, sizeof msg, "fake upstream scripted status %d", status);
-    return json_pack("{s:{s:s,s:s,s:n,s:n}}", "error", "message", msg, "type", type, "param", "code");
+    return json_pack("{s:{s:s,s:s,s:n,s:n}}", "error", "message", msg, "type", type, "param",
+                     "code");
 }
 
 static json_t *anthropic_error_body(int status)
 {
-    const char *type = status == 429 ? "rate_limit_error" : status == 529 ? "overloaded_error"
-                       : status >= 500 ? "api_error" : "invalid_request_error";
+    const char *type = status == 429   ? "rate_limit_error"
+                       : status == 529 ? "overloaded_error"
+                       : status >= 500 ? "api_error"
+                                       : "invalid_request_error";
     char msg[64];
     snprintf(msg, sizeof msg, "fake upstream scripted status %d", status);
     return json_pack("{s:s,s:{s:s,s:s}}", "type", "error", "error", "type", type, "message", msg);
@@ -529,12 +546,14 @@ static void plan_chat(struct rctx *c, const json_t *rq, enum api api)
         text = structured;
     }
     char *pieces[512];
-    size_t n = split_pieces(text, schema != NULL && c->sc.chunks == 0 ? 4 : c->sc.chunks, pieces, 512);
+    size_t n =
+        split_pieces(text, schema != NULL && c->sc.chunks == 0 ? 4 : c->sc.chunks, pieces, 512);
     int64_t ctok = (int64_t)n;
     char id[64];
     snprintf(id, sizeof id, api == API_OPENAI ? "chatcmpl-fake-%ld" : "msg_fake_%ld", seq);
     long created = (long)time(NULL);
-    bool include_usage = json_is_true(json_object_get(json_object_get(rq, "stream_options"), "include_usage"));
+    bool include_usage =
+        json_is_true(json_object_get(json_object_get(rq, "stream_options"), "include_usage"));
     const char *finish = tool_name != NULL ? "tool_calls" : "stop";
 
     if (!c->stream) {
@@ -543,30 +562,35 @@ static void plan_chat(struct rctx *c, const json_t *rq, enum api api)
             json_t *msg = json_pack("{s:s,s:n}", "role", "assistant", "refusal");
             if (tool_name != NULL) {
                 json_object_set_new(msg, "content", json_null());
-                json_object_set_new(msg, "tool_calls", json_pack("[{s:s,s:s,s:{s:s,s:s}}]", "id", "call_fake_1",
-                                                               "type", "function", "function", "name", tool_name,
-                                                               "arguments", text));
+                json_object_set_new(msg, "tool_calls",
+                                    json_pack("[{s:s,s:s,s:{s:s,s:s}}]", "id", "call_fake_1",
+                                              "type", "function", "function", "name", tool_name,
+                                              "arguments", text));
             } else {
                 json_object_set_new(msg, "content", json_string(text));
             }
-            resp = json_pack("{s:s,s:s,s:i,s:s,s:[{s:i,s:o,s:n,s:s}],s:{s:I,s:I,s:I},s:s}", "id", id, "object",
-                             "chat.completion", "created", (int)created, "model", model, "choices", "index", 0,
-                             "message", msg, "logprobs", "finish_reason", finish, "usage", "prompt_tokens",
-                             (json_int_t)ptok, "completion_tokens", (json_int_t)ctok, "total_tokens",
+            resp = json_pack("{s:s,s:s,s:i,s:s,s:[{s:i,s:o,s:n,s:s}],s:{s:I,s:I,s:I},s:s}", "id",
+                             id, "object", "chat.completion", "created", (int)created, "model",
+                             model, "choices", "index", 0, "message", msg, "logprobs",
+                             "finish_reason", finish, "usage", "prompt_tokens", (json_int_t)ptok,
+                             "completion_tokens", (json_int_t)ctok, "total_tokens",
                              (json_int_t)(ptok + ctok), "system_fingerprint", "fp_fake");
         } else {
             json_t *content = json_array();
             if (tool_name != NULL) {
                 json_t *input = json_loads(text, JSON_DECODE_ANY, NULL);
-                json_array_append_new(content, json_pack("{s:s,s:s,s:s,s:o}", "type", "tool_use", "id",
-                                                         "toolu_fake_1", "name", tool_name, "input", input));
+                json_array_append_new(content,
+                                      json_pack("{s:s,s:s,s:s,s:o}", "type", "tool_use", "id",
+                                                "toolu_fake_1", "name", tool_name, "input", input));
             } else {
-                json_array_append_new(content, json_pack("{s:s,s:s}", "type", "text", "text", text));
+                json_array_append_new(content,
+                                      json_pack("{s:s,s:s}", "type", "text", "text", text));
             }
-            resp = json_pack("{s:s,s:s,s:s,s:s,s:o,s:s,s:n,s:{s:I,s:I}}", "id", id, "type", "message", "role",
-                             "assistant", "model", model, "content", content, "stop_reason",
-                             tool_name != NULL ? "tool_use" : "end_turn", "stop_sequence", "usage",
-                             "input_tokens", (json_int_t)ptok, "output_tokens", (json_int_t)ctok);
+            resp =
+                json_pack("{s:s,s:s,s:s,s:s,s:o,s:s,s:n,s:{s:I,s:I}}", "id", id, "type", "message",
+                          "role", "assistant", "model", model, "content", content, "stop_reason",
+                          tool_name != NULL ? "tool_use" : "end_turn", "stop_sequence", "usage",
+                          "input_tokens", (json_int_t)ptok, "output_tokens", (json_int_t)ctok);
         }
         c->body = json_dumps(resp, JSON_COMPACT);
         c->body_len = strlen(c->body);
@@ -579,65 +603,70 @@ static void plan_chat(struct rctx *c, const json_t *rq, enum api api)
 
     size_t k = 0;
     if (api == API_OPENAI) {
-        c->events[k++] = sse_data(NULL, json_pack("{s:s,s:s,s:i,s:s,s:[{s:i,s:{s:s,s:s},s:n,s:n}]}", "id", id,
-                                                  "object", "chat.completion.chunk", "created", (int)created,
-                                                  "model", model, "choices", "index", 0, "delta", "role",
-                                                  "assistant", "content", "", "logprobs", "finish_reason"));
+        c->events[k++] =
+            sse_data(NULL, json_pack("{s:s,s:s,s:i,s:s,s:[{s:i,s:{s:s,s:s},s:n,s:n}]}", "id", id,
+                                     "object", "chat.completion.chunk", "created", (int)created,
+                                     "model", model, "choices", "index", 0, "delta", "role",
+                                     "assistant", "content", "", "logprobs", "finish_reason"));
         for (size_t i = 0; i < n && k < MAX_EVENTS - 4; i++) {
             json_t *delta;
             if (tool_name != NULL)
-                delta = i == 0 ? json_pack("{s:[{s:i,s:s,s:s,s:{s:s,s:s}}]}", "tool_calls", "index", 0, "id",
-                                           "call_fake_1", "type", "function", "function", "name", tool_name,
-                                           "arguments", pieces[i])
-                               : json_pack("{s:[{s:i,s:{s:s}}]}", "tool_calls", "index", 0, "function",
-                                           "arguments", pieces[i]);
+                delta = i == 0 ? json_pack("{s:[{s:i,s:s,s:s,s:{s:s,s:s}}]}", "tool_calls", "index",
+                                           0, "id", "call_fake_1", "type", "function", "function",
+                                           "name", tool_name, "arguments", pieces[i])
+                               : json_pack("{s:[{s:i,s:{s:s}}]}", "tool_calls", "index", 0,
+                                           "function", "arguments", pieces[i]);
             else
                 delta = json_pack("{s:s}", "content", pieces[i]);
-            c->events[k++] = sse_data(NULL, json_pack("{s:s,s:s,s:i,s:s,s:[{s:i,s:o,s:n,s:n}]}", "id", id,
-                                                      "object", "chat.completion.chunk", "created",
-                                                      (int)created, "model", model, "choices", "index", 0,
-                                                      "delta", delta, "logprobs", "finish_reason"));
+            c->events[k++] =
+                sse_data(NULL, json_pack("{s:s,s:s,s:i,s:s,s:[{s:i,s:o,s:n,s:n}]}", "id", id,
+                                         "object", "chat.completion.chunk", "created", (int)created,
+                                         "model", model, "choices", "index", 0, "delta", delta,
+                                         "logprobs", "finish_reason"));
         }
-        c->events[k++] = sse_data(NULL, json_pack("{s:s,s:s,s:i,s:s,s:[{s:i,s:{},s:n,s:s}]}", "id", id, "object",
-                                                  "chat.completion.chunk", "created", (int)created, "model",
-                                                  model, "choices", "index", 0, "delta", "logprobs",
-                                                  "finish_reason", finish));
+        c->events[k++] = sse_data(NULL, json_pack("{s:s,s:s,s:i,s:s,s:[{s:i,s:{},s:n,s:s}]}", "id",
+                                                  id, "object", "chat.completion.chunk", "created",
+                                                  (int)created, "model", model, "choices", "index",
+                                                  0, "delta", "logprobs", "finish_reason", finish));
         if (include_usage)
-            c->events[k++] = sse_data(NULL, json_pack("{s:s,s:s,s:i,s:s,s:[],s:{s:I,s:I,s:I}}", "id", id,
-                                                      "object", "chat.completion.chunk", "created",
-                                                      (int)created, "model", model, "choices", "usage",
-                                                      "prompt_tokens", (json_int_t)ptok, "completion_tokens",
-                                                      (json_int_t)ctok, "total_tokens",
-                                                      (json_int_t)(ptok + ctok)));
+            c->events[k++] =
+                sse_data(NULL, json_pack("{s:s,s:s,s:i,s:s,s:[],s:{s:I,s:I,s:I}}", "id", id,
+                                         "object", "chat.completion.chunk", "created", (int)created,
+                                         "model", model, "choices", "usage", "prompt_tokens",
+                                         (json_int_t)ptok, "completion_tokens", (json_int_t)ctok,
+                                         "total_tokens", (json_int_t)(ptok + ctok)));
         c->events[k++] = strdup("data: [DONE]\n\n");
     } else {
         c->events[k++] = sse_data("message_start",
-                                  json_pack("{s:s,s:{s:s,s:s,s:s,s:s,s:[],s:n,s:n,s:{s:I,s:i}}}", "type",
-                                            "message_start", "message", "id", id, "type", "message", "role",
-                                            "assistant", "model", model, "content", "stop_reason",
-                                            "stop_sequence", "usage", "input_tokens", (json_int_t)ptok,
-                                            "output_tokens", 1));
+                                  json_pack("{s:s,s:{s:s,s:s,s:s,s:s,s:[],s:n,s:n,s:{s:I,s:i}}}",
+                                            "type", "message_start", "message", "id", id, "type",
+                                            "message", "role", "assistant", "model", model,
+                                            "content", "stop_reason", "stop_sequence", "usage",
+                                            "input_tokens", (json_int_t)ptok, "output_tokens", 1));
         json_t *block = tool_name != NULL
-                            ? json_pack("{s:s,s:s,s:s,s:{}}", "type", "tool_use", "id", "toolu_fake_1", "name",
-                                        tool_name, "input")
+                            ? json_pack("{s:s,s:s,s:s,s:{}}", "type", "tool_use", "id",
+                                        "toolu_fake_1", "name", tool_name, "input")
                             : json_pack("{s:s,s:s}", "type", "text", "text", "");
-        c->events[k++] = sse_data("content_block_start", json_pack("{s:s,s:i,s:o}", "type", "content_block_start",
-                                                                   "index", 0, "content_block", block));
+        c->events[k++] = sse_data("content_block_start",
+                                  json_pack("{s:s,s:i,s:o}", "type", "content_block_start", "index",
+                                            0, "content_block", block));
         c->events[k++] = sse_data("ping", json_pack("{s:s}", "type", "ping"));
         for (size_t i = 0; i < n && k < MAX_EVENTS - 4; i++) {
-            json_t *delta = tool_name != NULL
-                                ? json_pack("{s:s,s:s}", "type", "input_json_delta", "partial_json", pieces[i])
-                                : json_pack("{s:s,s:s}", "type", "text_delta", "text", pieces[i]);
-            c->events[k++] = sse_data("content_block_delta", json_pack("{s:s,s:i,s:o}", "type",
-                                                                       "content_block_delta", "index", 0,
-                                                                       "delta", delta));
+            json_t *delta =
+                tool_name != NULL
+                    ? json_pack("{s:s,s:s}", "type", "input_json_delta", "partial_json", pieces[i])
+                    : json_pack("{s:s,s:s}", "type", "text_delta", "text", pieces[i]);
+            c->events[k++] = sse_data("content_block_delta",
+                                      json_pack("{s:s,s:i,s:o}", "type", "content_block_delta",
+                                                "index", 0, "delta", delta));
         }
         c->events[k++] = sse_data("content_block_stop",
                                   json_pack("{s:s,s:i}", "type", "content_block_stop", "index", 0));
-        c->events[k++] = sse_data("message_delta",
-                                  json_pack("{s:s,s:{s:s,s:n},s:{s:I}}", "type", "message_delta", "delta",
-                                            "stop_reason", tool_name != NULL ? "tool_use" : "end_turn",
-                                            "stop_sequence", "usage", "output_tokens", (json_int_t)ctok));
+        c->events[k++] =
+            sse_data("message_delta",
+                     json_pack("{s:s,s:{s:s,s:n},s:{s:I}}", "type", "message_delta", "delta",
+                               "stop_reason", tool_name != NULL ? "tool_use" : "end_turn",
+                               "stop_sequence", "usage", "output_tokens", (json_int_t)ctok));
         c->events[k++] = sse_data("message_stop", json_pack("{s:s}", "type", "message_stop"));
     }
     c->n_events = k;
@@ -660,7 +689,8 @@ static json_t *embeddings(const json_t *rq)
     json_t *data = json_array();
     size_t i, bytes = 0;
     json_t *it;
-    json_array_foreach(items, i, it) {
+    json_array_foreach(items, i, it)
+    {
         const char *s = json_is_string(it) ? json_string_value(it) : "";
         bytes += strlen(s);
         uint32_t h = 2166136261u;
@@ -671,21 +701,23 @@ static json_t *embeddings(const json_t *rq)
             h = h * 1103515245u + 12345u;
             json_array_append_new(vec, json_real(((double)(h >> 8) / 16777216.0) - 0.5));
         }
-        json_array_append_new(data, json_pack("{s:s,s:I,s:o}", "object", "embedding", "index", (json_int_t)i,
-                                              "embedding", vec));
+        json_array_append_new(data, json_pack("{s:s,s:I,s:o}", "object", "embedding", "index",
+                                              (json_int_t)i, "embedding", vec));
     }
     json_decref(items);
     json_int_t pt = bytes == 0 ? 1 : (json_int_t)((bytes + 3) / 4);
     const char *model = json_string_value(json_object_get(rq, "model"));
     return json_pack("{s:s,s:o,s:s,s:{s:I,s:I}}", "object", "list", "data", data, "model",
-                     model != NULL ? model : "fake-embed", "usage", "prompt_tokens", pt, "total_tokens", pt);
+                     model != NULL ? model : "fake-embed", "usage", "prompt_tokens", pt,
+                     "total_tokens", pt);
 }
 
 static void record(struct evhttp_request *req, const char *path, const char *body, size_t len)
 {
     json_t *hdrs = json_object();
     struct evkeyval *kv;
-    TAILQ_FOREACH(kv, evhttp_request_get_input_headers(req), next) {
+    TAILQ_FOREACH(kv, evhttp_request_get_input_headers(req), next)
+    {
         char name[128];
         size_t i = 0;
         for (; kv->key[i] != '\0' && i < sizeof name - 1; i++)
@@ -696,10 +728,11 @@ static void record(struct evhttp_request *req, const char *path, const char *bod
     json_t *b = json_loadb(body, len, 0, NULL);
     if (b == NULL)
         b = json_stringn(body, len);
-    const char *m = evhttp_request_get_command(req) == EVHTTP_REQ_GET ? "GET"
-                    : evhttp_request_get_command(req) == EVHTTP_REQ_DELETE ? "DELETE" : "POST";
-    json_t *entry = json_pack("{s:s,s:s,s:o,s:o,s:s%}", "method", m, "path", path, "headers", hdrs, "body", b,
-                              "body_raw", body, len);
+    const char *m = evhttp_request_get_command(req) == EVHTTP_REQ_GET      ? "GET"
+                    : evhttp_request_get_command(req) == EVHTTP_REQ_DELETE ? "DELETE"
+                                                                           : "POST";
+    json_t *entry = json_pack("{s:s,s:s,s:o,s:o,s:s%}", "method", m, "path", path, "headers", hdrs,
+                              "body", b, "body_raw", body, len);
     pthread_mutex_lock(&g_lock);
     json_array_append_new(g_log, entry);
     while (json_array_size(g_log) > g_max_record)
@@ -740,7 +773,8 @@ out:
     return rc;
 }
 
-static void handle_control(struct evhttp_request *req, const char *path, const char *body, size_t len)
+static void handle_control(struct evhttp_request *req, const char *path, const char *body,
+                           size_t len)
 {
     enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
     if (strcmp(path, "/_requests") == 0 && cmd == EVHTTP_REQ_GET) {
@@ -751,7 +785,8 @@ static void handle_control(struct evhttp_request *req, const char *path, const c
         free(s);
         return;
     }
-    if ((strcmp(path, "/_requests") == 0 && cmd == EVHTTP_REQ_DELETE) || strcmp(path, "/_reset") == 0) {
+    if ((strcmp(path, "/_requests") == 0 && cmd == EVHTTP_REQ_DELETE) ||
+        strcmp(path, "/_reset") == 0) {
         pthread_mutex_lock(&g_lock);
         json_array_clear(g_log);
         if (strcmp(path, "/_reset") == 0) {
@@ -770,8 +805,10 @@ static void handle_control(struct evhttp_request *req, const char *path, const c
         size_t i;
         json_t *it;
         if (json_is_array(v)) {
-            json_array_foreach(v, i, it) {
-                if (!json_is_string(it) || script_parse(json_string_value(it), &sc, err, sizeof err) != 0)
+            json_array_foreach(v, i, it)
+            {
+                if (!json_is_string(it) ||
+                    script_parse(json_string_value(it), &sc, err, sizeof err) != 0)
                     break;
             }
             if (err[0] == '\0' && i == json_array_size(v))
@@ -786,14 +823,17 @@ static void handle_control(struct evhttp_request *req, const char *path, const c
         }
         json_decref(v);
         if (err[0] != '\0') {
-            send_json(req, 400, json_pack("{s:{s:s,s:s}}", "error", "message", err, "type", "invalid_request_error"));
+            send_json(req, 400,
+                      json_pack("{s:{s:s,s:s}}", "error", "message", err, "type",
+                                "invalid_request_error"));
             return;
         }
         send_simple(req, 200, "application/json", "{}", 2);
         return;
     }
-    send_json(req, 404, json_pack("{s:{s:s,s:s}}", "error", "message", "no such control endpoint", "type",
-                                  "invalid_request_error"));
+    send_json(req, 404,
+              json_pack("{s:{s:s,s:s}}", "error", "message", "no such control endpoint", "type",
+                        "invalid_request_error"));
 }
 
 static const char *strip_v1(const char *path)
@@ -819,9 +859,9 @@ static void on_request(struct evhttp_request *req, void *arg)
         record(req, full, body, len);
     const char *path = strip_v1(full);
     if (strcmp(path, "/models") == 0) {
-        static const char models[] =
-            "{\"object\":\"list\",\"data\":[{\"id\":\"fake-model\",\"object\":\"model\",\"created\":0,"
-            "\"owned_by\":\"fake\"}]}";
+        static const char models[] = "{\"object\":\"list\",\"data\":[{\"id\":\"fake-model\","
+                                     "\"object\":\"model\",\"created\":0,"
+                                     "\"owned_by\":\"fake\"}]}";
         send_simple(req, 200, "application/json", models, sizeof models - 1);
         return;
     }
@@ -831,16 +871,18 @@ static void on_request(struct evhttp_request *req, void *arg)
     else if (strcmp(path, "/messages") == 0)
         api = API_ANTHROPIC;
     else {
-        send_json(req, 404, json_pack("{s:{s:s,s:s}}", "error", "message", "unknown path", "type",
-                                      "invalid_request_error"));
+        send_json(req, 404,
+                  json_pack("{s:{s:s,s:s}}", "error", "message", "unknown path", "type",
+                            "invalid_request_error"));
         return;
     }
     json_error_t jerr;
     json_t *rq = json_loadb(body, len, 0, &jerr);
     if (!json_is_object(rq)) {
         json_decref(rq);
-        send_json(req, 400, json_pack("{s:{s:s,s:s}}", "error", "message", "request body is not a JSON object",
-                                      "type", "invalid_request_error"));
+        send_json(req, 400,
+                  json_pack("{s:{s:s,s:s}}", "error", "message",
+                            "request body is not a JSON object", "type", "invalid_request_error"));
         return;
     }
     struct rctx *c = calloc(1, sizeof *c);
@@ -852,14 +894,18 @@ static void on_request(struct evhttp_request *req, void *arg)
     const char *hdr = evhttp_find_header(evhttp_request_get_input_headers(req), "X-Fake-Script");
     char *queued = hdr == NULL ? queue_pop() : NULL;
     const char *model = json_string_value(json_object_get(rq, "model"));
-    const char *text = hdr != NULL ? hdr : queued != NULL ? queued
-                       : model != NULL && strncmp(model, "script:", 7) == 0 ? model + 7 : NULL;
+    const char *text = hdr != NULL                                          ? hdr
+                       : queued != NULL                                     ? queued
+                       : model != NULL && strncmp(model, "script:", 7) == 0 ? model + 7
+                                                                            : NULL;
     char err[256];
     if (text != NULL && script_parse(text, &c->sc, err, sizeof err) != 0) {
         free(queued);
         json_decref(rq);
         free(c);
-        send_json(req, 400, json_pack("{s:{s:s,s:s}}", "error", "message", err, "type", "invalid_request_error"));
+        send_json(
+            req, 400,
+            json_pack("{s:{s:s,s:s}}", "error", "message", err, "type", "invalid_request_error"));
         return;
     }
     free(queued);
@@ -867,7 +913,8 @@ static void on_request(struct evhttp_request *req, void *arg)
     if (c->sc.status != 0 && c->sc.status != 200) {
         c->stream = false;
         c->status = c->sc.status;
-        json_t *e = api == API_OPENAI ? openai_error_body(c->status) : anthropic_error_body(c->status);
+        json_t *e =
+            api == API_OPENAI ? openai_error_body(c->status) : anthropic_error_body(c->status);
         c->body = json_dumps(e, JSON_COMPACT);
         c->body_len = strlen(c->body);
         json_decref(e);
@@ -928,8 +975,8 @@ static int listen_socket(const char *host, int port)
         return -1;
     }
     struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
-    if (inet_pton(AF_INET, host, &a.sin_addr) != 1 || bind(fd, (struct sockaddr *)&a, sizeof a) == -1 ||
-        listen(fd, 4096) == -1) {
+    if (inet_pton(AF_INET, host, &a.sin_addr) != 1 ||
+        bind(fd, (struct sockaddr *)&a, sizeof a) == -1 || listen(fd, 4096) == -1) {
         close(fd);
         return -1;
     }
@@ -980,12 +1027,14 @@ int main(int argc, char **argv)
     for (long t = 0; t < threads; t++) {
         srv[t].fd = listen_socket(host, (int)port);
         if (srv[t].fd == -1) {
-            fprintf(stderr, "tg-fake-upstream: cannot listen on %s:%ld: %s\n", host, port, strerror(errno));
+            fprintf(stderr, "tg-fake-upstream: cannot listen on %s:%ld: %s\n", host, port,
+                    strerror(errno));
             return 1;
         }
         srv[t].base = event_base_new();
         srv[t].http = evhttp_new(srv[t].base);
-        evhttp_set_allowed_methods(srv[t].http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_DELETE);
+        evhttp_set_allowed_methods(srv[t].http,
+                                   EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_DELETE);
         evhttp_set_max_body_size(srv[t].http, 64 * 1024 * 1024);
         evhttp_set_gencb(srv[t].http, on_request, srv[t].base);
         if (evhttp_accept_socket(srv[t].http, srv[t].fd) != 0) {
@@ -1019,7 +1068,8 @@ int main(int argc, char **argv)
     return 0;
 
 usage:
-    fprintf(stderr, "usage: tg-fake-upstream --port P [--host 127.0.0.1] [--threads N] [--no-record] "
-                    "[--max-record N]\n");
+    fprintf(stderr,
+            "usage: tg-fake-upstream --port P [--host 127.0.0.1] [--threads N] [--no-record] "
+            "[--max-record N]\n");
     return 2;
 }

@@ -48,7 +48,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     size_t n = size - 2;
     if (split > n)
         split = n;
-    struct tg_cfg_provider prov = {.name = "p", .base_url = "http://x", .api_key = "k", .enabled = true};
+    struct tg_cfg_provider prov = {
+        .name = "p", .base_url = "http://x", .api_key = "k", .enabled = true};
     struct tg_cfg_model m = {.name = "m", .upstream_model = "up", .provider_ref = &prov};
     switch (mode) {
     case 0:
@@ -90,7 +91,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                 json_t *want = json_copy(rq);
                 json_object_set_new(want, "model", json_string("up"));
                 if (stream && json_object_get(rq, "stream_options") == NULL)
-                    json_object_set_new(want, "stream_options", json_pack("{s:b}", "include_usage", 1));
+                    json_object_set_new(want, "stream_options",
+                                        json_pack("{s:b}", "include_usage", 1));
                 if (got == NULL || !json_equal(got, want))
                     abort();
                 json_decref(got);

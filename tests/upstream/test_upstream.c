@@ -54,9 +54,12 @@ static int setup_all(void **state)
              "  slow:\n    kind: openai\n    base_url: %s/v1\n    api_key: sk-slow\n"
              "    retries: 0\n    first_byte_timeout_ms: 200\n    circuit_failures: 1000\n"
              "  brk:\n    kind: openai\n    base_url: %s/v1\n    api_key: sk-brk\n"
-             "    retries: 0\n    circuit_failures: 2\n    circuit_window_ms: 60000\n    circuit_open_ms: 300\n"
-             "  off:\n    kind: openai\n    base_url: %s/v1\n    api_key: ${TG_TEST_UPSTREAM_UNSET_KEY}\n"
-             "  closed:\n    kind: openai\n    base_url: http://127.0.0.1:%d/v1\n    api_key: sk-closed\n"
+             "    retries: 0\n    circuit_failures: 2\n    circuit_window_ms: 60000\n    "
+             "circuit_open_ms: 300\n"
+             "  off:\n    kind: openai\n    base_url: %s/v1\n    api_key: "
+             "${TG_TEST_UPSTREAM_UNSET_KEY}\n"
+             "  closed:\n    kind: openai\n    base_url: http://127.0.0.1:%d/v1\n    api_key: "
+             "sk-closed\n"
              "    retries: 1\n    retry_base_ms: 5\n    circuit_failures: 1000\n"
              "models:\n"
              "  - {name: phi, tier: local, target: engine}\n"
@@ -129,11 +132,11 @@ struct outcome {
     struct event_base *base;
     bool completed, failed;
     int n_chunks;
-    char text[4096];          /* concatenated delta.content of chunks */
-    char tool_args[1024];     /* concatenated delta.tool_calls[0].function.arguments */
+    char text[4096];      /* concatenated delta.content of chunks */
+    char tool_args[1024]; /* concatenated delta.tool_calls[0].function.arguments */
     bool got_usage_chunk;
-    json_t *response;         /* non-stream response (copy) */
-    json_t *error;            /* error body (copy) */
+    json_t *response; /* non-stream response (copy) */
+    json_t *error;    /* error body (copy) */
     int status;
     bool started, should_retry;
     char kind[32];
@@ -141,12 +144,12 @@ struct outcome {
     char finish[32];
     struct tg_upstream_usage usage;
     struct tg_upstream_stats stats;
-    int cancel_after;         /* > 0: cancel (from a timer) after this many chunks */
-    int cancel_ms;            /* > 0: cancel this long after the start */
-    const char *request_id;   /* NULL = "req-test-1" */
-    bool raw;                 /* pass the request text as call.raw_body too */
-    int pause_after;          /* > 0: tg_upstream_pause from on_chunk after this many chunks */
-    int resume_ms;            /* ... and tg_upstream_resume from a timer this much later */
+    int cancel_after;       /* > 0: cancel (from a timer) after this many chunks */
+    int cancel_ms;          /* > 0: cancel this long after the start */
+    const char *request_id; /* NULL = "req-test-1" */
+    bool raw;               /* pass the request text as call.raw_body too */
+    int pause_after;        /* > 0: tg_upstream_pause from on_chunk after this many chunks */
+    int resume_ms;          /* ... and tg_upstream_resume from a timer this much later */
     struct event *resume_ev;
     int chunks_at_resume;
     struct tg_upstream_req *req;
@@ -164,13 +167,14 @@ static int on_chunk(void *user, const struct tg_upstream_chunk *c)
     const json_t *choices = json_object_get(c->json, "choices");
     if (json_array_size(choices) == 0 && json_object_get(c->json, "usage") != NULL)
         o->got_usage_chunk = true;
-    const char *t = json_string_value(json_object_get(json_object_get(json_array_get(choices, 0), "delta"),
-                                                      "content"));
+    const char *t = json_string_value(
+        json_object_get(json_object_get(json_array_get(choices, 0), "delta"), "content"));
     if (t != NULL)
         strncat(o->text, t, sizeof o->text - strlen(o->text) - 1);
     const json_t *tc = json_array_get(
         json_object_get(json_object_get(json_array_get(choices, 0), "delta"), "tool_calls"), 0);
-    const char *args = json_string_value(json_object_get(json_object_get(tc, "function"), "arguments"));
+    const char *args =
+        json_string_value(json_object_get(json_object_get(tc, "function"), "arguments"));
     if (args != NULL)
         strncat(o->tool_args, args, sizeof o->tool_args - strlen(o->tool_args) - 1);
     /* the serialised form must be the same JSON */
@@ -267,7 +271,8 @@ static void run(const char *request, const char *const *targets, struct outcome 
                                     .targets = tv,
                                     .n_targets = n,
                                     .stream = json_is_true(json_object_get(rq, "stream")),
-                                    .request_id = o->request_id != NULL ? o->request_id : "req-test-1",
+                                    .request_id =
+                                        o->request_id != NULL ? o->request_id : "req-test-1",
                                     .headers = extra,
                                     .raw_body = o->raw ? request : NULL,
                                     .raw_len = o->raw ? strlen(request) : 0};
@@ -317,21 +322,24 @@ static void test_passthrough_exact_request(void **state)
     assert_int_equal(o.usage.prompt_tokens, 2); /* ceil(8 bytes / 4) */
     assert_true(o.usage.completion_tokens > 0);
     assert_string_equal(o.finish, "stop");
-    assert_string_equal(json_string_value(json_object_get(
-                            json_object_get(json_array_get(json_object_get(o.response, "choices"), 0), "message"),
-                            "content")),
-                        "Hello from the fake upstream.");
+    assert_string_equal(
+        json_string_value(json_object_get(
+            json_object_get(json_array_get(json_object_get(o.response, "choices"), 0), "message"),
+            "content")),
+        "Hello from the fake upstream.");
     json_t *reqs = fake_requests();
     assert_int_equal(json_array_size(reqs), 1);
     const json_t *r0 = json_array_get(reqs, 0);
     assert_string_equal(json_string_value(json_object_get(r0, "path")), "/v1/chat/completions");
-    json_t *expect = json_loads("{\"model\":\"gpt-fake\",\"messages\":[{\"role\":\"user\",\"content\":\"hi there\"}],"
-                                "\"temperature\":0.25,\"x_vendor_field\":{\"keep\":[1,2,3]},\"seed\":7}",
-                                0, NULL);
+    json_t *expect = json_loads(
+        "{\"model\":\"gpt-fake\",\"messages\":[{\"role\":\"user\",\"content\":\"hi there\"}],"
+        "\"temperature\":0.25,\"x_vendor_field\":{\"keep\":[1,2,3]},\"seed\":7}",
+        0, NULL);
     assert_true(json_equal(expect, json_object_get(r0, "body")));
     json_decref(expect);
     const json_t *h = json_object_get(r0, "headers");
-    assert_string_equal(json_string_value(json_object_get(h, "authorization")), "Bearer sk-test-openai-secret");
+    assert_string_equal(json_string_value(json_object_get(h, "authorization")),
+                        "Bearer sk-test-openai-secret");
     assert_string_equal(json_string_value(json_object_get(h, "x-request-id")), "req-test-1");
     assert_string_equal(json_string_value(json_object_get(h, "x-extra-test")), "yes");
     assert_null(json_object_get(h, "expect"));
@@ -355,8 +363,8 @@ static void test_stream_include_usage_added(void **state)
 {
     fake_reset();
     struct outcome o = {0};
-    run("{\"model\":\"x\",\"stream\":true,\"messages\":[{\"role\":\"user\",\"content\":\"abcd\"}]}", T_OA, &o,
-        5000);
+    run("{\"model\":\"x\",\"stream\":true,\"messages\":[{\"role\":\"user\",\"content\":\"abcd\"}]}",
+        T_OA, &o, 5000);
     assert_true(o.completed);
     assert_string_equal(o.text, "Hello from the fake upstream.");
     assert_false(o.got_usage_chunk); /* the client did not ask for it */
@@ -365,7 +373,8 @@ static void test_stream_include_usage_added(void **state)
     assert_string_equal(o.finish, "stop");
     json_t *reqs = fake_requests();
     const json_t *body = json_object_get(json_array_get(reqs, 0), "body");
-    assert_true(json_is_true(json_object_get(json_object_get(body, "stream_options"), "include_usage")));
+    assert_true(
+        json_is_true(json_object_get(json_object_get(body, "stream_options"), "include_usage")));
     json_decref(reqs);
     outcome_free(&o);
 
@@ -384,22 +393,29 @@ static void test_anthropic_nonstream(void **state)
     fake_reset();
     struct outcome o = {0};
     run("{\"model\":\"x\",\"messages\":[{\"role\":\"system\",\"content\":\"Be brief.\"},"
-        "{\"role\":\"user\",\"content\":\"hello world!\"}],\"temperature\":1.5,\"stop\":\"END\",\"top_p\":0.9}",
+        "{\"role\":\"user\",\"content\":\"hello "
+        "world!\"}],\"temperature\":1.5,\"stop\":\"END\",\"top_p\":0.9}",
         T_AN, &o, 5000);
     assert_true(o.completed);
     assert_string_equal(o.served, "an");
-    assert_string_equal(json_string_value(json_object_get(o.response, "object")), "chat.completion");
-    const json_t *msg = json_object_get(json_array_get(json_object_get(o.response, "choices"), 0), "message");
-    assert_string_equal(json_string_value(json_object_get(msg, "content")), "Hello from the fake upstream.");
+    assert_string_equal(json_string_value(json_object_get(o.response, "object")),
+                        "chat.completion");
+    const json_t *msg =
+        json_object_get(json_array_get(json_object_get(o.response, "choices"), 0), "message");
+    assert_string_equal(json_string_value(json_object_get(msg, "content")),
+                        "Hello from the fake upstream.");
     assert_string_equal(o.finish, "stop");
     assert_int_equal(o.usage.prompt_tokens, 6); /* ceil((12 + 9) / 4) */
     assert_int_equal(o.usage.completion_tokens, 5);
-    assert_int_equal(json_integer_value(json_object_get(json_object_get(o.response, "usage"), "total_tokens")), 11);
+    assert_int_equal(
+        json_integer_value(json_object_get(json_object_get(o.response, "usage"), "total_tokens")),
+        11);
     json_t *reqs = fake_requests();
     const json_t *r0 = json_array_get(reqs, 0);
     assert_string_equal(json_string_value(json_object_get(r0, "path")), "/v1/messages");
     json_t *expect = json_loads(
-        "{\"model\":\"claude-fake\",\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"text\","
+        "{\"model\":\"claude-fake\",\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":"
+        "\"text\","
         "\"text\":\"hello world!\"}]}],\"max_tokens\":4096,\"temperature\":1.0,\"top_p\":0.9,"
         "\"stop_sequences\":[\"END\"],\"system\":\"Be brief.\"}",
         0, NULL);
@@ -417,7 +433,8 @@ static void test_anthropic_stream(void **state)
 {
     fake_reset();
     struct outcome o = {0};
-    run("{\"model\":\"x\",\"stream\":true,\"stream_options\":{\"include_usage\":true},\"max_tokens\":50,"
+    run("{\"model\":\"x\",\"stream\":true,\"stream_options\":{\"include_usage\":true},\"max_"
+        "tokens\":50,"
         "\"messages\":[{\"role\":\"user\",\"content\":\"count to three\"}]}",
         T_AN, &o, 5000);
     assert_true(o.completed);
@@ -439,8 +456,10 @@ static void test_anthropic_structured_output(void **state)
 {
     static const char rq[] =
         "{\"model\":\"x\",\"messages\":[{\"role\":\"user\",\"content\":\"extract\"}],"
-        "\"response_format\":{\"type\":\"json_schema\",\"json_schema\":{\"name\":\"person\",\"schema\":"
-        "{\"type\":\"object\",\"properties\":{\"name\":{\"type\":\"string\"},\"age\":{\"type\":\"integer\"}},"
+        "\"response_format\":{\"type\":\"json_schema\",\"json_schema\":{\"name\":\"person\","
+        "\"schema\":"
+        "{\"type\":\"object\",\"properties\":{\"name\":{\"type\":\"string\"},\"age\":{\"type\":"
+        "\"integer\"}},"
         "\"required\":[\"name\",\"age\"]}}}%s}";
     for (int streaming = 0; streaming < 2; streaming++) {
         fake_reset();
@@ -450,11 +469,13 @@ static void test_anthropic_structured_output(void **state)
         run(body, T_AN, &o, 5000);
         assert_true(o.completed);
         assert_string_equal(o.finish, "stop");
-        const char *text = streaming ? o.text
-                                     : json_string_value(json_object_get(
-                                           json_object_get(json_array_get(json_object_get(o.response, "choices"), 0),
-                                                           "message"),
-                                           "content"));
+        const char *text =
+            streaming
+                ? o.text
+                : json_string_value(json_object_get(
+                      json_object_get(json_array_get(json_object_get(o.response, "choices"), 0),
+                                      "message"),
+                      "content"));
         json_t *data = json_loads(text, 0, NULL);
         assert_non_null(data);
         assert_true(json_is_string(json_object_get(data, "name")));
@@ -462,12 +483,15 @@ static void test_anthropic_structured_output(void **state)
         json_decref(data);
         json_t *reqs = fake_requests();
         const json_t *sent = json_object_get(json_array_get(reqs, 0), "body");
-        assert_string_equal(json_string_value(json_object_get(json_object_get(sent, "tool_choice"), "name")),
-                            "person");
-        assert_string_equal(json_string_value(json_object_get(json_object_get(sent, "tool_choice"), "type")), "tool");
-        assert_non_null(json_object_get(json_object_get(json_array_get(json_object_get(sent, "tools"), 0),
-                                                        "input_schema"),
-                                        "properties"));
+        assert_string_equal(
+            json_string_value(json_object_get(json_object_get(sent, "tool_choice"), "name")),
+            "person");
+        assert_string_equal(
+            json_string_value(json_object_get(json_object_get(sent, "tool_choice"), "type")),
+            "tool");
+        assert_non_null(json_object_get(
+            json_object_get(json_array_get(json_object_get(sent, "tools"), 0), "input_schema"),
+            "properties"));
         json_decref(reqs);
         outcome_free(&o);
     }
@@ -512,7 +536,8 @@ static void test_retry_after_honoured(void **state)
     fake_script("[\"status=429;retry_after=3600\"]");
     struct outcome o3 = {0};
     const char *const chain[] = {"oa", "oa2", NULL};
-    run("{\"model\":\"x\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}", chain, &o3, 5000);
+    run("{\"model\":\"x\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}", chain, &o3,
+        5000);
     assert_true(o3.completed);
     assert_string_equal(o3.served, "oa2");
     assert_int_equal(o3.stats.backoff_ms, 0);
@@ -525,7 +550,8 @@ static void test_no_retry_after_first_byte(void **state)
     fake_reset();
     fake_script("[\"cut=3\"]");
     struct outcome o = {0};
-    run("{\"model\":\"x\",\"stream\":true,\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}", T_OA, &o, 5000);
+    run("{\"model\":\"x\",\"stream\":true,\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}",
+        T_OA, &o, 5000);
     assert_true(o.failed);
     assert_true(o.started);
     assert_int_equal(o.n_chunks, 3);
@@ -538,7 +564,8 @@ static void test_no_retry_after_first_byte(void **state)
     /* an error event inside the stream also ends it (started) */
     fake_script("[\"error_after=2\"]");
     struct outcome o2 = {0};
-    run("{\"model\":\"x\",\"stream\":true,\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}", T_OA, &o2, 5000);
+    run("{\"model\":\"x\",\"stream\":true,\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}",
+        T_OA, &o2, 5000);
     assert_true(o2.failed);
     assert_true(o2.started);
     assert_int_equal(o2.n_chunks, 2);
@@ -561,7 +588,8 @@ static void test_fallback_chain(void **state)
     assert_string_equal(o.stats.fallback_reason, "disabled");
     json_t *reqs = fake_requests();
     assert_int_equal(json_array_size(reqs), 4);
-    assert_string_equal(json_string_value(json_object_get(json_object_get(json_array_get(reqs, 3), "body"), "model")),
+    assert_string_equal(json_string_value(json_object_get(
+                            json_object_get(json_array_get(reqs, 3), "body"), "model")),
                         "gpt-fake-2");
     json_decref(reqs);
     outcome_free(&o);
@@ -580,7 +608,8 @@ static void test_all_failed(void **state)
     assert_int_equal(o.stats.attempts, 0);
     assert_int_equal(o.stats.fallbacks, 0); /* nothing to fall back to */
     assert_null(o.stats.fallback_reason);
-    const char *msg = json_string_value(json_object_get(json_object_get(o.error, "error"), "message"));
+    const char *msg =
+        json_string_value(json_object_get(json_object_get(o.error, "error"), "message"));
     assert_non_null(msg);
     assert_non_null(strstr(msg, "TG_TEST_UPSTREAM_UNSET_KEY"));
     outcome_free(&o);
@@ -588,7 +617,8 @@ static void test_all_failed(void **state)
     fake_script("[\"status=500\",\"status=500\",\"status=500\",\"status=401\"]");
     const char *const chain2[] = {"oa", "sl", NULL};
     struct outcome o2 = {0};
-    run("{\"model\":\"x\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}", chain2, &o2, 5000);
+    run("{\"model\":\"x\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}", chain2, &o2,
+        5000);
     assert_true(o2.failed);
     assert_false(o2.should_retry);
     assert_int_equal(o2.stats.attempts, 4);
@@ -604,12 +634,14 @@ static void test_all_failed(void **state)
     fake_script("[\"status=400\"]");
     const char *const chain3[] = {"oa", "oa2", NULL};
     struct outcome o3 = {0};
-    run("{\"model\":\"x\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}", chain3, &o3, 5000);
+    run("{\"model\":\"x\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}", chain3, &o3,
+        5000);
     assert_true(o3.failed);
     assert_int_equal(o3.status, 400);
     assert_int_equal(o3.stats.attempts, 1);
-    assert_non_null(strstr(json_string_value(json_object_get(json_object_get(o3.error, "error"), "message")),
-                           "scripted status 400"));
+    assert_non_null(
+        strstr(json_string_value(json_object_get(json_object_get(o3.error, "error"), "message")),
+               "scripted status 400"));
     outcome_free(&o3);
 }
 
@@ -636,9 +668,11 @@ static void test_circuit_breaker(void **state)
         struct tg_buf text;
         tg_buf_init(&text, 1 << 22);
         assert_int_equal(tg_metrics_render(&text), TG_OK);
-        assert_non_null(strstr(text.data, "tiergate_upstream_errors_total{target=\"cb\",kind=\"http_5xx\"} 2"));
+        assert_non_null(
+            strstr(text.data, "tiergate_upstream_errors_total{target=\"cb\",kind=\"http_5xx\"} 2"));
         assert_non_null(strstr(text.data, "tiergate_circuit_state{target=\"cb\"} 2"));
-        assert_non_null(strstr(text.data, "tiergate_upstream_duration_seconds_count{target=\"cb\"} 2"));
+        assert_non_null(
+            strstr(text.data, "tiergate_upstream_duration_seconds_count{target=\"cb\"} 2"));
         tg_buf_free(&text);
         tg_upstream_exec_destroy(x);
         event_base_free(b);
@@ -708,7 +742,8 @@ static void test_timeouts(void **state)
     /* stalled stream: idle timeout after the first events (already relayed: no retry) */
     fake_script("[\"stall=2\"]");
     struct outcome o = {0};
-    run("{\"model\":\"x\",\"stream\":true,\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}", T_OA, &o, 5000);
+    run("{\"model\":\"x\",\"stream\":true,\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}",
+        T_OA, &o, 5000);
     assert_true(o.failed);
     assert_string_equal(o.kind, "timeout");
     assert_int_equal(o.status, 504);
@@ -744,7 +779,8 @@ static void test_connect_refused(void **state)
     /* and on to the next target */
     const char *const chain[] = {"nc", "oa", NULL};
     struct outcome o2 = {0};
-    run("{\"model\":\"x\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}", chain, &o2, 5000);
+    run("{\"model\":\"x\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}", chain, &o2,
+        5000);
     assert_true(o2.completed);
     assert_string_equal(o2.served, "oa");
     assert_string_equal(o2.stats.fallback_reason, "connect");
@@ -756,7 +792,8 @@ static void test_cancel(void **state)
     fake_reset();
     fake_script("[\"chunk_delay_ms=50;chunks=40\"]");
     struct outcome o = {.cancel_after = 2};
-    run("{\"model\":\"x\",\"stream\":true,\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}", T_OA, &o, 800);
+    run("{\"model\":\"x\",\"stream\":true,\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}",
+        T_OA, &o, 800);
     assert_true(o.canceled);
     assert_false(o.completed);
     assert_false(o.failed);
@@ -776,7 +813,8 @@ static bool subset(const json_t *want, const json_t *got)
         json_t *v;
         if (!json_is_object(got))
             return false;
-        json_object_foreach((json_t *)want, k, v) if (!subset(v, json_object_get(got, k))) return false;
+        json_object_foreach((json_t *)want, k,
+                            v) if (!subset(v, json_object_get(got, k))) return false;
         return true;
     }
     if (json_is_array(want)) {
@@ -800,7 +838,8 @@ static void test_proxy_cases(void **state)
         fail_msg("proxy_cases.json:%d: %s", jerr.line, jerr.text);
     size_t i;
     json_t *c;
-    json_array_foreach(cases, i, c) {
+    json_array_foreach(cases, i, c)
+    {
         const char *name = json_string_value(json_object_get(c, "name"));
         print_message("case %zu: %s\n", i, name);
         fake_reset();
@@ -830,7 +869,8 @@ static void test_proxy_cases(void **state)
         }
         const char *path = json_string_value(json_object_get(c, "upstream_path"));
         if (path != NULL)
-            assert_string_equal(json_string_value(json_object_get(json_array_get(reqs, 0), "path")), path);
+            assert_string_equal(json_string_value(json_object_get(json_array_get(reqs, 0), "path")),
+                                path);
         if (json_is_true(json_object_get(c, "no_upstream_request")))
             assert_int_equal(json_array_size(reqs), 0);
         json_decref(reqs);
@@ -873,10 +913,11 @@ static void test_backpressure(void **state)
     /* 40 pieces, 20 ms apart; paused after the 2nd for 600 ms, longer than the provider's
      * 300 ms stream-idle timeout: no timeout, nothing read meanwhile, everything after resume */
     fake_reset();
-    fake_script("[\"chunk_delay_ms=20;chunks=40;content=abcdefghijklmnopqrstuvwxyz0123456789ABCD\"]");
+    fake_script(
+        "[\"chunk_delay_ms=20;chunks=40;content=abcdefghijklmnopqrstuvwxyz0123456789ABCD\"]");
     struct outcome o = {.pause_after = 2, .resume_ms = 600};
-    run("{\"model\":\"x\",\"stream\":true,\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}", T_OA, &o,
-        8000);
+    run("{\"model\":\"x\",\"stream\":true,\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}",
+        T_OA, &o, 8000);
     assert_true(o.completed);
     assert_string_equal(o.text, "abcdefghijklmnopqrstuvwxyz0123456789ABCD");
     print_message("chunks at resume: %d of %d\n", o.chunks_at_resume, o.n_chunks);
@@ -891,13 +932,16 @@ static void test_raw_passthrough(void **state)
         const char *request, *upstream; /* upstream NULL: the JSON path (compare parsed) */
     } rows[] = {
         /* the client's bytes, formatting and number spelling kept; only the model value changes */
-        {"{ \"model\" : \"auto\", \"temperature\": 1e0,\n \"messages\":[{\"role\":\"user\",\"content\":\"h\\u00e9\"}],"
+        {"{ \"model\" : \"auto\", \"temperature\": 1e0,\n "
+         "\"messages\":[{\"role\":\"user\",\"content\":\"h\\u00e9\"}],"
          " \"z\":[1, 2] }",
-         "{ \"model\" : \"gpt-fake\", \"temperature\": 1e0,\n \"messages\":[{\"role\":\"user\",\"content\":\"h\\u00e9\"}],"
+         "{ \"model\" : \"gpt-fake\", \"temperature\": 1e0,\n "
+         "\"messages\":[{\"role\":\"user\",\"content\":\"h\\u00e9\"}],"
          " \"z\":[1, 2] }"},
         /* a stream without stream_options gets include_usage appended */
         {"{\"stream\":true,\"messages\":[{\"role\":\"user\",\"content\":\"}{\"}],\"model\":\"m\"}",
-         "{\"stream\":true,\"messages\":[{\"role\":\"user\",\"content\":\"}{\"}],\"model\":\"gpt-fake\","
+         "{\"stream\":true,\"messages\":[{\"role\":\"user\",\"content\":\"}{\"}],\"model\":\"gpt-"
+         "fake\","
          "\"stream_options\":{\"include_usage\":true}}"},
         /* an escaped key that means "model": the JSON path takes over */
         {"{\"mod\\u0065l\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}", NULL},
@@ -943,11 +987,14 @@ static void test_fake_endpoints(void **state)
 
     snprintf(url, sizeof url, "%s/v1/embeddings", g_base);
     const char *ct[] = {"Content-Type: application/json", NULL};
-    assert_int_equal(tg_test_http("POST", url, ct, "{\"model\":\"e\",\"input\":[\"a\",\"bb\"]}", &r), 0);
+    assert_int_equal(
+        tg_test_http("POST", url, ct, "{\"model\":\"e\",\"input\":[\"a\",\"bb\"]}", &r), 0);
     assert_int_equal(r.status, 200);
     json_t *v = json_loads(r.body, 0, NULL);
     assert_int_equal(json_array_size(json_object_get(v, "data")), 2);
-    assert_int_equal(json_array_size(json_object_get(json_array_get(json_object_get(v, "data"), 0), "embedding")), 8);
+    assert_int_equal(json_array_size(json_object_get(json_array_get(json_object_get(v, "data"), 0),
+                                                     "embedding")),
+                     8);
     json_decref(v);
     tg_test_response_free(&r);
 
@@ -958,7 +1005,8 @@ static void test_fake_endpoints(void **state)
     tg_test_response_free(&r);
 
     assert_int_equal(tg_test_http("POST", url, ct,
-                                  "{\"model\":\"script:content=yo\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}",
+                                  "{\"model\":\"script:content=yo\",\"messages\":[{\"role\":"
+                                  "\"user\",\"content\":\"x\"}]}",
                                   &r),
                      0);
     assert_int_equal(r.status, 200);

@@ -31,7 +31,8 @@ static void on_complete(void *user, const struct tg_upstream_result *r)
 {
     struct st *s = user;
     const char *c = json_string_value(json_object_get(
-        json_object_get(json_array_get(json_object_get(r->response, "choices"), 0), "message"), "content"));
+        json_object_get(json_array_get(json_object_get(r->response, "choices"), 0), "message"),
+        "content"));
     snprintf(s->content[s->done], sizeof s->content[0], "%s", c != NULL ? c : "");
     if (++s->done == N_CALLS)
         event_base_loopbreak(s->base);
@@ -85,21 +86,24 @@ static void test_http2_multiplexed(void **state)
     char yaml[1024];
     snprintf(yaml, sizeof yaml,
              "server:\n  open_mode: true\n"
-             "providers:\n  h2:\n    kind: openai\n    base_url: https://127.0.0.1:%d/v1\n    api_key: sk-h2\n"
+             "providers:\n  h2:\n    kind: openai\n    base_url: https://127.0.0.1:%d/v1\n    "
+             "api_key: sk-h2\n"
              "    retries: 0\n"
              "models:\n  - {name: phi, tier: local, target: engine}\n"
              "  - {name: h2m, tier: remote, provider: h2, upstream_model: h2-model}\n",
              port);
     struct tg_config *cfg = NULL;
     char err[256];
-    assert_int_equal(tg_config_load(tg_test_write_temp("routes.yaml", yaml), &cfg, err, sizeof err), TG_OK);
+    assert_int_equal(tg_config_load(tg_test_write_temp("routes.yaml", yaml), &cfg, err, sizeof err),
+                     TG_OK);
     const struct tg_cfg_model *m = tg_config_model(cfg, "h2m");
 
     struct event_base *base = event_base_new();
     struct tg_upstream_exec_params p = tg_upstream_exec_default_params();
     p.verify_tls = false; /* self-signed */
     struct tg_upstream_exec *ex = tg_upstream_exec_create(base, &p);
-    json_t *rq = json_loads("{\"model\":\"x\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}", 0, NULL);
+    json_t *rq = json_loads(
+        "{\"model\":\"x\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}", 0, NULL);
     struct st s = {.base = base};
     static const struct tg_upstream_handlers h = {NULL, on_complete, on_error};
     struct tg_upstream_call call = {.request = rq, .targets = &m, .n_targets = 1};
