@@ -196,8 +196,9 @@ static json_t *schema_instance(const json_t *schema, int depth)
         json_t *o = json_object();
         const char *k;
         json_t *sub;
-        json_object_foreach((json_t *)json_object_get(schema, "properties"), k, sub)
+        json_object_foreach((json_t *)json_object_get(schema, "properties"), k, sub) {
             json_object_set_new(o, k, schema_instance(sub, depth + 1));
+        }
         return o;
     }
     if (strcmp(type, "array") == 0) {
@@ -383,7 +384,9 @@ static size_t text_bytes(const json_t *content)
     if (json_is_array(content)) {
         size_t i;
         const json_t *part;
-        json_array_foreach(content, i, part) n += json_string_length(json_object_get(part, "text"));
+        json_array_foreach(content, i, part) {
+            n += json_string_length(json_object_get(part, "text"));
+        }
     }
     return n;
 }
@@ -392,8 +395,9 @@ static int64_t prompt_tokens_of(const json_t *rq)
 {
     size_t n = 0, i;
     const json_t *m;
-    json_array_foreach(json_object_get(rq, "messages"), i, m) n +=
-        text_bytes(json_object_get(m, "content"));
+    json_array_foreach(json_object_get(rq, "messages"), i, m) {
+        n += text_bytes(json_object_get(m, "content"));
+    }
     n += text_bytes(json_object_get(rq, "system"));
     return n == 0 ? 1 : (int64_t)((n + 3) / 4);
 }
@@ -811,10 +815,13 @@ static void handle_control(struct evhttp_request *req, const char *path, const c
                     script_parse(json_string_value(it), &sc, err, sizeof err) != 0)
                     break;
             }
-            if (err[0] == '\0' && i == json_array_size(v))
-                json_array_foreach(v, i, it) queue_push(json_string_value(it));
-            else if (err[0] == '\0')
+            if (err[0] == '\0' && i == json_array_size(v)) {
+                json_array_foreach(v, i, it) {
+                    queue_push(json_string_value(it));
+                }
+            } else if (err[0] == '\0') {
                 snprintf(err, sizeof err, "scripts must be strings");
+            }
         } else {
             char text[MAX_SCRIPT];
             snprintf(text, sizeof text, "%.*s", (int)len, body);

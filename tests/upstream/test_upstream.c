@@ -813,8 +813,10 @@ static bool subset(const json_t *want, const json_t *got)
         json_t *v;
         if (!json_is_object(got))
             return false;
-        json_object_foreach((json_t *)want, k,
-                            v) if (!subset(v, json_object_get(got, k))) return false;
+        json_object_foreach((json_t *)want, k, v) {
+            if (!subset(v, json_object_get(got, k)))
+                return false;
+        }
         return true;
     }
     if (json_is_array(want)) {
