@@ -61,6 +61,7 @@ bool gw_env_start(struct gw_env *e, const char *extra_server, const char *extra_
              "  log_level: debug\n"
              "  api_keys:\n"
              "    - {name: test, sha256: " KEY_SHA "}\n"
+             "    - {name: private, sha256: 67289abcaf488e5784135353253ce19e9885d06779f8938267339f1ee657181a, privacy: true}\n"
              "%s"
              "redis:\n  enabled: false\n"
              "local:\n  model: %s\n  price_per_mtok_usd: 0.02\n%s"
