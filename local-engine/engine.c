@@ -1090,6 +1090,28 @@ static llama_token slot_sample(struct tg_engine *e, struct slot *s, int32_t idx,
     for (int32_t t = 0; t < e->n_vocab; t++)
         s->cand[t] = (llama_token_data){t, logits[t], 0.0f};
     llama_token_data_array arr = {s->cand, (size_t)e->n_vocab, -1, false};
+    if (j->grammar && j->kind != TG_JOB_CLASSIFY) {
+        /* Masking the whole vocabulary with a grammar costs more than the decode step of a
+         * small model. Like llama-server, sample unconstrained first and keep the token when
+         * the grammar admits it (exact for greedy; a model that follows the format rarely
+         * needs the slow path); otherwise mask everything and sample again. CLASSIFY always
+         * masks: its confidence needs the masked distribution. */
+        llama_sampler_apply(j->chain, &arr);
+        if (arr.selected >= 0 && (size_t)arr.selected < arr.size) {
+            llama_token tok = arr.data[arr.selected].id;
+            llama_token_data one = {tok, 1.0f, 0.0f};
+            llama_token_data_array a1 = {&one, 1, -1, false};
+            llama_sampler_apply(j->grammar, &a1);
+            if (isfinite(one.logit)) {
+                llama_sampler_accept(j->grammar, tok);
+                llama_sampler_accept(j->chain, tok);
+                return tok;
+            }
+        }
+        for (int32_t t = 0; t < e->n_vocab; t++)
+            s->cand[t] = (llama_token_data){t, logits[t], 0.0f};
+        arr = (llama_token_data_array){s->cand, (size_t)e->n_vocab, -1, false};
+    }
     if (j->grammar)
         llama_sampler_apply(j->grammar, &arr);
     if (j->kind == TG_JOB_CLASSIFY) {
