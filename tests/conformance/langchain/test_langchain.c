@@ -82,7 +82,7 @@ static void test_langchain_chat_openai(void **state)
         free(out);
     }
     struct gw_env env;
-    assert_true(gw_env_start(&env, "", ""));
+    assert_true(gw_env_start(&env, NULL, NULL, NULL));
     char cmd[512];
     snprintf(cmd, sizeof cmd,
              "cd " LC_DIR " && TIERGATE_BASE_URL=%s/v1 TIERGATE_API_KEY=secret node langchain.mjs 2>&1",
