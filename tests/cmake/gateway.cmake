@@ -31,3 +31,11 @@ add_dependencies(test_gateway_cases tiergate model-tiny)
 if(TARGET tg-fake-upstream)
   add_dependencies(test_gateway_cases tg-fake-upstream)
 endif()
+
+# Random-mutation HTTP fuzzing of the JSON endpoints (python3, fixed seed).
+tg_add_unit_test(test_gateway_fuzz SOURCES ${TG_TEST_DIR}/gateway/test_gateway_fuzz.c
+  LIBS tg_gw_testenv LABELS integration)
+add_dependencies(test_gateway_fuzz tiergate model-tiny)
+if(TARGET tg-fake-upstream)
+  add_dependencies(test_gateway_fuzz tg-fake-upstream)
+endif()
