@@ -1336,19 +1336,19 @@ void tg_pipeline_local_error(struct tg_req *r, int err, const char *message)
         reject(r, 422, "invalid_schema", "schema", "%s", message);
         return;
     case TG_CONTEXT:
-        if (try_remote_instead(r, "context_length", false))
+        if (try_remote_instead(r, "engine.context_length", false))
             return;
         reject(r, 400, "context_length_exceeded", "messages", "%s", message);
         return;
     case TG_BUSY:
-        if (try_remote_instead(r, "engine_busy", false))
+        if (try_remote_instead(r, "engine.busy", false))
             return;
         r->should_retry = 1;
         tg_req_reply_error(r, 429, "the local engine is at capacity; retry shortly",
                            "rate_limit_error", NULL, "engine_busy");
         return;
     default:
-        if (try_remote_instead(r, "engine_unavailable", false))
+        if (try_remote_instead(r, "engine.unavailable", false))
             return;
         r->should_retry = 1;
         tg_req_reply_error(r, 503, message, "server_error", NULL, "engine_unavailable");
