@@ -731,9 +731,6 @@ static void build_route_request(struct tg_req *r, struct tg_route_request *rq,
     *rq = tg_route_request_default();
     rq->endpoint = route_ep(r->ep);
     size_t n = 0;
-    if (r->ep == TG_GW_EP_EMBEDDINGS && r->n_msgs == 0) {
-        /* The router only needs to know it is an embedding request. */
-    }
     for (size_t i = 0; i < r->n_msgs; i++) {
         route_msgs[n].role = r->msgs[i].role;
         route_msgs[n].content = r->msgs[i].content;
@@ -1220,8 +1217,6 @@ void tg_pipeline_reply_task(struct tg_req *r, json_t *result, double confidence)
 {
     compute_cost(r);
     json_t *out = json_object();
-    char id[64];
-    snprintf(id, sizeof id, "%s", r->id);
     if (r->ep == TG_GW_EP_CLASSIFY) {
         if (r->multi_label)
             json_object_set_new(out, "labels", result);
@@ -1235,7 +1230,7 @@ void tg_pipeline_reply_task(struct tg_req *r, json_t *result, double confidence)
     json_object_set_new(out, "model", json_string(r->model_served));
     json_object_set_new(out, "usage", usage_json(r));
     json_object_set_new(out, "cost_usd", json_real(r->cost_usd));
-    json_object_set_new(out, "id", json_string(id));
+    json_object_set_new(out, "id", json_string(r->id));
     if (r->escalated)
         json_object_set_new(out, "escalated", json_true());
     tg_req_reply_json(r, 200, out);
