@@ -402,6 +402,13 @@ int tg_local_submit(struct tg_req *r, char *err, size_t errlen)
         break;
     default:
         job.kind = TG_JOB_GENERATE;
+        if (r->json_mode) {
+            /* response_format with a schema: generated under the schema's grammar */
+            job.kind = TG_JOB_EXTRACT;
+            job.schema_json = r->schema_text;
+            job.stream = false;
+            job.n_stop = 0;
+        }
         break;
     }
     return submit_one(r, c, &job, 0, err, errlen);

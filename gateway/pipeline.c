@@ -691,6 +691,54 @@ static int parse_completions(struct tg_req *r, json_t *b)
     return 0;
 }
 
+/* Chat's response_format {"type":"json_schema","json_schema":{"schema":...}} (Responses API:
+ * text.format {"type":"json_schema","schema":...}) or {"type":"json_object"}: the local engine
+ * then generates under the schema's grammar, so the content is always valid JSON for it. A schema
+ * outside the engine's subset is not an error: the request is served remote instead. */
+static int parse_response_format(struct tg_req *r, json_t *b)
+{
+    json_t *rf = json_object_get(b, "response_format");
+    json_t *schema = NULL;
+    const char *param = "response_format";
+    if (r->ep == TG_GW_EP_RESPONSES) {
+        rf = json_object_get(json_object_get(b, "text"), "format");
+        param = "text.format";
+    }
+    if (rf == NULL || json_is_null(rf))
+        return 0;
+    const char *type = json_string_value(json_object_get(rf, "type"));
+    if (!json_is_object(rf) || type == NULL) {
+        reject(r, 400, "invalid_type", param, "'%s' must be an object with a 'type'", param);
+        return -1;
+    }
+    if (strcmp(type, "text") == 0)
+        return 0;
+    json_t *owned_schema = NULL;
+    if (strcmp(type, "json_object") == 0) {
+        owned_schema = json_pack("{s:s}", "type", "object");
+        schema = owned_schema;
+    } else if (strcmp(type, "json_schema") == 0) {
+        schema = r->ep == TG_GW_EP_RESPONSES ? json_object_get(rf, "schema")
+                                             : json_object_get(json_object_get(rf, "json_schema"), "schema");
+        if (!json_is_object(schema)) {
+            reject(r, 400, "invalid_value", param, "'%s' of type json_schema needs a schema object", param);
+            return -1;
+        }
+    } else {
+        reject(r, 400, "invalid_value", param, "'%s.type' must be text, json_object or json_schema", param);
+        return -1;
+    }
+    char err[256];
+    if (tg_schema_compile(schema, &r->schema, err, sizeof err) == TG_OK) {
+        r->schema_text = tg_json_dumps(schema);
+        r->json_mode = r->schema_text != NULL;
+    } else {
+        tg_debug("response_format schema not in the engine's subset (%s): remote only", err);
+    }
+    json_decref(owned_schema);
+    return 0;
+}
+
 /* ---- routing ----------------------------------------------------------------------------- */
 
 static const struct tg_cfg_model *first_local_model(const struct tg_config *cfg)
@@ -763,6 +811,10 @@ static const char *local_cannot_serve(const struct tg_req *r)
     json_t *tools = json_object_get(r->body, "tools");
     if (json_is_array(tools) && json_array_size(tools) > 0)
         return "feature.tools";
+    json_t *rf = json_object_get(r->body, "response_format");
+    const char *rft = json_string_value(json_object_get(rf, "type"));
+    if (rft != NULL && strcmp(rft, "text") != 0 && !r->json_mode)
+        return "feature.response_format";
     json_int_t n = json_integer_value(json_object_get(r->body, "n"));
     if (n > 1)
         return "feature.n";
@@ -1251,6 +1303,11 @@ void tg_pipeline_local_done(struct tg_req *r, const struct tg_engine_event *ev)
     r->completion_tokens = ev->usage.completion_tokens;
     r->cached_tokens = ev->usage.cached_tokens;
     const char *fr = strcmp(ev->finish_reason, "cancelled") == 0 ? "stop" : ev->finish_reason;
+    if (r->stream && r->json_mode) {
+        /* Schema-constrained output is produced whole (EXTRACT does not stream): one delta. */
+        tg_buf_append(&r->text, ev->text, ev->text_len);
+        tg_pipeline_emit_delta(r, ev->text, ev->text_len);
+    }
     if (r->stream && (r->ep == TG_GW_EP_CHAT || r->ep == TG_GW_EP_COMPLETIONS ||
                       r->ep == TG_GW_EP_RESPONSES)) {
         tg_pipeline_emit_end(r, fr);
@@ -1265,7 +1322,7 @@ void tg_pipeline_local_done(struct tg_req *r, const struct tg_engine_event *ev)
         .confidence = r->ep == TG_GW_EP_CLASSIFY ? ev->confidence : -1,
         .finish_reason = ev->finish_reason,
     };
-    if (r->ep == TG_GW_EP_EXTRACT) {
+    if (r->ep == TG_GW_EP_EXTRACT || r->json_mode) {
         char err[256];
         lr.schema_valid = tg_schema_validate_text(r->schema, ev->text, ev->text_len, err, sizeof err) ? 1 : 0;
     }
@@ -1423,6 +1480,8 @@ static void run_body(struct tg_req *r, json_t *body)
     }
     if (rc != 0)
         return; /* answered; r may be gone */
+    if ((r->ep == TG_GW_EP_CHAT || r->ep == TG_GW_EP_RESPONSES) && parse_response_format(r, body) != 0)
+        return;
     /* Task endpoints decide, they do not chat: deterministic unless asked otherwise. */
     if (r->stream && r->exec_cb != NULL)
         r->stream = false;

@@ -73,6 +73,8 @@ struct tg_req {
     const char **inputs;               /* embeddings */
     size_t n_inputs;
     bool base64;                       /* embeddings: encoding_format base64 */
+    bool json_mode;                    /* chat/responses with a JSON schema response format: the
+                                          engine runs it as EXTRACT (r->schema) */
     int tier_override;                 /* X-Tiergate-Tier: 0 none, 1 local, 2 remote */
 
     /* routing */

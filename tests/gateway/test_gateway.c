@@ -317,9 +317,33 @@ static void test_classify_extract(void **state)
     if (!ok)
         print_error("extract data invalid: %s\n", err);
     assert_true(ok);
-    tg_schema_free(s);
     json_decref(j);
     tg_test_response_free(&r);
+
+    /* chat with response_format json_schema on the local tier: content valid against it */
+    snprintf(body, sizeof body,
+             "{\"model\":\"phi-3.5-mini\",\"messages\":[{\"role\":\"user\",\"content\":\"Ann, 31, gold\"}],"
+             "\"response_format\":{\"type\":\"json_schema\",\"json_schema\":{\"name\":\"p\",\"schema\":%s}}}",
+             schema);
+    assert_int_equal(gw_post(&env, "/v1/chat/completions", body, NULL, &r), 0);
+    assert_int_equal(r.status, 200);
+    j = json_body(&r);
+    const char *content = json_string_value(json_object_get(
+        json_object_get(json_array_get(json_object_get(j, "choices"), 0), "message"), "content"));
+    assert_non_null(content);
+    char served[32];
+    assert_true(tg_test_header(&r, "x-tiergate-tier", served, sizeof served));
+    if (strcmp(served, "local") == 0) {
+        ok = tg_schema_validate_text(s, content, strlen(content), err, sizeof err);
+        if (!ok)
+            print_error("chat json_schema content invalid: %s: %s\n", err, content);
+        assert_true(ok);
+    } else {
+        assert_header(&r, "x-tiergate-escalated", "true");
+    }
+    json_decref(j);
+    tg_test_response_free(&r);
+    tg_schema_free(s);
 }
 
 static void test_models_and_explain(void **state)
