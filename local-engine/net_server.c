@@ -275,6 +275,24 @@ static void on_engine_event(const struct tg_engine_event *ev, void *user)
     pthread_mutex_unlock(&s->mtx);
     if (want)
         json = tg_net_event_encode(ev, j->cid, &len);
+    if (json != NULL && len + 1024 > s->p.max_msg_bytes) {
+        /* One event must fit in one answer (the client drops bigger messages, and its
+         * connection with them): say so instead. Tokens are never this big; a final text or
+         * embedding can be, with a huge context. */
+        size_t orig_len = len;
+        free(json);
+        json = NULL;
+        if (final) {
+            char m[160];
+            snprintf(m, sizeof(m), "result is %zu bytes encoded, over the %zu-byte message limit",
+                     orig_len, s->p.max_msg_bytes);
+            struct tg_engine_event e2 = {.type = TG_EV_ERROR, .job_id = ev->job_id,
+                                         .err = TG_TOOBIG, .message = m};
+            json = tg_net_event_encode(&e2, j->cid, &len);
+        }
+        tg_warn("engine server %s: job %" PRIu64 ": event of %zu bytes over the limit", s->url,
+                j->cid, orig_len);
+    }
 
     pthread_mutex_lock(&s->mtx);
     struct srv_session *x = j->sess;

@@ -161,7 +161,7 @@ static struct tg_engine_params tiny_params(int slots)
     p.model_path = TG_TINY_MODEL;
     p.n_ctx = 16384; /* room for long jobs: a job to cancel must still be running */
     p.n_slots = slots;
-    p.n_threads = 2;
+    p.n_threads = 1; /* 2 threads on this shared 2-core VM spin against each other */
     return p;
 }
 
@@ -542,6 +542,48 @@ static void test_bad_requests(void **state)
     struct tg_engine_job j = gen_job(4, false);
     struct col *c = col_new();
     assert_int_equal(tg_engine_client_submit(cli, &j, on_event, c, NULL, err, sizeof(err)), TG_OK);
+    col_wait_done(c);
+    assert_int_equal(c->final_type, TG_EV_DONE);
+    col_free(c);
+    tg_engine_client_destroy(cli);
+    tg_engine_server_stop(srv);
+    tg_engine_destroy(eng);
+}
+
+/* A result too big for one message is a clear TG_TOOBIG error, not a dropped connection. */
+static void test_oversized_result(void **state)
+{
+    (void)state;
+    struct tg_engine_params p = tiny_params(1);
+    struct tg_engine *eng = NULL;
+    char err[512] = "";
+    assert_int_equal(tg_engine_create(&p, &eng, err, sizeof(err)), TG_OK);
+    struct tg_engine_server_params sp = tg_engine_server_default_params();
+    sp.max_msg_bytes = 4096;
+    struct tg_engine_server *srv = NULL;
+    const char *url = "inproc://enginenet-oversized";
+    assert_int_equal(tg_engine_server_start(eng, url, &sp, &srv, err, sizeof(err)), TG_OK);
+    const char *urls[] = {url};
+    struct tg_engine_client *cli = NULL;
+    assert_int_equal(tg_engine_client_create(urls, 1, NULL, &cli, err, sizeof(err)), TG_OK);
+    assert_int_equal(tg_engine_client_wait_ready(cli, 1, WAIT_S * 1000), TG_OK);
+
+    struct tg_engine_job big = gen_job(1500, false);
+    struct col *c = col_new();
+    assert_int_equal(tg_engine_client_submit(cli, &big, on_event, c, NULL, err, sizeof(err)),
+                     TG_OK);
+    col_wait_done(c);
+    if (c->final_type == TG_EV_DONE)
+        fail_msg("a %zu-byte result came through a 4096-byte limit", strlen(c->text));
+    assert_int_equal(c->err, TG_TOOBIG);
+    assert_non_null(strstr(c->message, "4096"));
+    col_free(c);
+
+    /* The connection survived: a small job still works. */
+    struct tg_engine_job small = gen_job(4, true);
+    c = col_new();
+    assert_int_equal(tg_engine_client_submit(cli, &small, on_event, c, NULL, err, sizeof(err)),
+                     TG_OK);
     col_wait_done(c);
     assert_int_equal(c->final_type, TG_EV_DONE);
     col_free(c);
@@ -1032,6 +1074,7 @@ int main(void)
         cmocka_unit_test(test_inproc_destroy_with_jobs),
         cmocka_unit_test(test_bad_requests),
         cmocka_unit_test(test_tcp_round_trip),
+        cmocka_unit_test(test_oversized_result),
         cmocka_unit_test(test_worker_cli_errors),
         cmocka_unit_test_teardown(test_ipc_workers, teardown_workers),
         cmocka_unit_test_teardown(test_ipc_hung_and_restarted_worker, teardown_workers),
