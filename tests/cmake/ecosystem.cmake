@@ -27,3 +27,32 @@ function(tg_ecosystem_gateway_tests)
   endif()
 endfunction()
 cmake_language(DEFER CALL tg_ecosystem_gateway_tests)
+
+# n8n. Opt-in (not in ctest): `cmake --build BUILD --target test-n8n` installs n8n 1.123.x from npm
+# under BUILD/n8n and runs the deploy/n8n workflows against a live tiergate. The default suite
+# replays the requests those runs recorded (tests/ecosystem/n8n/requests.jsonl).
+function(tg_ecosystem_n8n_targets)
+  set(fake ${CMAKE_BINARY_DIR}/tests/tg-fake-upstream)
+  if(TARGET tg-fake-upstream)
+    set(fake $<TARGET_FILE:tg-fake-upstream>)
+  endif()
+  add_custom_target(test-n8n
+    COMMAND ${TG_TEST_DIR}/ecosystem/n8n/run-n8n.sh ${CMAKE_SOURCE_DIR} ${CMAKE_BINARY_DIR}
+            $<TARGET_FILE:tiergate> ${fake} ${TG_TINY_MODEL}
+    USES_TERMINAL
+    COMMENT "n8n 1.123 workflows (deploy/n8n) against tiergate")
+  add_dependencies(test-n8n tiergate model-tiny)
+  if(TARGET tg-fake-upstream)
+    add_dependencies(test-n8n tg-fake-upstream)
+  endif()
+  tg_add_unit_test(test_n8n_replay SOURCES ${TG_TEST_DIR}/ecosystem/test_n8n_replay.c
+    LIBS tg_testlib PkgConfig::JANSSON LABELS integration)
+  if(TARGET test_n8n_replay)
+    add_dependencies(test_n8n_replay tiergate model-tiny)
+    if(TARGET tg-fake-upstream)
+      add_dependencies(test_n8n_replay tg-fake-upstream)
+      target_compile_definitions(test_n8n_replay PRIVATE TG_FAKE_UPSTREAM="$<TARGET_FILE:tg-fake-upstream>")
+    endif()
+  endif()
+endfunction()
+cmake_language(DEFER CALL tg_ecosystem_n8n_targets)
