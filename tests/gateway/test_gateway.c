@@ -610,6 +610,30 @@ static void test_disconnect_cancels(void **state)
     assert_true(gw_log_wait(&env, "client closed the connection; cancelling the request", 10000));
     assert_true(gw_log_wait(&env, "chat phi-3.5-mini tier=local model=phi-3.5-mini status=499", 10000));
 
+    /* a stream the client walks away from: the engine slot is freed within 3 s, long before
+     * the 4000 tokens would have been generated (even at 1 ms a token) */
+    fd = raw_connect(env.port);
+    body = "{\"model\":\"phi-3.5-mini\",\"messages\":[{\"role\":\"user\",\"content\":\"go on\"}],"
+           "\"max_tokens\":4000,\"stream\":true}";
+    snprintf(req, sizeof req,
+             "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n%s\r\nContent-Length: %zu\r\n\r\n%s",
+             env.auth_header, strlen(body), body);
+    assert_int_equal(send(fd, req, strlen(req), 0), (ssize_t)strlen(req));
+    char first[256];
+    assert_true(recv(fd, first, sizeof first, 0) > 0); /* the stream has started */
+    close(fd);
+    bool freed = false;
+    for (int i = 0; i < 30 && !freed; i++) {
+        struct tg_test_response m;
+        assert_int_equal(gw_get(&env, "/metrics", &m), 0);
+        freed = strstr(m.body, "\ntiergate_engine_slots_busy 0\n") != NULL &&
+                strstr(m.body, "\ntiergate_inflight_requests 0\n") != NULL;
+        tg_test_response_free(&m);
+        if (!freed)
+            usleep(100000);
+    }
+    assert_true(freed);
+
     /* the same on the remote tier: the upstream transfer is dropped */
     fd = raw_connect(env.port);
     body = "{\"model\":\"gpt-slow\",\"messages\":[{\"role\":\"user\",\"content\":\"go on\"}]}";
