@@ -1,6 +1,13 @@
 # ecosystem: Ollama model names, `tiergate pull`, n8n request replay, LangChain conformance.
 tg_add_unit_test(test_model_ref SOURCES ${TG_TEST_DIR}/ecosystem/test_model_ref.c LIBS tg_config)
 
+# local.model: ollama:NAME end to end (tiergate check + serving from the blob).
+tg_add_unit_test(test_ollama_e2e SOURCES ${TG_TEST_DIR}/ecosystem/test_ollama_e2e.c
+  LIBS tg_testlib LABELS integration)
+if(TARGET test_ollama_e2e)
+  add_dependencies(test_ollama_e2e tiergate model-tiny)
+endif()
+
 # `tiergate pull` against a hub-shaped local file server (redirect + X-Linked-Etag, Range, cuts).
 add_executable(tg-fake-fileserver ${TG_TEST_DIR}/ecosystem/fake_fileserver.c)
 tg_target_defaults(tg-fake-fileserver)
