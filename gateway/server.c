@@ -427,8 +427,19 @@ static void on_reload_signal(evutil_socket_t sig, short ev, void *arg)
             tg_router_policy_name(next_policy));
 }
 
+/* libevent's own messages (e.g. the epoll changelist meeting a socket evhttp already closed,
+ * which is harmless) go to our log instead of raw stderr. */
+static void on_libevent_log(int severity, const char *msg)
+{
+    if (severity >= EVENT_LOG_ERR)
+        tg_error("libevent: %s", msg);
+    else
+        tg_debug("libevent: %s", msg);
+}
+
 int tg_gateway_run(const char *config_path)
 {
+    event_set_log_callback(on_libevent_log);
     struct tg_gateway gw = {.config_path = config_path};
     char err[1024];
     if (tg_config_load(config_path, &gw.cfg, err, sizeof err) != TG_OK) {
