@@ -258,15 +258,11 @@ static void on_drain(evutil_socket_t fd, short what, void *arg)
 static int worker_init(struct tg_worker *w, struct tg_gateway *gw, const struct tg_config *cfg)
 {
     w->gw = gw;
-    /* The epoll changelist folds the enable/disable churn of evhttp's bufferevents within one
-     * loop turn into one epoll_ctl: about half the syscalls per proxied request. Our sockets are
-     * never dup()ed, the case the changelist gets wrong. */
-    struct event_config *ec = event_config_new();
-    if (ec != NULL)
-        event_config_set_flag(ec, EVENT_BASE_FLAG_EPOLL_USE_CHANGELIST);
-    w->base = ec != NULL ? event_base_new_with_config(ec) : event_base_new();
-    if (ec != NULL)
-        event_config_free(ec);
+    /* No EVENT_BASE_FLAG_EPOLL_USE_CHANGELIST: it halves epoll_ctl calls per request, but with
+     * evhttp closing a socket that still had a pending change, a new connection that got the same
+     * descriptor number in a later loop turn was never read ("Epoll MOD ... Bad file descriptor",
+     * then the request sat in the kernel until the header deadline dropped it). */
+    w->base = event_base_new();
     w->http = w->base != NULL ? evhttp_new(w->base) : NULL;
     if (w->http == NULL)
         return TG_NOMEM;
