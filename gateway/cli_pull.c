@@ -23,7 +23,7 @@
 #endif
 
 #define DEFAULT_BASE_URL "https://huggingface.co"
-#define DEFAULT_RETRIES 5
+#define DEFAULT_RETRIES  5
 /* A transfer slower than 1 byte/s for this long is treated as a cut connection (and resumed). */
 #define STALL_SECONDS 30L
 
@@ -39,7 +39,8 @@ struct known_model {
  * available when this table was written, so the hub's own X-Linked-Etag (the LFS object's
  * SHA-256) is the reference. Pin one with --sha256 when mirroring. */
 static const struct known_model known_models[] = {
-    {"phi-3.5-mini", "bartowski/Phi-3.5-mini-instruct-GGUF", "Phi-3.5-mini-instruct-Q4_K_M.gguf", NULL},
+    {"phi-3.5-mini", "bartowski/Phi-3.5-mini-instruct-GGUF", "Phi-3.5-mini-instruct-Q4_K_M.gguf",
+     NULL},
 };
 
 struct pull {
@@ -52,7 +53,7 @@ struct pull {
     bool started;           /* the current attempt's body began */
     bool bad_status;        /* aborted because the status was not 200/206 */
     bool io_error;
-    char etag[65];          /* hub's X-Linked-Etag when it is a SHA-256 */
+    char etag[65]; /* hub's X-Linked-Etag when it is a SHA-256 */
     bool tty;
     struct timespec t0;
     double last_draw;
@@ -190,8 +191,9 @@ static void draw(struct pull *p, bool final)
     if (pct > 100)
         pct = 100;
     char eta[32];
-    fmt_eta(p->total > 0 && rate > 0 ? (double)(p->total - (done < p->total ? done : p->total)) / rate
-                                     : -1,
+    fmt_eta(p->total > 0 && rate > 0
+                ? (double)(p->total - (done < p->total ? done : p->total)) / rate
+                : -1,
             eta, sizeof eta);
     if (p->tty) {
         double t = now_s();
@@ -279,8 +281,9 @@ out:
 
 static void pull_usage(FILE *f)
 {
-    fprintf(f, "usage: tiergate pull MODEL [--dir DIR] [--base-url URL] [--sha256 HEX] [--retries N] "
-               "[--no-verify]\nmodels:");
+    fprintf(f,
+            "usage: tiergate pull MODEL [--dir DIR] [--base-url URL] [--sha256 HEX] [--retries N] "
+            "[--no-verify]\nmodels:");
     for (size_t i = 0; i < sizeof known_models / sizeof known_models[0]; i++)
         fprintf(f, " %s (%s/%s)", known_models[i].name, known_models[i].repo, known_models[i].file);
     fputc('\n', f);
@@ -448,7 +451,8 @@ int tg_cli_pull(int argc, char **argv)
     char final_path[4200], part_path[4300], url[8192];
     snprintf(final_path, sizeof final_path, "%s/%s", dir, km->file);
     snprintf(part_path, sizeof part_path, "%s.part", final_path);
-    int w = snprintf(url, sizeof url, "%.*s/%s/resolve/main/%s", (int)blen, base, km->repo, km->file);
+    int w =
+        snprintf(url, sizeof url, "%.*s/%s/resolve/main/%s", (int)blen, base, km->repo, km->file);
     if (w < 0 || (size_t)w >= sizeof url) {
         fprintf(stderr, "pull: --base-url is too long\n");
         return 2;
@@ -521,14 +525,17 @@ int tg_cli_pull(int argc, char **argv)
     }
     if (st != 0) {
         if (st > 0)
-            fprintf(stderr, "pull: giving up; run the command again to resume from %s\n", part_path);
+            fprintf(stderr, "pull: giving up; run the command again to resume from %s\n",
+                    part_path);
         goto out;
     }
     if (sha_lc[0] == '\0' && p.etag[0] != '\0')
         memcpy(sha_lc, p.etag, sizeof sha_lc);
     if (sha_lc[0] == '\0' && !no_verify) {
-        fprintf(stderr, "pull: no SHA-256 to check %s against (the server sent no X-Linked-Etag); "
-                        "pass --sha256 HEX, or --no-verify to accept it unchecked\n", part_path);
+        fprintf(stderr,
+                "pull: no SHA-256 to check %s against (the server sent no X-Linked-Etag); "
+                "pass --sha256 HEX, or --no-verify to accept it unchecked\n",
+                part_path);
         goto out;
     }
     if (sha_lc[0] != '\0') {
@@ -550,7 +557,8 @@ int tg_cli_pull(int argc, char **argv)
         fprintf(stderr, "pull: rename %s: %s\n", part_path, strerror(errno));
         goto out;
     }
-    fprintf(stderr, "pull: done%s\n", sha_lc[0] != '\0' ? " (SHA-256 verified)" : " (not verified)");
+    fprintf(stderr, "pull: done%s\n",
+            sha_lc[0] != '\0' ? " (SHA-256 verified)" : " (not verified)");
     printf("%s\n", final_path);
     result = 0;
 out:

@@ -6,9 +6,9 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#define OLLAMA_PREFIX "ollama:"
-#define OLLAMA_HOST "registry.ollama.ai"
-#define OLLAMA_NS "library"
+#define OLLAMA_PREFIX      "ollama:"
+#define OLLAMA_HOST        "registry.ollama.ai"
+#define OLLAMA_NS          "library"
 #define OLLAMA_MODEL_MEDIA "application/vnd.ollama.image.model"
 /* A manifest is a few hundred bytes; anything much larger is not one. */
 #define MANIFEST_MAX_BYTES (1 << 20)
@@ -53,7 +53,8 @@ static int manifest_rel(const char *name, char *out, size_t n, char *err, size_t
         const char *q = memchr(p, '/', (size_t)(end - p));
         size_t len = q != NULL ? (size_t)(q - p) : (size_t)(end - p);
         if (np == 3 || !valid_part(p, len)) {
-            snprintf(err, errlen, "'%s%s' is not an Ollama model name ([host/][namespace/]model[:tag])",
+            snprintf(err, errlen,
+                     "'%s%s' is not an Ollama model name ([host/][namespace/]model[:tag])",
                      OLLAMA_PREFIX, name);
             return -1;
         }
@@ -98,7 +99,8 @@ static int store_dir(char *out, size_t n, char *err, size_t errlen)
     } else {
         const char *home = getenv("HOME");
         if (home == NULL || home[0] == '\0') {
-            snprintf(err, errlen, "cannot find the Ollama store: neither OLLAMA_MODELS nor HOME is set");
+            snprintf(err, errlen,
+                     "cannot find the Ollama store: neither OLLAMA_MODELS nor HOME is set");
             return -1;
         }
         w = snprintf(out, n, "%s/.ollama/models", home);
@@ -145,7 +147,8 @@ int tg_model_ref_resolve(const char *ref, char *path_out, size_t n, char *err, s
     }
     struct stat st;
     if (stat(manifest, &st) == -1 || !S_ISREG(st.st_mode)) {
-        snprintf(err, errlen, "Ollama model '%s' not found: no manifest at %s (run `ollama pull %s`)",
+        snprintf(err, errlen,
+                 "Ollama model '%s' not found: no manifest at %s (run `ollama pull %s`)",
                  ref + strlen(OLLAMA_PREFIX), manifest, ref + strlen(OLLAMA_PREFIX));
         return -1;
     }
@@ -164,7 +167,8 @@ int tg_model_ref_resolve(const char *ref, char *path_out, size_t n, char *err, s
     json_t *layers = json_object_get(doc, "layers");
     size_t i;
     json_t *layer;
-    json_array_foreach(layers, i, layer) {
+    json_array_foreach(layers, i, layer)
+    {
         const char *mt = json_string_value(json_object_get(layer, "mediaType"));
         if (mt != NULL && strcmp(mt, OLLAMA_MODEL_MEDIA) == 0) {
             digest = json_string_value(json_object_get(layer, "digest"));
@@ -172,8 +176,9 @@ int tg_model_ref_resolve(const char *ref, char *path_out, size_t n, char *err, s
         }
     }
     if (digest == NULL || strncmp(digest, "sha256:", 7) != 0 || !is_hex64(digest + 7)) {
-        snprintf(err, errlen, "Ollama manifest %s has no layer of mediaType %s with a sha256 digest",
-                 manifest, OLLAMA_MODEL_MEDIA);
+        snprintf(err, errlen,
+                 "Ollama manifest %s has no layer of mediaType %s with a sha256 digest", manifest,
+                 OLLAMA_MODEL_MEDIA);
         json_decref(doc);
         return -1;
     }

@@ -52,9 +52,9 @@ static bool send_all(int fd, const char *p, size_t n)
 static void reply_simple(int fd, int status, const char *reason, const char *extra)
 {
     char h[1024];
-    int n = snprintf(h, sizeof h,
-                     "HTTP/1.1 %d %s\r\nContent-Length: 0\r\nConnection: close\r\n%s\r\n", status,
-                     reason, extra);
+    int n =
+        snprintf(h, sizeof h, "HTTP/1.1 %d %s\r\nContent-Length: 0\r\nConnection: close\r\n%s\r\n",
+                 status, reason, extra);
     if (n > 0 && (size_t)n < sizeof h)
         send_all(fd, h, (size_t)n);
 }
@@ -125,7 +125,8 @@ static void serve_file(int fd, const char *method, const char *path, const char 
     else
         n = snprintf(h, sizeof h,
                      "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n"
-                     "Accept-Ranges: bytes\r\nContent-Length: %" PRIu64 "\r\nConnection: close\r\n\r\n",
+                     "Accept-Ranges: bytes\r\nContent-Length: %" PRIu64
+                     "\r\nConnection: close\r\n\r\n",
                      len);
     send_all(fd, h, (size_t)n);
     uint64_t sent = 0;
@@ -231,7 +232,8 @@ int main(int argc, char **argv)
     int one = 1;
     if (setsockopt(ls, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) == -1)
         perror("setsockopt");
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+    struct sockaddr_in a = {.sin_family = AF_INET,
+                            .sin_port = htons((uint16_t)port),
                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
     if (bind(ls, (struct sockaddr *)&a, sizeof a) == -1 || listen(ls, 16) == -1) {
         perror("bind/listen");

@@ -53,7 +53,8 @@ static const char *manifest(const char *model_hex)
 {
     static char buf[2048];
     snprintf(buf, sizeof buf,
-             "{\"schemaVersion\":2,\"mediaType\":\"application/vnd.docker.distribution.manifest.v2+json\","
+             "{\"schemaVersion\":2,\"mediaType\":\"application/"
+             "vnd.docker.distribution.manifest.v2+json\","
              "\"config\":{\"mediaType\":\"application/vnd.docker.container.image.v1+json\","
              "\"digest\":\"sha256:" HEX_C "\",\"size\":483},"
              "\"layers\":[{\"mediaType\":\"application/vnd.ollama.image.license\","
@@ -76,7 +77,8 @@ static int setup(void **state)
     store_file("blobs/sha256-" HEX_A, "GGUF-fake-a");
     store_file("blobs/sha256-" HEX_B, "GGUF-fake-b");
     store_file("manifests/registry.ollama.ai/library/phi3.5/latest", manifest(HEX_A));
-    store_file("manifests/registry.ollama.ai/library/phi3.5/3.8b-mini-instruct-q4_K_M", manifest(HEX_B));
+    store_file("manifests/registry.ollama.ai/library/phi3.5/3.8b-mini-instruct-q4_K_M",
+               manifest(HEX_B));
     store_file("manifests/registry.ollama.ai/alice/tiny/v1", manifest(HEX_B));
     store_file("manifests/example.com/team/tiny/v2", manifest(HEX_A));
     /* manifest naming a blob that is not there */
@@ -140,7 +142,8 @@ struct bad_case {
 };
 
 static const struct bad_case bad_cases[] = {
-    {"ollama:phi3.5:nosuchtag", "no manifest at", "/manifests/registry.ollama.ai/library/phi3.5/nosuchtag"},
+    {"ollama:phi3.5:nosuchtag", "no manifest at",
+     "/manifests/registry.ollama.ai/library/phi3.5/nosuchtag"},
     {"ollama:nosuchmodel", "not found", "/manifests/registry.ollama.ai/library/nosuchmodel/latest"},
     {"ollama:gone", "which is missing", "/blobs/sha256-9999999999"},
     {"ollama:notjson", "is not JSON", "/library/notjson/latest"},
@@ -179,7 +182,8 @@ static void test_store_from_home(void **state)
     snprintf(old_home, sizeof old_home, "%s", getenv("HOME") != NULL ? getenv("HOME") : "/");
     snprintf(home, sizeof home, "%s/home", g_store);
     char rel[1024];
-    snprintf(rel, sizeof rel, "%s/.ollama/models/manifests/registry.ollama.ai/library/m/latest", home);
+    snprintf(rel, sizeof rel, "%s/.ollama/models/manifests/registry.ollama.ai/library/m/latest",
+             home);
     write_file(rel, manifest(HEX_A));
     snprintf(rel, sizeof rel, "%s/.ollama/models/blobs/sha256-" HEX_A, home);
     write_file(rel, "GGUF");

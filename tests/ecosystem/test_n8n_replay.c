@@ -7,8 +7,8 @@
  *   HTTP Request node (autodetect): status 2xx and a Content-Type containing application/json (else
  *     n8n hands the body on as text), a JSON object: /v1/classify -> "label" one of the request's
  *     labels; /v1/extract -> "data" an object with the schema's required keys.
- *   OpenAI Chat Model node (LangChain ChatOpenAI): /v1/chat/completions -> choices[0].message with a
- *     string content and usage token counts; /v1/responses -> an output message with output_text and
+ *   OpenAI Chat Model node (LangChain ChatOpenAI): /v1/chat/completions -> choices[0].message with
+ * a string content and usage token counts; /v1/responses -> an output message with output_text and
  *     usage input/output tokens; streamed variants -> SSE events ending the way the SDK expects.
  *
  * Fixture: tests/ecosystem/n8n/requests.jsonl (one request per line). */
@@ -153,15 +153,18 @@ static char *build_request(const json_t *rec, int port, size_t *len_out)
     char *out = NULL;
     size_t len = 0, cap = 0;
     char line[8192];
-    int n = snprintf(line, sizeof line, "%s %s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n", method, path, port);
+    int n =
+        snprintf(line, sizeof line, "%s %s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n", method, path, port);
     buf_add(&out, &len, &cap, line, (size_t)n);
     size_t i;
     json_t *h;
-    json_array_foreach(json_object_get(rec, "headers"), i, h) {
+    json_array_foreach(json_object_get(rec, "headers"), i, h)
+    {
         const char *k = json_string_value(json_array_get(h, 0));
         const char *v = json_string_value(json_array_get(h, 1));
-        if (k == NULL || v == NULL || strcasecmp(k, "host") == 0 || strcasecmp(k, "content-length") == 0 ||
-            strcasecmp(k, "connection") == 0 || strcasecmp(k, "transfer-encoding") == 0)
+        if (k == NULL || v == NULL || strcasecmp(k, "host") == 0 ||
+            strcasecmp(k, "content-length") == 0 || strcasecmp(k, "connection") == 0 ||
+            strcasecmp(k, "transfer-encoding") == 0)
             continue;
         if (strcasecmp(k, "authorization") == 0)
             v = "Bearer secret"; /* the recording's token was the recorder's */
@@ -169,7 +172,8 @@ static char *build_request(const json_t *rec, int port, size_t *len_out)
         assert_true(n > 0 && (size_t)n < sizeof line);
         buf_add(&out, &len, &cap, line, (size_t)n);
     }
-    n = snprintf(line, sizeof line, "Content-Length: %zu\r\nConnection: close\r\n\r\n", strlen(body));
+    n = snprintf(line, sizeof line, "Content-Length: %zu\r\nConnection: close\r\n\r\n",
+                 strlen(body));
     buf_add(&out, &len, &cap, line, (size_t)n);
     buf_add(&out, &len, &cap, body, strlen(body));
     *len_out = len;
@@ -180,7 +184,8 @@ static const char *header_of(const json_t *rec, const char *name)
 {
     size_t i;
     json_t *h;
-    json_array_foreach(json_object_get(rec, "headers"), i, h) {
+    json_array_foreach(json_object_get(rec, "headers"), i, h)
+    {
         const char *k = json_string_value(json_array_get(h, 0));
         if (k != NULL && strcasecmp(k, name) == 0)
             return json_string_value(json_array_get(h, 1));
@@ -209,8 +214,8 @@ static void check_classify(const json_t *req, const struct reply *r)
     bool found = false;
     size_t i;
     json_t *l;
-    json_array_foreach(json_object_get(req, "labels"), i, l)
-        found |= strcmp(json_string_value(l), label) == 0;
+    json_array_foreach(json_object_get(req, "labels"), i, l) found |=
+        strcmp(json_string_value(l), label) == 0;
     if (!found)
         fail_msg("label '%s' is not one of the request's labels", label);
     assert_non_null(json_object_get(v, "tier"));
@@ -225,9 +230,9 @@ static void check_extract(const json_t *req, const struct reply *r)
     assert_true(json_is_object(data));
     size_t i;
     json_t *k;
-    json_array_foreach(json_object_get(json_object_get(req, "schema"), "required"), i, k)
-        if (json_object_get(data, json_string_value(k)) == NULL)
-            fail_msg("required key '%s' missing from data", json_string_value(k));
+    json_array_foreach(json_object_get(json_object_get(req, "schema"), "required"), i,
+                       k) if (json_object_get(data, json_string_value(k)) == NULL)
+        fail_msg("required key '%s' missing from data", json_string_value(k));
     json_decref(v);
 }
 
@@ -256,7 +261,8 @@ static json_t *sse_find(const struct reply *r, const char *key, const char *valu
             fail_msg("SSE data line is not JSON: %.200s", line);
         (*n_events)++;
         const char *v = json_string_value(json_object_get(ev, key));
-        bool match = value == NULL ? json_object_get(ev, key) != NULL && !json_is_null(json_object_get(ev, key))
+        bool match = value == NULL ? json_object_get(ev, key) != NULL &&
+                                         !json_is_null(json_object_get(ev, key))
                                    : v != NULL && strcmp(v, value) == 0;
         if (match) {
             json_decref(found);
@@ -277,9 +283,11 @@ static void check_chat(const json_t *req, const struct reply *r)
         json_t *u = sse_find(r, "usage", NULL, &n, &done);
         assert_true(done);
         assert_true(n >= 2);
-        if (json_is_true(json_object_get(json_object_get(req, "stream_options"), "include_usage"))) {
+        if (json_is_true(
+                json_object_get(json_object_get(req, "stream_options"), "include_usage"))) {
             assert_non_null(u);
-            assert_true(json_integer_value(json_object_get(json_object_get(u, "usage"), "prompt_tokens")) > 0);
+            assert_true(json_integer_value(
+                            json_object_get(json_object_get(u, "usage"), "prompt_tokens")) > 0);
         }
         json_decref(u);
         return;
@@ -314,14 +322,15 @@ static void check_responses(const json_t *req, const struct reply *r)
     bool text = false;
     size_t i;
     json_t *item;
-    json_array_foreach(json_object_get(resp, "output"), i, item) {
+    json_array_foreach(json_object_get(resp, "output"), i, item)
+    {
         size_t k;
         json_t *part;
         if (strcmp(json_string_value(json_object_get(item, "type")), "message") != 0)
             continue;
-        json_array_foreach(json_object_get(item, "content"), k, part)
-            text |= strcmp(json_string_value(json_object_get(part, "type")), "output_text") == 0 &&
-                    json_is_string(json_object_get(part, "text"));
+        json_array_foreach(json_object_get(item, "content"), k, part) text |=
+            strcmp(json_string_value(json_object_get(part, "type")), "output_text") == 0 &&
+            json_is_string(json_object_get(part, "text"));
     }
     assert_true(text);
     json_t *usage = json_object_get(resp, "usage");
@@ -351,19 +360,20 @@ static void env_start(struct env *e)
     e->port = tg_test_free_port();
     snprintf(e->log, sizeof e->log, "/tmp/tg-n8n-gw-%d.log", e->port);
     char cfg[2048];
-    snprintf(cfg, sizeof cfg,
-             "server:\n  listen: 127.0.0.1:%d\n  open_mode: true\n  io_threads: 2\n  log_level: debug\n"
-             "redis:\n  enabled: false\n"
-             "local:\n  model: %s\n  slots: 2\n  context: 4096\n  price_per_mtok_usd: 0.02\n"
-             "providers:\n  fake:\n    kind: openai\n    base_url: http://127.0.0.1:%d/v1\n"
-             "    api_key: sk-fake\n    retries: 0\n"
-             "models:\n"
-             "  - {name: phi-3.5-mini, tier: local, target: engine, fallbacks: [gpt-fake]}\n"
-             "  - {name: gpt-fake, tier: remote, provider: fake, input_usd_per_mtok: 0.15, "
-             "output_usd_per_mtok: 0.6}\n"
-             "aliases:\n  auto: {local: phi-3.5-mini, remote: gpt-fake}\n"
-             "cache:\n  enabled: false\n",
-             e->port, TG_TINY_MODEL, e->fake_port);
+    snprintf(
+        cfg, sizeof cfg,
+        "server:\n  listen: 127.0.0.1:%d\n  open_mode: true\n  io_threads: 2\n  log_level: debug\n"
+        "redis:\n  enabled: false\n"
+        "local:\n  model: %s\n  slots: 2\n  context: 4096\n  price_per_mtok_usd: 0.02\n"
+        "providers:\n  fake:\n    kind: openai\n    base_url: http://127.0.0.1:%d/v1\n"
+        "    api_key: sk-fake\n    retries: 0\n"
+        "models:\n"
+        "  - {name: phi-3.5-mini, tier: local, target: engine, fallbacks: [gpt-fake]}\n"
+        "  - {name: gpt-fake, tier: remote, provider: fake, input_usd_per_mtok: 0.15, "
+        "output_usd_per_mtok: 0.6}\n"
+        "aliases:\n  auto: {local: phi-3.5-mini, remote: gpt-fake}\n"
+        "cache:\n  enabled: false\n",
+        e->port, TG_TINY_MODEL, e->fake_port);
     const char *path = tg_test_write_temp("routes.yaml", cfg);
     char *argv[] = {TIERGATE, "--config", (char *)path, NULL};
     e->pid = tg_test_spawn(argv, NULL, e->log);
@@ -408,8 +418,8 @@ static void test_replay(void **state)
             fail_msg("fixture line %d: %s", count + 1, e.text);
         const char *path = json_string_value(json_object_get(rec, "path"));
         const char *ua = header_of(rec, "user-agent");
-        printf("replay %s %s (user-agent: %s)\n", json_string_value(json_object_get(rec, "method")), path,
-               ua != NULL ? ua : "-");
+        printf("replay %s %s (user-agent: %s)\n", json_string_value(json_object_get(rec, "method")),
+               path, ua != NULL ? ua : "-");
         json_t *req = json_loads(json_string_value(json_object_get(rec, "body")), 0, &e);
         size_t len;
         char *raw = build_request(rec, env.port, &len);

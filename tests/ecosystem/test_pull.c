@@ -17,7 +17,7 @@
 
 #include "tg_testlib.h"
 
-#define TIERGATE TG_BINARY_DIR "/gateway/tiergate"
+#define TIERGATE   TG_BINARY_DIR "/gateway/tiergate"
 #define FILESERVER TG_BINARY_DIR "/tests/tg-fake-fileserver"
 #define MODEL_FILE "Phi-3.5-mini-instruct-Q4_K_M.gguf"
 #define FILE_BYTES (3 * 1024 * 1024 + 17)
@@ -231,7 +231,8 @@ static void test_resume_next_run(void **state)
     server_start(&s, g_sha, extra);
     char dir[256], *out;
     fresh_dir("resume", dir, sizeof dir);
-    const char *args[] = {"phi-3.5-mini", "--dir", dir, "--base-url", s.base, "--retries", "0", NULL};
+    const char *args[] = {"phi-3.5-mini", "--dir",     dir, "--base-url",
+                          s.base,         "--retries", "0", NULL};
     assert_int_not_equal(run_pull(args, &out), 0);
     assert_non_null(strstr(out, "run the command again to resume"));
     free(out);
@@ -313,7 +314,8 @@ static void test_sha_mismatch(void **state)
     assert_false(exists(dir, ".part"));
 
     /* --sha256 wins over the hub's header: the right one makes the same server succeed */
-    const char *args2[] = {"phi-3.5-mini", "--dir", dir, "--base-url", s.base, "--sha256", g_sha, NULL};
+    const char *args2[] = {"phi-3.5-mini", "--dir",    dir,   "--base-url",
+                           s.base,         "--sha256", g_sha, NULL};
     assert_int_equal(run_pull(args2, &out), 0);
     free(out);
     assert_final_matches(dir);
@@ -370,9 +372,9 @@ static void test_bad_usage(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_full_download),  cmocka_unit_test(test_resume_next_run),
+        cmocka_unit_test(test_full_download),     cmocka_unit_test(test_resume_next_run),
         cmocka_unit_test(test_resume_within_run), cmocka_unit_test(test_server_ignores_range),
-        cmocka_unit_test(test_sha_mismatch),   cmocka_unit_test(test_bad_usage),
+        cmocka_unit_test(test_sha_mismatch),      cmocka_unit_test(test_bad_usage),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

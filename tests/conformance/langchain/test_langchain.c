@@ -16,7 +16,7 @@
 
 #include "gw_testenv.h"
 
-#define LC_DIR TG_TEST_DIR "/conformance/langchain"
+#define LC_DIR     TG_TEST_DIR "/conformance/langchain"
 #define LC_VERSION "0.6.17"
 
 static char *run(const char *cmd, int *status)
@@ -71,7 +71,9 @@ static void test_langchain_chat_openai(void **state)
         char *out = run("cd " LC_DIR " && npm ci --no-audit --no-fund 2>&1", &st);
         if (st != 0) {
             if (npm_offline(out)) {
-                printf("SKIP: npm cannot reach its registry, @langchain/openai not installed:\n%s\n", out);
+                printf(
+                    "SKIP: npm cannot reach its registry, @langchain/openai not installed:\n%s\n",
+                    out);
                 free(out);
                 skip();
             }
@@ -85,7 +87,8 @@ static void test_langchain_chat_openai(void **state)
     assert_true(gw_env_start(&env, NULL, NULL, NULL));
     char cmd[512];
     snprintf(cmd, sizeof cmd,
-             "cd " LC_DIR " && TIERGATE_BASE_URL=%s/v1 TIERGATE_API_KEY=secret node langchain.mjs 2>&1",
+             "cd " LC_DIR
+             " && TIERGATE_BASE_URL=%s/v1 TIERGATE_API_KEY=secret node langchain.mjs 2>&1",
              env.base);
     char *out = run(cmd, &st);
     printf("%s", out);
