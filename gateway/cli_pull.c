@@ -566,6 +566,11 @@ out:
     if (p.curl != NULL)
         curl_easy_cleanup(p.curl);
     curl_global_cleanup();
+    /* a failure before any byte arrived leaves nothing worth resuming */
+    struct stat pst;
+    if (result != 0 && fstat(fileno(p.part), &pst) == 0 && pst.st_size == 0 &&
+        unlink(part_path) == -1 && errno != ENOENT)
+        fprintf(stderr, "pull: unlink %s: %s\n", part_path, strerror(errno));
     fclose(p.part);
     return result;
 }

@@ -12,7 +12,7 @@
  * goes to stdout: "GET /cdn/x range=N- status=206 sent=B cut=0|1".
  *
  * usage: tg-fake-fileserver --port P --file PATH [--etag HEX] [--cut-after N] [--cuts K]
- *        [--no-range]
+ *        [--no-range] [--fail-status CODE]
  * One connection at a time (tests are sequential); runs until killed. */
 #include <errno.h>
 #include <inttypes.h>
@@ -33,6 +33,7 @@ static const char *g_etag = "";
 static uint64_t g_cut_after;
 static long g_cuts;
 static bool g_no_range;
+static int g_fail_status; /* answer file requests with this status (0: serve the file) */
 
 static bool send_all(int fd, const char *p, size_t n)
 {
@@ -189,6 +190,11 @@ static void handle(int fd)
         return;
     }
     if (strncmp(path, "/cdn/", 5) == 0) {
+        if (g_fail_status != 0) {
+            reply_simple(fd, g_fail_status, "Scripted Failure", "");
+            printf("%s %s status=%d\n", method, path, g_fail_status);
+            return;
+        }
         serve_file(fd, method, path, req);
         return;
     }
@@ -212,6 +218,8 @@ int main(int argc, char **argv)
             g_cuts = strtol(argv[++i], NULL, 10);
         else if (strcmp(argv[i], "--no-range") == 0)
             g_no_range = true;
+        else if (strcmp(argv[i], "--fail-status") == 0 && i + 1 < argc)
+            g_fail_status = (int)strtol(argv[++i], NULL, 10);
         else {
             fprintf(stderr, "tg-fake-fileserver: bad argument '%s'\n", argv[i]);
             return 2;
@@ -219,7 +227,7 @@ int main(int argc, char **argv)
     }
     if (g_file == NULL || port <= 0 || port > 65535) {
         fprintf(stderr, "usage: tg-fake-fileserver --port P --file PATH [--etag HEX] "
-                        "[--cut-after N] [--cuts K] [--no-range]\n");
+                        "[--cut-after N] [--cuts K] [--no-range] [--fail-status CODE]\n");
         return 2;
     }
     setvbuf(stdout, NULL, _IOLBF, 0);

@@ -367,6 +367,35 @@ static void test_bad_usage(void **state)
     assert_int_equal(run_pull(args, &out), 1);
     assert_non_null(strstr(out, "transfer interrupted"));
     free(out);
+
+    /* HTTP errors: 404 is final (one request), 503 is retried, and neither leaves a final file */
+    struct {
+        const char *status;
+        const char *retries;
+        size_t file_requests;
+    } http_rows[] = {{"404", "3", 1}, {"503", "2", 3}};
+    for (size_t i = 0; i < sizeof http_rows / sizeof http_rows[0]; i++) {
+        struct server s;
+        const char *extra[] = {"--fail-status", http_rows[i].status, NULL};
+        server_start(&s, g_sha, extra);
+        const char *args2[] = {"phi-3.5-mini",       "--dir", dir,
+                               "--base-url",         s.base,  "--retries",
+                               http_rows[i].retries, NULL};
+        assert_int_equal(run_pull(args2, &out), 1);
+        char want[64];
+        snprintf(want, sizeof want, "answered HTTP %s", http_rows[i].status);
+        assert_non_null(strstr(out, want));
+        free(out);
+        size_t n;
+        char *log = slurp(s.log, &n);
+        char pat[64];
+        snprintf(pat, sizeof pat, "status=%s", http_rows[i].status);
+        assert_int_equal(count(log, pat), http_rows[i].file_requests);
+        free(log);
+        assert_false(exists(dir, ""));
+        assert_false(exists(dir, ".part")); /* nothing arrived: nothing to resume */
+        server_stop(&s);
+    }
 }
 
 int main(void)
