@@ -34,9 +34,10 @@ static void usage(FILE *f)
             "  tiergate check [FILE]             validate a config and print the effective settings\n"
             "  tiergate route --explain [...]    show how requests would be routed, without running a model\n"
             "  tiergate engine --listen URL ...  run a standalone engine worker (ipc://... or tcp://...)\n"
-            "  tiergate pull MODEL               download a model (phi-3.5-mini)\n"
+            "  tiergate pull MODEL [--dir DIR]   download a GGUF (phi-3.5-mini): resume, SHA-256 check\n"
             "  tiergate --version | --help\n\n"
-            "Configuration reference: docs/config.md\n",
+            "Docs: docs/quickstart.md, docs/config.md (routes.yaml; local.model also takes ollama:NAME),\n"
+            "docs/api.md, docs/n8n.md, docs/operations.md\n",
             TG_VERSION);
 }
 
