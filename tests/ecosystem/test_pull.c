@@ -398,12 +398,50 @@ static void test_bad_usage(void **state)
     }
 }
 
+/* `tiergate --help` lists every subcommand; `--version` answers; an unknown argument is 2. */
+static void test_cli_help(void **state)
+{
+    (void)state;
+    struct {
+        const char *arg;
+        int code;
+        const char *needles[6];
+    } rows[] = {
+        {"--help",
+         0,
+         {"tiergate check", "tiergate route --explain", "tiergate engine --listen",
+          "tiergate pull MODEL", "--version", NULL}},
+        {"--version", 0, {"tiergate ", NULL}},
+        {"--no-such-flag", 2, {"unknown argument", "usage:", NULL}},
+    };
+    for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++) {
+        char log[256];
+        snprintf(log, sizeof log, "%s/help-%zu.log", g_tmp, i);
+        char *argv[] = {TIERGATE, (char *)rows[i].arg, NULL};
+        pid_t pid = tg_test_spawn(argv, NULL, log);
+        int st = tg_test_stop(pid, 0, 10000);
+        assert_true(WIFEXITED(st));
+        assert_int_equal(WEXITSTATUS(st), rows[i].code);
+        size_t n;
+        char *out = slurp(log, &n);
+        assert_non_null(out);
+        for (size_t k = 0; rows[i].needles[k] != NULL; k++)
+            if (strstr(out, rows[i].needles[k]) == NULL)
+                fail_msg("%s: '%s' not in:\n%s", rows[i].arg, rows[i].needles[k], out);
+        free(out);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_full_download),     cmocka_unit_test(test_resume_next_run),
-        cmocka_unit_test(test_resume_within_run), cmocka_unit_test(test_server_ignores_range),
-        cmocka_unit_test(test_sha_mismatch),      cmocka_unit_test(test_bad_usage),
+        cmocka_unit_test(test_cli_help),
+        cmocka_unit_test(test_full_download),
+        cmocka_unit_test(test_resume_next_run),
+        cmocka_unit_test(test_resume_within_run),
+        cmocka_unit_test(test_server_ignores_range),
+        cmocka_unit_test(test_sha_mismatch),
+        cmocka_unit_test(test_bad_usage),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
