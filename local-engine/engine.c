@@ -63,6 +63,7 @@ struct job {
     struct llama_sampler *chain;   /* top-k/top-p/temp/dist or greedy */
     struct llama_sampler *grammar; /* applied before the chain; NULL = unconstrained */
     bool stream;
+    bool greedy;    /* temperature <= 0 */
     bool cancelled; /* under e->mu */
     double t_submit_ms;
     struct job *next;
@@ -111,6 +112,9 @@ struct tg_engine {
     int32_t n_ctx;
     int32_t n_batch;
     int32_t embed_ctx;
+    int16_t *tok_byte;    /* per token: its byte 0x80..0xFF for byte-fallback tokens, else -1 */
+    llama_token *byte_toks; /* the tokens with tok_byte >= 0 */
+    int32_t n_byte_toks;
 
     struct slot slots[MAX_SLOTS];
     int32_t n_slots;
@@ -583,6 +587,7 @@ int tg_engine_submit(struct tg_engine *e, const struct tg_engine_job *jb, tg_eng
     j->user = user;
     j->stream = jb->stream;
     j->multi = jb->multi_label;
+    j->greedy = !(jb->temperature > 0.0f);
     j->t_submit_ms = now_ms();
 
     /* Prompt text -> tokens. */
@@ -1078,6 +1083,43 @@ static void batch_add(struct llama_batch *b, llama_token t, llama_pos pos, llama
     b->logits[i] = logits;
 }
 
+/* When out ends inside a UTF-8 character, the range [*lo, *hi] the next byte must be in
+ * (RFC 3629: no overlongs, no surrogates, nothing above U+10FFFF); false otherwise. */
+static bool utf8_pending(const struct tg_buf *out, unsigned char *lo, unsigned char *hi)
+{
+    size_t len = out->len;
+    if (len == 0)
+        return false;
+    size_t cut = tg_engine_utf8_complete_len(out->data, len);
+    if (cut == len)
+        return false;
+    unsigned char lead = (unsigned char)out->data[cut];
+    *lo = 0x80;
+    *hi = 0xBF;
+    if (len - cut == 1) { /* only the lead so far: it narrows the second byte */
+        if (lead == 0xE0)
+            *lo = 0xA0;
+        else if (lead == 0xED)
+            *hi = 0x9F;
+        else if (lead == 0xF0)
+            *lo = 0x90;
+        else if (lead == 0xF4)
+            *hi = 0x8F;
+    }
+    return true;
+}
+
+/* EXTRACT: may token t come next without making the output invalid UTF-8? The JSON grammar
+ * checks characters, not byte sequences, so byte-fallback tokens are checked here. */
+static bool utf8_allows(const struct tg_engine *e, bool pending, unsigned char lo,
+                        unsigned char hi, llama_token t)
+{
+    int b = e->tok_byte[t];
+    if (pending)
+        return b >= lo && b <= hi;
+    return b < 0 || (b >= 0xC2 && b <= 0xF4);
+}
+
 /* Sample from row idx of the last decode. With a grammar, it masks the candidates first;
  * *logp_step gets log p(token) under softmax(logits) restricted to the admitted tokens. */
 static llama_token slot_sample(struct tg_engine *e, struct slot *s, int32_t idx,
@@ -1087,9 +1129,32 @@ static llama_token slot_sample(struct tg_engine *e, struct slot *s, int32_t idx,
     struct job *j = s->job;
     if (!logits)
         return LLAMA_TOKEN_NULL; /* llama.cpp logged why; the job fails, the process lives */
+    if (j->greedy && !j->grammar) {
+        /* The greedy chain keeps no state: an argmax over the logits is the same token
+         * without building the candidate array. */
+        llama_token best = 0;
+        for (int32_t t = 1; t < e->n_vocab; t++)
+            if (logits[t] > logits[best])
+                best = t;
+        return best;
+    }
     for (int32_t t = 0; t < e->n_vocab; t++)
         s->cand[t] = (llama_token_data){t, logits[t], 0.0f};
     llama_token_data_array arr = {s->cand, (size_t)e->n_vocab, -1, false};
+    unsigned char u_lo = 0, u_hi = 0;
+    bool u_pending = false;
+    if (j->kind == TG_JOB_EXTRACT) {
+        u_pending = utf8_pending(&s->out, &u_lo, &u_hi);
+        if (u_pending) {
+            for (int32_t t = 0; t < e->n_vocab; t++)
+                if (!utf8_allows(e, true, u_lo, u_hi, t))
+                    s->cand[t].logit = -INFINITY;
+        } else {
+            for (int32_t k = 0; k < e->n_byte_toks; k++)
+                if (!utf8_allows(e, false, 0, 0, e->byte_toks[k]))
+                    s->cand[e->byte_toks[k]].logit = -INFINITY;
+        }
+    }
     if (j->grammar && j->kind != TG_JOB_CLASSIFY) {
         /* Masking the whole vocabulary with a grammar costs more than the decode step of a
          * small model. Like llama-server, sample unconstrained first and keep the token when
@@ -1101,7 +1166,10 @@ static llama_token slot_sample(struct tg_engine *e, struct slot *s, int32_t idx,
             llama_token tok = arr.data[arr.selected].id;
             llama_token_data one = {tok, 1.0f, 0.0f};
             llama_token_data_array a1 = {&one, 1, -1, false};
-            llama_sampler_apply(j->grammar, &a1);
+            if (j->kind == TG_JOB_EXTRACT && !utf8_allows(e, u_pending, u_lo, u_hi, tok))
+                one.logit = -INFINITY;
+            else
+                llama_sampler_apply(j->grammar, &a1);
             if (isfinite(one.logit)) {
                 llama_sampler_accept(j->grammar, tok);
                 llama_sampler_accept(j->chain, tok);
@@ -1109,7 +1177,11 @@ static llama_token slot_sample(struct tg_engine *e, struct slot *s, int32_t idx,
             }
         }
         for (int32_t t = 0; t < e->n_vocab; t++)
-            s->cand[t] = (llama_token_data){t, logits[t], 0.0f};
+            s->cand[t] = (llama_token_data){
+                t, j->kind == TG_JOB_EXTRACT && !utf8_allows(e, u_pending, u_lo, u_hi, t)
+                       ? -INFINITY
+                       : logits[t],
+                0.0f};
         arr = (llama_token_data_array){s->cand, (size_t)e->n_vocab, -1, false};
     }
     if (j->grammar)
@@ -1464,6 +1536,8 @@ static void engine_free(struct tg_engine *e)
             free(e->pc[i].tokens);
         free(e->pc);
     }
+    free(e->tok_byte);
+    free(e->byte_toks);
     if (e->batch.token)
         llama_batch_free(e->batch);
     if (e->ebatch.token)
@@ -1594,6 +1668,21 @@ int tg_engine_create(const struct tg_engine_params *pin, struct tg_engine **out,
     }
     e->vocab = llama_model_get_vocab(e->model);
     e->n_vocab = llama_vocab_n_tokens(e->vocab);
+    e->tok_byte = malloc(sizeof *e->tok_byte * (size_t)e->n_vocab);
+    e->byte_toks = malloc(sizeof *e->byte_toks * 256);
+    if (!e->tok_byte || !e->byte_toks)
+        goto nomem;
+    for (int32_t t = 0; t < e->n_vocab; t++) {
+        /* Ordinary tokens are whole UTF-8 characters; a piece that is one byte >= 0x80 is a
+         * byte-fallback token (SPM <0xNN>), the only way to emit a partial character. */
+        char pc[8];
+        int32_t n = llama_token_to_piece(e->vocab, t, pc, sizeof pc, 0, false);
+        e->tok_byte[t] = -1;
+        if (n == 1 && (unsigned char)pc[0] >= 0x80 && e->n_byte_toks < 256) {
+            e->tok_byte[t] = (int16_t)(unsigned char)pc[0];
+            e->byte_toks[e->n_byte_toks++] = t;
+        }
+    }
     e->tmpl = llama_model_chat_template(e->model, NULL);
     if (!e->tmpl)
         e->tmpl = "chatml"; /* the model brings no template: llama.cpp's generic one */

@@ -5,7 +5,9 @@
     cmake --build build-bench -j2 --target bench-engine llama-bench llama-server model-small
     bench/engine/run.py --build build-bench [--model build-bench/models/small.gguf] [--threads 2]
 
-Prints each tool's figures and the ratios the issue asks for:
+Each round runs every tool once (interleaved, so a neighbour's load hits them alike); each
+figure is its best round (--rounds, default 3). Prints the figures and the ratios the issue
+asks for:
   single-stream decode  bench-engine / llama-bench tg<gen>            (target >= 0.95)
   K-stream aggregate    bench-engine / llama-server -np K, K = 4 and 8 (target >= 1.0)
   cached-prefix TTFT    cold / warm inside bench-engine                (target >= 5)
@@ -89,6 +91,7 @@ def server_aggregate(exe, model, threads, np_, gen, reps, ctx):
         post(port, {"prompt": "<|user|>\nHello.<|end|>\n<|assistant|>\n", "n_predict": 8,
                     "temperature": 0})
         results = []
+        short = 0
         for r in range(reps):
             toks = [0] * np_
 
@@ -105,6 +108,10 @@ def server_aggregate(exe, model, threads, np_, gen, reps, ctx):
             for t in ts:
                 t.join()
             results.append(sum(toks) / (time.monotonic() - t0))
+            short += sum(1 for t in toks if t < gen)
+        if short:
+            print(f"note: llama-server -np {np_}: {short} replies stopped before {gen} tokens "
+                  f"(end of generation); the aggregate counts the tokens actually produced")
         hwm = 0.0
         with open(f"/proc/{srv.pid}/status") as f:
             for line in f:
@@ -125,6 +132,7 @@ def main():
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--prefix", type=int, default=1000)
     ap.add_argument("--streams", default="4,8")
+    ap.add_argument("--rounds", type=int, default=3)
     a = ap.parse_args()
     model = a.model or os.path.join(a.build, "models", "small.gguf")
     if not os.path.exists(model):
@@ -136,25 +144,40 @@ def main():
     lb = find_exe(a.build, "llama-bench")
     ls = find_exe(a.build, "llama-server")
 
-    out, eng_rss = run_measured([be, "--model", model, "--threads", str(a.threads), "--gen",
+    # The build VM's cores are shared: load from neighbours comes and goes. Every tool runs
+    # once per round, rounds interleave the tools, and each figure is the best round.
+    eng, eng_rss, lb_tg, lb_rss, srv = None, 0.0, 0.0, 0.0, {}
+    for rnd in range(a.rounds):
+        out, rss = run_measured([be, "--model", model, "--threads", str(a.threads), "--gen",
                                  str(a.gen), "--reps", str(a.reps), "--prefix", str(a.prefix),
                                  "--ctx", str(ctx), "--streams", a.streams])
-    print(out, end="")
-    eng = json.loads([l for l in out.splitlines() if l.startswith("json ")][0][5:])
+        print(f"round {rnd + 1}:")
+        print(out, end="")
+        cur = json.loads([l for l in out.splitlines() if l.startswith("json ")][0][5:])
+        if eng is None:
+            eng = cur
+        else:
+            for k, v in cur.items():
+                if "_tps" in k:
+                    eng[k] = max(eng[k], v)
+            if cur["ttft_cold_ms"] / cur["ttft_warm_ms"] > eng["ttft_cold_ms"] / eng["ttft_warm_ms"]:
+                eng["ttft_cold_ms"], eng["ttft_warm_ms"] = cur["ttft_cold_ms"], cur["ttft_warm_ms"]
+        eng_rss = max(eng_rss, rss)
 
-    out, lb_rss = run_measured([lb, "-m", model, "-t", str(a.threads), "-p", "0", "-n",
-                                str(a.gen), "-r", str(a.reps), "-o", "json"])
-    lbj = json.loads(out)
-    lb_tg = [x["avg_ts"] for x in lbj if x.get("n_gen") == a.gen][0]
-    print(f"llama-bench tg{a.gen}: {lb_tg:.1f} tok/s (peak RSS {lb_rss:.0f} MiB)")
+        out, rss = run_measured([lb, "-m", model, "-t", str(a.threads), "-p", "0", "-n",
+                                 str(a.gen), "-r", str(a.reps), "-o", "json"])
+        tg = [x["avg_ts"] for x in json.loads(out) if x.get("n_gen") == a.gen][0]
+        print(f"llama-bench tg{a.gen}: {tg:.1f} tok/s (peak RSS {rss:.0f} MiB)")
+        lb_tg, lb_rss = max(lb_tg, tg), max(lb_rss, rss)
 
-    srv = {}
-    for k in streams:
-        tps, hwm = server_aggregate(ls, model, a.threads, k, a.gen, a.reps, ctx)
-        srv[k] = (tps, hwm)
-        print(f"llama-server -np {k}: {tps:.1f} tok/s aggregate (VmHWM {hwm:.0f} MiB)")
+        for k in streams:
+            tps, hwm = server_aggregate(ls, model, a.threads, k, a.gen, a.reps, ctx)
+            print(f"llama-server -np {k}: {tps:.1f} tok/s aggregate (VmHWM {hwm:.0f} MiB)")
+            old = srv.get(k, (0.0, 0.0))
+            srv[k] = (max(old[0], tps), max(old[1], hwm))
 
     print()
+    print(f"best of {a.rounds} rounds")
     print(f"| measure ({os.path.basename(model)}, {a.threads} threads) | tg_engine | reference "
           f"| ratio | target |")
     print("|---|---|---|---|---|")
