@@ -110,6 +110,7 @@ struct tg_engine {
     struct tg_engine_info info;
     int32_t n_vocab;
     int32_t n_ctx;
+    int32_t n_ctx_seq; /* KV cells one job may use: n_ctx, or n_ctx / n_slots with kv_split */
     int32_t n_batch;
     int32_t embed_ctx;
     int16_t *tok_byte;    /* per token: its byte 0x80..0xFF for byte-fallback tokens, else -1 */
@@ -628,7 +629,7 @@ int tg_engine_submit(struct tg_engine *e, const struct tg_engine_job *jb, tg_eng
         rc = tokenize(e, text, parse_special, e->embed_ctx, "embedding input", &j->tokens,
                       &j->n_tokens, err, errlen);
     else
-        rc = tokenize(e, text, parse_special, e->n_ctx - 1, "prompt", &j->tokens,
+        rc = tokenize(e, text, parse_special, e->n_ctx_seq - 1, "prompt", &j->tokens,
                       &j->n_tokens, err, errlen);
     free(text);
     text = NULL;
@@ -636,7 +637,7 @@ int tg_engine_submit(struct tg_engine *e, const struct tg_engine_job *jb, tg_eng
         goto fail;
 
     if (jb->kind != TG_JOB_EMBED) {
-        int32_t room = e->n_ctx - j->n_tokens;
+        int32_t room = e->n_ctx_seq - j->n_tokens;
         j->max_tokens = jb->max_tokens == 0 || jb->max_tokens > room ? room : jb->max_tokens;
         if (jb->n_stop > 0) {
             j->stop = strv_dup(jb->stop, jb->n_stop);
@@ -1240,7 +1241,7 @@ static bool slot_on_token(struct tg_engine *e, struct slot *s, llama_token tok)
         }
         s->searched = s->out.len;
     }
-    if (s->n_gen >= j->max_tokens || s->n_past + 1 >= e->n_ctx) {
+    if (s->n_gen >= j->max_tokens || s->n_past + 1 >= e->n_ctx_seq) {
         slot_finish(e, s, "length");
         return false;
     }
@@ -1596,8 +1597,8 @@ int tg_engine_create(const struct tg_engine_params *pin, struct tg_engine **out,
         p.queue_max = d.queue_max;
     if (p.prefix_cache_entries == 0)
         p.prefix_cache_entries = d.prefix_cache_entries;
-    if (p.prefix_cache_entries < 0)
-        p.prefix_cache_entries = 0;
+    if (p.prefix_cache_entries < 0 || p.kv_split)
+        p.prefix_cache_entries = 0; /* cross-stream copies are whole-buffer only */
     if (p.prefix_cache_min_tokens <= 0)
         p.prefix_cache_min_tokens = d.prefix_cache_min_tokens;
     if (p.embed_ctx == 0)
@@ -1694,7 +1695,9 @@ int tg_engine_create(const struct tg_engine_params *pin, struct tg_engine **out,
     cp.n_seq_max = (uint32_t)(p.n_slots + e->n_pc);
     cp.n_threads = p.n_threads;
     cp.n_threads_batch = p.n_threads;
-    cp.kv_unified = true; /* prefix copies are metadata only; a job may use all of n_ctx */
+    /* Unified: prefix copies are metadata only and a job may use all of n_ctx. Split: each
+     * slot attends over its own slice only, cheaper with many streams. */
+    cp.kv_unified = !p.kv_split;
     cp.type_k = kvt;
     cp.type_v = kvt;
     if (kvt != GGML_TYPE_F16)
@@ -1709,6 +1712,7 @@ int tg_engine_create(const struct tg_engine_params *pin, struct tg_engine **out,
     }
     e->mem = llama_get_memory(e->ctx);
     e->n_ctx = (int32_t)llama_n_ctx(e->ctx);
+    e->n_ctx_seq = (int32_t)llama_n_ctx_seq(e->ctx); /* n_ctx, or its per-slot slice */
     e->batch = llama_batch_init(p.n_batch, 0, 1);
 
     if (p.embed_ctx > 0) {
@@ -1768,10 +1772,10 @@ int tg_engine_create(const struct tg_engine_params *pin, struct tg_engine **out,
     }
     pthread_setname_np(e->thread, "tg-engine");
     tg_info("engine: %s (%s, %.1fM params%s) loaded in %.0f ms; n_ctx %d, %d slots, "
-            "%d prefix-cache entries, %d threads, kv %s",
+            "%d prefix-cache entries, %d threads, kv %s%s",
             e->info.model_name, e->info.model_desc, e->info.n_params / 1e6,
             e->info.random_weights ? ", random weights" : "", now_ms() - t0, e->n_ctx,
-            e->n_slots, e->n_pc, p.n_threads, e->kv_type);
+            e->n_slots, e->n_pc, p.n_threads, e->kv_type, p.kv_split ? " split" : "");
     *out = e;
     return TG_OK;
 

@@ -1,7 +1,7 @@
 /* bench-engine: throughput and latency of tg_engine on a (generated) GGUF model.
  *
  *   bench-engine --model M.gguf [--threads N] [--gen 128] [--ctx 8192] [--prefix 1000]
- *                [--reps 3] [--streams 4,8]
+ *                [--reps 3] [--streams 4,8] [--kv-split 0|1]
  *
  * Measures, all through the public API (tg_engine_submit + callbacks):
  *   single   one greedy stream: decode tok/s = (completion - 1) / (total - TTFT)
@@ -17,6 +17,7 @@
 #include "tg/log.h"
 
 #include <pthread.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -116,9 +117,12 @@ int main(int argc, char **argv)
     int threads = 2, gen = 128, ctx = 8192, prefix = 1000, reps = 3;
     int streams[8] = {4, 8};
     int n_streams = 2;
+    bool kv_split = false;
     for (int i = 1; i + 1 < argc; i += 2) {
         const char *k = argv[i], *v = argv[i + 1];
-        if (strcmp(k, "--model") == 0)
+        if (strcmp(k, "--kv-split") == 0)
+            kv_split = strcmp(v, "1") == 0;
+        else if (strcmp(k, "--model") == 0)
             model = v;
         else if (strcmp(k, "--threads") == 0)
             threads = (int)strtol(v, NULL, 10);
@@ -159,6 +163,7 @@ int main(int argc, char **argv)
     p.prefix_cache_entries = 8;
     p.prefix_cache_min_tokens = 32;
     p.embed_ctx = -1;
+    p.kv_split = kv_split;
     struct tg_engine *e = NULL;
     char err[512];
     double t0 = now_ms();
@@ -227,6 +232,19 @@ int main(int argc, char **argv)
         qsort(best, (size_t)reps, sizeof best[0], cmp_double);
         agg[si] = best[reps / 2];
         printf("aggregate_tps_%d %.1f\n", k, agg[si]);
+    }
+
+    if (kv_split) { /* no prefix cache in split mode: nothing more to measure */
+        tg_engine_destroy(e);
+        struct rusage ru;
+        getrusage(RUSAGE_SELF, &ru);
+        printf("peak_rss_mib %.1f\n", ru.ru_maxrss / 1024.0);
+        printf("json {\"single_decode_tps\":%.2f", single[reps / 2]);
+        for (int si = 0; si < n_streams; si++)
+            printf(",\"aggregate_tps_%d\":%.2f", streams[si], agg[si]);
+        printf(",\"peak_rss_mib\":%.1f,\"threads\":%d,\"gen\":%d,\"kv_split\":1}\n",
+               ru.ru_maxrss / 1024.0, threads, gen);
+        return d.errors ? 1 : 0;
     }
 
     /* TTFT with a shared prefix: cold (new prefix) vs warm (prefix cached by the previous

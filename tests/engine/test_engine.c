@@ -300,6 +300,56 @@ static void test_kv_quant(void **state)
     }
 }
 
+/* Split KV: every slot has its own n_ctx / n_slots cells; batching gives the same greedy
+ * tokens; a prompt bigger than one slice is TG_CONTEXT; no prefix cache. */
+static void test_kv_split(void **state)
+{
+    (void)state;
+    struct tg_engine_params p = tg_engine_default_params();
+    p.model_path = TG_TINY_MODEL;
+    p.n_ctx = 1024;
+    p.n_slots = 4;
+    p.n_threads = 1;
+    p.kv_split = true;
+    p.embed_ctx = -1;
+    struct tg_engine *e = NULL;
+    char err[256];
+    assert_int_equal(tg_engine_create(&p, &e, err, sizeof err), TG_OK);
+    struct tg_chat_msg m[] = {{"system", LONG_SYS}, {"user", "Hello there, how are you?"}};
+    struct tg_engine_job j = user_job(m, 2, 0); /* up to the slice */
+    struct coll c[4];
+    for (int k = 0; k < 4; k++) {
+        coll_init(&c[k]);
+        submit_ok(e, &j, &c[k], NULL);
+    }
+    for (int k = 0; k < 4; k++) {
+        coll_wait(&c[k]);
+        assert_int_equal(c[k].type, TG_EV_DONE);
+        assert_int_equal(c[k].usage.cached_tokens, 0);
+        assert_true(c[k].usage.prompt_tokens + c[k].usage.completion_tokens <= 1024 / 4);
+        assert_int_equal(c[k].text.len, c[0].text.len);
+        assert_memory_equal(c[k].text.data, c[0].text.data, c[0].text.len);
+    }
+    struct tg_engine_stats st;
+    tg_engine_stats(e, &st);
+    assert_int_equal(st.prefix_cache_hits, 0);
+    assert_int_equal(st.prefix_cache_entries, 0);
+
+    struct tg_buf b;
+    tg_buf_init(&b, 0);
+    for (int i = 0; i < 120; i++) /* ~370 tokens: fits n_ctx, not one slot's 256 */
+        tg_buf_append_str(&b, "alpha beta gamma ");
+    struct tg_chat_msg big[] = {{"user", b.data}};
+    struct tg_engine_job jb = user_job(big, 1, 4);
+    assert_int_equal(tg_engine_submit(e, &jb, on_event, NULL, NULL, err, sizeof err),
+                     TG_CONTEXT);
+    assert_non_null(strstr(err, "at most 255 tokens"));
+    tg_buf_free(&b);
+    for (int k = 0; k < 4; k++)
+        coll_free(&c[k]);
+    tg_engine_destroy(e);
+}
+
 static void test_info(void **state)
 {
     (void)state;
@@ -1157,6 +1207,7 @@ int main(void)
         cmocka_unit_test(test_create_errors),
         cmocka_unit_test(test_info),
         cmocka_unit_test(test_kv_quant),
+        cmocka_unit_test(test_kv_split),
         cmocka_unit_test(test_generate_stream),
         cmocka_unit_test(test_stop_string),
         cmocka_unit_test(test_raw_grammar),

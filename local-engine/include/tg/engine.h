@@ -54,6 +54,11 @@ struct tg_engine_params {
                                      embedding context (TG_JOB_EMBED fails TG_UNSUPPORTED) */
     const char *backend_dir;      /* ggml backend libraries; NULL = build-time default
                                      (TG_LLAMA_BACKEND_DIR), "" = statically linked */
+    bool kv_split;                /* false (default): one unified KV cache; any job may use
+                                     all n_ctx cells; prefix cache on. true: each slot gets
+                                     its own n_ctx / n_slots cells (a job's prompt + output
+                                     must fit there) and attends over them only, which is
+                                     faster with many concurrent streams; no prefix cache. */
 };
 
 /* Defaults as documented per field above (model_path = NULL). */
