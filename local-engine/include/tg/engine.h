@@ -72,7 +72,7 @@ struct tg_engine_params tg_engine_default_params(void);
  *   TG_NOMEM
  * and writes a NUL-terminated message into err (if errlen > 0). *out is written only on
  * success. The first call in the process loads the ggml backends (once, process-wide) and
- * routes llama.cpp's log to tg_log at debug level. */
+ * routes llama.cpp's log to tg_log at debug level (its errors at warn level). */
 int tg_engine_create(const struct tg_engine_params *p, struct tg_engine **out, char *err,
                      size_t errlen);
 
