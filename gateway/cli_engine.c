@@ -52,6 +52,20 @@ static bool parse_int(const char *opt, const char *s, long lo, long hi, int32_t 
     return true;
 }
 
+#define SHUTDOWN_WATCHDOG_S 15
+
+static void *shutdown_watchdog(void *arg)
+{
+    (void)arg;
+    struct timespec ts = {.tv_sec = SHUTDOWN_WATCHDOG_S, .tv_nsec = 0};
+    while (nanosleep(&ts, &ts) == -1 && errno == EINTR) {
+    }
+    tg_warn("engine worker: shutdown still blocked in nng after %d s; exiting anyway",
+            SHUTDOWN_WATCHDOG_S);
+    _exit(0);
+    return NULL;
+}
+
 int tg_cli_engine(int argc, char **argv)
 {
     enum { O_LISTEN = 1, O_MODEL, O_SLOTS, O_CTX, O_THREADS, O_GPU, O_KV, O_BATCH, O_QUEUE,
@@ -184,6 +198,15 @@ int tg_cli_engine(int argc, char **argv)
         break;
     }
     tg_info("engine worker: %s, shutting down", sig > 0 ? strsignal(sig) : "error");
+    /* nng 1.5 can hang in nng_close while tearing down a connection (nanomsg/nng#1543): by
+     * then our jobs are cancelled and the engine is idle, so a watchdog ends the process
+     * rather than leave a worker that never exits. */
+    pthread_t wd;
+    int wrc = pthread_create(&wd, NULL, shutdown_watchdog, NULL);
+    if (wrc == 0)
+        pthread_detach(wd);
+    else
+        tg_warn("engine worker: no shutdown watchdog: %s", strerror(wrc));
     tg_engine_server_stop(srv);
     tg_engine_destroy(eng);
     tg_info("engine worker: stopped");

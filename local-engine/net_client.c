@@ -31,6 +31,7 @@
 #define CLI_MAX_WORKERS 64
 #define CLI_BUCKETS 1024
 #define CLI_MAX_RECONNECT_MS 2000
+#define CLI_CLOSE_MS 5000
 
 enum op_kind { OP_SUBMIT, OP_CANCEL };
 
@@ -747,22 +748,28 @@ static void client_free(struct tg_engine_client *c)
     free(c);
 }
 
-static void client_close_sockets(struct tg_engine_client *c)
+/* Closes every socket; false when one is stuck in nng (then nothing may be freed). */
+static bool client_close_sockets(struct tg_engine_client *c)
 {
     pthread_mutex_lock(&c->mtx);
     c->closing = true;
     while (c->active > 0)
         pthread_cond_wait(&c->cond, &c->mtx);
     pthread_mutex_unlock(&c->mtx);
-    for (size_t i = 0; i < c->n; i++)
-        if (c->w[i].sock_open)
-            nng_close(c->w[i].sock);
+    /* Stop our aios before closing the sockets: a REQ context with a request outstanding can
+     * hang nng 1.5's nng_close (nanomsg/nng#1543, #1813); stopping the aio resets the context
+     * first. Callbacks see `closing` and start nothing new. */
     for (size_t i = 0; i < c->n; i++) {
         if (c->w[i].ops_aio != NULL)
             nng_aio_stop(c->w[i].ops_aio);
         if (c->w[i].poll_aio != NULL)
             nng_aio_stop(c->w[i].poll_aio);
     }
+    bool closed = true;
+    for (size_t i = 0; i < c->n; i++)
+        if (c->w[i].sock_open)
+            closed &= tg_net_close_bounded(c->w[i].sock, CLI_CLOSE_MS, c->w[i].url);
+    return closed;
 }
 
 int tg_engine_client_create(const char *const *urls, size_t n,
@@ -844,8 +851,8 @@ int tg_engine_client_create(const char *const *urls, size_t n,
         code = (rv == NNG_ENOMEM) ? TG_NOMEM : TG_INVAL;
     }
     if (code != TG_OK) {
-        client_close_sockets(c);
-        client_free(c);
+        if (client_close_sockets(c))
+            client_free(c);
         return code;
     }
     for (size_t i = 0; i < n; i++)
@@ -1092,8 +1099,9 @@ void tg_engine_client_destroy(struct tg_engine_client *c)
 {
     if (c == NULL)
         return;
-    client_close_sockets(c);
-    /* nng is quiet now: fail what is left, on this thread. */
+    bool closed = client_close_sockets(c);
+    /* Our aios are stopped: nng calls none of our callbacks but the pipe notifications,
+     * which see `closing`. Fail what is left, on this thread. */
     pthread_mutex_lock(&c->cb_mtx);
     for (size_t b = 0; b < CLI_BUCKETS; b++) {
         while (c->buckets[b] != NULL) {
@@ -1110,5 +1118,8 @@ void tg_engine_client_destroy(struct tg_engine_client *c)
         }
     }
     pthread_mutex_unlock(&c->cb_mtx);
-    client_free(c);
+    if (closed)
+        client_free(c);
+    /* else: a socket is stuck in nng's close and may still notify us; the client is leaked
+     * on purpose (logged by tg_net_close_bounded). */
 }

@@ -58,6 +58,13 @@ int tg_net_stats_decode(const json_t *obj, struct tg_engine_stats *out);
 json_t *tg_net_info_encode(const struct tg_engine_info *in);
 int tg_net_info_decode(const json_t *obj, struct tg_engine_info *out);
 
+/* nng_close(sock) on a helper thread, waiting at most timeout_ms (nng 1.5 can hang in close).
+ * true when it returned; false when it is still blocked: the caller must then leave alone (leak)
+ * anything nng might still call back into. `what` names the socket in the log. */
+#include <nng/nng.h>
+#include <stdbool.h>
+bool tg_net_close_bounded(nng_socket sock, unsigned timeout_ms, const char *what);
+
 /* A JSON string for arbitrary bytes: invalid UTF-8 sequences become U+FFFD. New reference,
  * NULL on allocation failure. */
 json_t *tg_net_string_lossy(const char *s, size_t len);

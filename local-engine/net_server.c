@@ -31,6 +31,7 @@
 #include "tg/log.h"
 
 #define SRV_INITIAL_CONTEXTS 4
+#define SRV_CLOSE_MS 5000
 #define SRV_SWEEP_MS 1000
 #define SRV_MAX_HOLD_MS 30000
 #define SRV_SESSION_QUEUE_FACTOR 4 /* queued event bytes per session <= factor x max_msg */
@@ -963,14 +964,15 @@ void tg_engine_server_stop(struct tg_engine_server *h)
         pthread_cond_wait(&s->cond, &s->mtx);
     pthread_mutex_unlock(&s->mtx);
 
-    /* Closing the socket aborts every context's aio; callbacks see `closing` and stop. */
-    nng_close(s->sock);
+    /* Stop every context's aio first (callbacks see `closing` and start nothing new), then
+     * close: closing a socket with operations outstanding can hang nng 1.5 (nanomsg/nng#1543). */
     nng_aio_stop(s->sweep_aio);
     for (struct srv_ctx *c = s->ctxs; c != NULL; c = c->next)
         nng_aio_stop(c->aio);
 
     /* Every session goes; its jobs are cancelled, and we wait for the engine's final
-     * events, which still reference this server. */
+     * events, which still reference this server. Done before nng_close so that the engine
+     * is idle even if that close is slow. */
     for (;;) {
         struct id_list ids = {0};
         pthread_mutex_lock(&s->mtx);
@@ -991,6 +993,8 @@ void tg_engine_server_stop(struct tg_engine_server *h)
             tg_warn("engine server %s: still waiting for %zu job(s) to end", s->url, s->n_jobs);
     }
     pthread_mutex_unlock(&s->mtx);
+    if (!tg_net_close_bounded(s->sock, SRV_CLOSE_MS, s->url))
+        return; /* stuck in nng: it may still notify us, so the server is leaked on purpose */
 
     while (s->ctxs != NULL) {
         struct srv_ctx *c = s->ctxs;
