@@ -258,6 +258,7 @@ int main(int argc, char **argv)
     for (int i = 0; i < nt; i++)
         n_params += ggml_nelements(ts[i]);
     const bool progress = n_params > 50 * 1000 * 1000;
+    const bool tty = isatty(STDERR_FILENO); /* redrawn line on a terminal, a line per 10% in logs */
     const size_t align = gguf_get_alignment(g), CH = (size_t)1 << 22;
     float *fb = malloc(CH * sizeof(float));
     ggml_fp16_t *hb = malloc(CH * sizeof(ggml_fp16_t));
@@ -284,9 +285,9 @@ int main(int argc, char **argv)
             }
             done += (int64_t)n;
             int pct = (int)(100 * done / n_params);
-            if (progress && pct != last_pct) {
-                fprintf(stderr, "\rwriting %s weights: %3d%% (%.2f of %.2f B params)", p->name, pct,
-                        (double)done / 1e9, (double)n_params / 1e9);
+            if (progress && pct != last_pct && (tty || pct % 10 == 0)) {
+                fprintf(stderr, "%swriting %s weights: %3d%% (%.2f of %.2f B params)%s", tty ? "\r" : "",
+                        p->name, pct, (double)done / 1e9, (double)n_params / 1e9, tty ? "" : "\n");
                 last_pct = pct;
             }
         }
@@ -295,7 +296,7 @@ int main(int argc, char **argv)
         if (pad != 0 && io_ok)
             io_ok = fwrite(zeros, 1, pad, f) == pad;
     }
-    if (progress)
+    if (progress && tty)
         fputc('\n', stderr);
     if (fclose(f) != 0 || !io_ok) {
         fprintf(stderr, "write to %s failed\n", f16_path);
