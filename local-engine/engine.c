@@ -141,6 +141,7 @@ struct tg_engine {
     uint64_t jobs_done;
     uint64_t tokens_generated;
     uint64_t pc_hits, pc_misses, pc_tokens;
+    atomic_int pc_entries; /* live prefix-cache entries; read by tg_engine_stats on any thread */
 };
 
 /* ---------------------------------------------------------------- process-wide setup */
@@ -809,9 +810,8 @@ void tg_engine_stats(struct tg_engine *e, struct tg_engine_stats *out)
     out->prefix_cache_hits = e->pc_hits;
     out->prefix_cache_misses = e->pc_misses;
     out->prefix_cache_tokens = e->pc_tokens;
-    for (int32_t i = 0; i < e->n_pc; i++)
-        if (e->pc[i].tokens)
-            out->prefix_cache_entries++;
+    /* pc[].tokens belongs to the scheduler thread; the count is kept atomically for us */
+    out->prefix_cache_entries = atomic_load(&e->pc_entries);
     pthread_mutex_unlock(&e->mu);
 }
 
@@ -863,6 +863,8 @@ static int32_t pcache_lookup(struct tg_engine *e, struct slot *s)
 static void pcache_drop(struct tg_engine *e, struct pcache_entry *pe)
 {
     llama_memory_seq_rm(e->mem, pe->seq, -1, -1);
+    if (pe->tokens)
+        atomic_fetch_sub(&e->pc_entries, 1);
     free(pe->tokens);
     pe->tokens = NULL;
     pe->n = 0;
@@ -908,6 +910,7 @@ static void pcache_insert(struct tg_engine *e, struct slot *s)
         pcache_drop(e, target);
     llama_memory_seq_cp(e->mem, s->seq, target->seq, 0, j->n_tokens);
     target->tokens = copy;
+    atomic_fetch_add(&e->pc_entries, 1);
     target->n = j->n_tokens;
     target->last_used = ++e->pc_clock;
 }
