@@ -9,6 +9,8 @@
 #include <errno.h>
 #include <pthread.h>
 #include <stdio.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -209,6 +211,27 @@ static void on_engine_event(const struct tg_engine_event *ev, void *user)
 
 /* ---- engine start / stop ---------------------------------------------------------------- */
 
+/* Model-load progress for large files: a redrawn bar on a terminal, a log line per 25 %
+ * otherwise. */
+static void load_progress(float progress, void *user)
+{
+    int *last = user;
+    int pct = (int)(progress * 100.0f);
+    if (isatty(STDERR_FILENO)) {
+        if (pct == *last)
+            return;
+        char bar[41];
+        int fill = pct * 40 / 100;
+        for (int i = 0; i < 40; i++)
+            bar[i] = i < fill ? '#' : '.';
+        bar[40] = '\0';
+        fprintf(stderr, "\rloading model [%s] %3d%%%s", bar, pct, pct >= 100 ? "\n" : "");
+    } else if (pct / 25 != *last / 25 || *last < 0) {
+        tg_info("local tier: loading model %d%%", pct);
+    }
+    *last = pct;
+}
+
 static void *local_thread_main(void *arg)
 {
     struct tg_gateway *gw = arg;
@@ -241,6 +264,13 @@ static void *local_thread_main(void *arg)
         ep.queue_max = cfg->local.queue_max;
         ep.prefix_cache_entries =
             cfg->local.prefix_cache_entries > 0 ? cfg->local.prefix_cache_entries : -1;
+        struct stat st;
+        int last_pct = -1;
+        if (stat(cfg->local.model, &st) == 0 && st.st_size > (256 << 20)) {
+            ep.load_progress = load_progress;
+            ep.load_progress_user = &last_pct;
+            tg_info("local tier: loading %s (%.1f GB)", cfg->local.model, (double)st.st_size / 1e9);
+        }
         rc = tg_engine_local_start(&ep, &gw->engine_local, err, sizeof err);
         if (rc == TG_OK) {
             client = tg_engine_local_client(gw->engine_local);
@@ -256,12 +286,16 @@ static void *local_thread_main(void *arg)
                         cfg->local.model);
         }
     }
+    char state[600];
     if (rc != TG_OK) {
         tg_error("local tier unavailable: %s", err);
+        snprintf(state, sizeof state, "unavailable: %.500s", err);
     } else {
         atomic_store(&gw->engine, client);
+        snprintf(state, sizeof state, "ready: %s", gw->model_desc);
     }
     atomic_store(&gw->ready, true);
+    tg_gateway_banner(gw, state);
     tg_config_unref(cfg);
     tg_router_policy_unref(pol);
     return NULL;
@@ -278,6 +312,7 @@ int tg_local_start(struct tg_gateway *gw)
     if (!enabled) {
         tg_info("local tier disabled");
         atomic_store(&gw->ready, true);
+        tg_gateway_banner(gw, "disabled");
         return TG_OK;
     }
     if (pthread_create(&gw->local_thread, NULL, local_thread_main, gw) != 0)

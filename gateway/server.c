@@ -433,6 +433,47 @@ static void on_libevent_log(int severity, const char *msg)
         tg_debug("libevent: %s", msg);
 }
 
+void tg_gateway_banner(struct tg_gateway *gw, const char *local_state)
+{
+    struct tg_config *cfg = NULL;
+    struct tg_router_policy *pol = NULL;
+    tg_gateway_snapshot(gw, &cfg, &pol);
+    const struct tg_cfg_server *s = &cfg->server;
+    const bool v6 = strchr(s->listen_host, ':') != NULL;
+    char base[160];
+    snprintf(base, sizeof base, "http://%s%s%s:%d", v6 ? "[" : "", s->listen_host, v6 ? "]" : "",
+             s->port);
+    tg_info("tiergate %s ready", TG_GATEWAY_VERSION);
+    tg_info("  listen     %s (%d I/O threads)%s", base, gw->n_workers,
+            s->open_mode ? ", OPEN MODE (no API key needed)" : "");
+    tg_info("  config     %s, policy %s", cfg->path, tg_router_policy_name(pol));
+    tg_info("  local      %s%s", local_state,
+            atomic_load(&gw->random_weights) ? " [RANDOM WEIGHTS: free text is meaningless]" : "");
+    for (size_t i = 0; i < cfg->n_providers; i++) {
+        const struct tg_cfg_provider *p = &cfg->providers[i];
+        tg_info("  remote     %s (%s, %s): %s%s", p->name,
+                p->kind == TG_PROVIDER_OPENAI ? "openai" : "anthropic", p->base_url,
+                p->enabled ? "enabled" : "disabled: ", p->enabled ? "" : p->disabled_reason);
+    }
+    if (cfg->n_providers == 0)
+        tg_info("  remote     no providers configured");
+    for (size_t i = 0; i < cfg->n_aliases; i++)
+        tg_info("  alias      %s -> local %s | remote %s", cfg->aliases[i].name,
+                cfg->aliases[i].local ? cfg->aliases[i].local : "-",
+                cfg->aliases[i].remote ? cfg->aliases[i].remote : "-");
+    double up, outages;
+    tg_glue_redis_gauges(cfg, &up, &outages);
+    if (up < 0)
+        tg_info("  redis      disabled (no cache, limits, usage ledger or async jobs)");
+    else
+        tg_info("  redis      %s: %s", cfg->redis.url,
+                up > 0 ? "up" : "unreachable (requests bypass the cache; reconnecting)");
+    tg_info("  dashboard  %s/dashboard%s   metrics %s/metrics", base,
+            s->has_admin_key ? " (admin key)" : "", base);
+    tg_config_unref(cfg);
+    tg_router_policy_unref(pol);
+}
+
 int tg_gateway_run(const char *config_path)
 {
     event_set_log_callback(on_libevent_log);

@@ -77,4 +77,9 @@ struct tg_config *tg_gateway_config(struct tg_gateway *gw);
 /* Run the gateway until SIGTERM/SIGINT and a drain; returns the process exit code. */
 int tg_gateway_run(const char *config_path);
 
+/* The startup banner (listen address, tiers and their state, model, Redis, dashboard URL),
+ * logged once the local tier has started or failed; local_state says which ("ready: ...",
+ * "unavailable: ...", "disabled"). Any thread. */
+void tg_gateway_banner(struct tg_gateway *gw, const char *local_state);
+
 #endif

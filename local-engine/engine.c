@@ -1581,6 +1581,19 @@ static void fill_info(struct tg_engine *e)
     in->embeddings = e->ectx != NULL;
 }
 
+struct load_progress {
+    void (*fn)(float progress, void *user);
+    void *user;
+};
+
+/* llama.cpp's loader callback; returning true keeps loading. */
+static bool on_load_progress(float progress, void *user)
+{
+    const struct load_progress *lp = user;
+    lp->fn(progress, lp->user);
+    return true;
+}
+
 int tg_engine_create(const struct tg_engine_params *pin, struct tg_engine **out, char *err,
                      size_t errlen)
 {
@@ -1661,6 +1674,11 @@ int tg_engine_create(const struct tg_engine_params *pin, struct tg_engine **out,
 
     struct llama_model_params mp = llama_model_default_params();
     mp.n_gpu_layers = p.n_gpu_layers;
+    struct load_progress lp = {p.load_progress, p.load_progress_user};
+    if (p.load_progress != NULL) {
+        mp.progress_callback = on_load_progress;
+        mp.progress_callback_user_data = &lp;
+    }
     tls_llama_err[0] = '\0';
     double t0 = now_ms();
     e->model = llama_model_load_from_file(p.model_path, mp);

@@ -107,6 +107,20 @@ static void test_serve_reload_drain(void **state)
     assert_int_equal(r.status, 200);
     tg_test_response_free(&r);
 
+    /* the startup banner names the address, the tiers and their state, Redis and the dashboard */
+    char *banner = slurp(log);
+    char want_listen[128];
+    snprintf(want_listen, sizeof want_listen, "  listen     http://127.0.0.1:%d (2 I/O threads)", port);
+    const char *wants[] = {want_listen, "  local      ready: ", "[RANDOM WEIGHTS: free text is meaningless]",
+                           "  remote     no providers configured", "  redis      disabled",
+                           "/dashboard"};
+    for (size_t i = 0; i < sizeof wants / sizeof wants[0]; i++) {
+        if (strstr(banner, wants[i]) == NULL)
+            print_error("banner lacks '%s':\n%s\n", wants[i], banner);
+        assert_non_null(strstr(banner, wants[i]));
+    }
+    free(banner);
+
     /* a broken file on SIGHUP: error with file:line, old snapshot keeps serving */
     FILE *f = fopen(cfg, "w");
     fputs("server:\n  open_mode: true\n  io_threads: lots\n", f);

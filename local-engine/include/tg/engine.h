@@ -59,6 +59,10 @@ struct tg_engine_params {
                                      its own n_ctx / n_slots cells (a job's prompt + output
                                      must fit there) and attends over them only, which is
                                      faster with many concurrent streams; no prefix cache. */
+    /* Model-load progress, 0.0 .. 1.0, called on the thread that calls tg_engine_create
+     * (llama.cpp's progress_callback); NULL = none. For progress bars on large models. */
+    void (*load_progress)(float progress, void *user);
+    void *load_progress_user;
 };
 
 /* Defaults as documented per field above (model_path = NULL). */
