@@ -10,6 +10,8 @@
 #include <unistd.h>
 
 #include <cmocka.h>
+
+#include "tg_testlib.h"
 #include <jansson.h>
 
 #include "tg/config.h"
@@ -17,21 +19,6 @@
 #include "tg/yaml.h"
 
 #define DEPLOY TG_SOURCE_DIR "/deploy/"
-
-static char *slurp(const char *path)
-{
-    FILE *f = fopen(path, "r");
-    if (f == NULL)
-        return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *p = calloc(1, (size_t)n + 1);
-    if (fread(p, 1, (size_t)n, f) != (size_t)n)
-        p[0] = '\0';
-    fclose(f);
-    return p;
-}
 
 static bool exists(const char *path)
 {
@@ -131,7 +118,7 @@ static void test_compose(void **state)
     tg_ydoc_free(d);
 
     /* Prometheus scrapes the compose service on its port */
-    char *prom = slurp(DEPLOY "prometheus/prometheus.yml");
+    char *prom = tg_test_slurp(DEPLOY "prometheus/prometheus.yml", NULL);
     assert_non_null(prom);
     assert_non_null(strstr(prom, "tiergate:8080"));
     free(prom);
@@ -140,7 +127,7 @@ static void test_compose(void **state)
 static void test_dockerfile_and_systemd(void **state)
 {
     (void)state;
-    char *df = slurp(DEPLOY "Dockerfile");
+    char *df = tg_test_slurp(DEPLOY "Dockerfile", NULL);
     assert_non_null(df);
     assert_non_null(strstr(df, "\nEXPOSE 8080\n"));
     assert_non_null(strstr(df, "ENTRYPOINT [\"/usr/local/bin/tiergate\"]"));
@@ -150,7 +137,7 @@ static void test_dockerfile_and_systemd(void **state)
     assert_true(exists(TG_SOURCE_DIR "/policies"));
     free(df);
 
-    char *unit = slurp(DEPLOY "systemd/tiergate.service");
+    char *unit = tg_test_slurp(DEPLOY "systemd/tiergate.service", NULL);
     assert_non_null(unit);
     assert_non_null(strstr(unit, "\nExecStart=/usr/local/bin/tiergate --config /etc/tiergate/routes.yaml\n"));
     assert_non_null(strstr(unit, "\nExecReload=/bin/kill -HUP $MAINPID\n"));
@@ -187,8 +174,8 @@ static void test_kubernetes(void **state)
     assert_string_equal(str_at(tg_ydoc_root(hpa), "spec.scaleTargetRef.name"), str_at(r, "metadata.name"));
 
     /* the routes.yaml inside the ConfigMap is a valid tiergate config once its secrets exist */
-    char *cm_raw = slurp(DEPLOY "k8s/configmap.yaml");
-    char *secret = slurp(DEPLOY "k8s/secret.yaml");
+    char *cm_raw = tg_test_slurp(DEPLOY "k8s/configmap.yaml", NULL);
+    char *secret = tg_test_slurp(DEPLOY "k8s/secret.yaml", NULL);
     const char *vars[] = {"OPENAI_API_KEY", "ANTHROPIC_API_KEY", "TIERGATE_API_KEY_SHA256", "TIERGATE_ADMIN_KEY_SHA256"};
     for (int i = 0; i < 4; i++) {
         char ref[64];
@@ -222,7 +209,7 @@ static void test_kubernetes(void **state)
     unlink(tmpl);
 
     /* engine workers: a Deployment and a Service in one file, port 5555 as the config expects */
-    char *ew = slurp(DEPLOY "k8s/engine-worker.yaml");
+    char *ew = tg_test_slurp(DEPLOY "k8s/engine-worker.yaml", NULL);
     assert_non_null(ew);
     char *sep = strstr(ew, "\n---\n");
     assert_non_null(sep);

@@ -34,19 +34,6 @@ static void put(const char *rel, const char *text)
     assert_int_equal(fclose(f), 0);
 }
 
-static char *slurp(const char *path)
-{
-    FILE *f = fopen(path, "r");
-    if (f == NULL)
-        return strdup("");
-    char *buf = calloc(1, 1 << 20);
-    assert_non_null(buf);
-    size_t n = fread(buf, 1, (1 << 20) - 1, f);
-    buf[n] = '\0';
-    fclose(f);
-    return buf;
-}
-
 static void test_ollama_model_serves(void **state)
 {
     (void)state;
@@ -80,7 +67,7 @@ static void test_ollama_model_serves(void **state)
     char *cargv[] = {TIERGATE, "check", (char *)path, NULL};
     pid_t pid = tg_test_spawn(cargv, envp, log);
     int st = tg_test_stop(pid, 0, 30000);
-    char *out = slurp(log);
+    char *out = tg_test_read_log(log);
     printf("%s", out);
     assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
     assert_non_null(strstr(out, blob));
@@ -117,7 +104,7 @@ static void test_ollama_model_serves(void **state)
     assert_non_null(strstr(r.body, "\"tier\":\"local\""));
     tg_test_response_free(&r);
     st = tg_test_stop(pid, SIGTERM, 30000);
-    out = slurp(log);
+    out = tg_test_read_log(log);
     bool loaded = strstr(out, blob) != NULL;
     if (!loaded)
         printf("%s", out);

@@ -35,23 +35,6 @@ static void sha256_hex(const unsigned char *p, size_t n, char out[65])
         snprintf(out + 2 * i, 3, "%02x", md[i]);
 }
 
-static char *slurp(const char *path, size_t *n)
-{
-    FILE *f = fopen(path, "rb");
-    if (f == NULL)
-        return NULL;
-    fseek(f, 0, SEEK_END);
-    long len = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *p = malloc((size_t)len + 1);
-    assert_non_null(p);
-    assert_int_equal(fread(p, 1, (size_t)len, f), (size_t)len);
-    p[len] = '\0';
-    fclose(f);
-    *n = (size_t)len;
-    return p;
-}
-
 static int setup(void **state)
 {
     (void)state;
@@ -141,7 +124,7 @@ static int run_pull(const char *const *args, char **out)
         }
     }
     size_t len;
-    *out = slurp(log, &len);
+    *out = tg_test_slurp(log, &len);
     if (*out == NULL)
         *out = strdup("");
     printf("--- tiergate pull %s...\n%s", args[0], *out);
@@ -165,7 +148,7 @@ static void assert_final_matches(const char *dir)
     char p[512];
     snprintf(p, sizeof p, "%s/" MODEL_FILE, dir);
     size_t a_len, b_len;
-    char *a = slurp(p, &a_len), *b = slurp(g_src, &b_len);
+    char *a = tg_test_slurp(p, &a_len), *b = tg_test_slurp(g_src, &b_len);
     assert_non_null(a);
     assert_int_equal(a_len, b_len);
     assert_memory_equal(a, b, a_len);
@@ -200,12 +183,12 @@ static void test_full_download(void **state)
 
     /* second run: already present, nothing fetched */
     size_t before_len;
-    char *before = slurp(s.log, &before_len);
+    char *before = tg_test_slurp(s.log, &before_len);
     assert_int_equal(run_pull(args, &out), 0);
     assert_non_null(strstr(out, "already present"));
     free(out);
     size_t after_len;
-    char *after = slurp(s.log, &after_len);
+    char *after = tg_test_slurp(s.log, &after_len);
     assert_int_equal(before_len, after_len);
     free(before);
     free(after);
@@ -249,7 +232,7 @@ static void test_resume_next_run(void **state)
     free(out);
     assert_final_matches(dir);
     size_t n;
-    char *log = slurp(s.log, &n);
+    char *log = tg_test_slurp(s.log, &n);
     printf("--- server log\n%s", log);
     assert_non_null(strstr(log, "range=1000000- status=206"));
     assert_int_equal(count(log, "cut=1"), 1);
@@ -271,7 +254,7 @@ static void test_resume_within_run(void **state)
     free(out);
     assert_final_matches(dir);
     size_t n;
-    char *log = slurp(s.log, &n);
+    char *log = tg_test_slurp(s.log, &n);
     assert_non_null(strstr(log, "range=none:0- status=200 sent=700000 cut=1"));
     assert_non_null(strstr(log, "range=700000- status=206"));
     assert_non_null(strstr(log, "range=1400000- status=206"));
@@ -387,7 +370,7 @@ static void test_bad_usage(void **state)
         assert_non_null(strstr(out, want));
         free(out);
         size_t n;
-        char *log = slurp(s.log, &n);
+        char *log = tg_test_slurp(s.log, &n);
         char pat[64];
         snprintf(pat, sizeof pat, "status=%s", http_rows[i].status);
         assert_int_equal(count(log, pat), http_rows[i].file_requests);
@@ -423,7 +406,7 @@ static void test_cli_help(void **state)
         assert_true(WIFEXITED(st));
         assert_int_equal(WEXITSTATUS(st), rows[i].code);
         size_t n;
-        char *out = slurp(log, &n);
+        char *out = tg_test_slurp(log, &n);
         assert_non_null(out);
         for (size_t k = 0; rows[i].needles[k] != NULL; k++)
             if (strstr(out, rows[i].needles[k]) == NULL)

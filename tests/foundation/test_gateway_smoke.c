@@ -15,21 +15,6 @@
 
 #define TIERGATE TG_BINARY_DIR "/gateway/tiergate"
 
-static char *slurp(const char *path)
-{
-    FILE *f = fopen(path, "r");
-    if (f == NULL)
-        return calloc(1, 1);
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *p = calloc(1, (size_t)n + 1);
-    if (fread(p, 1, (size_t)n, f) != (size_t)n)
-        p[0] = '\0';
-    fclose(f);
-    return p;
-}
-
 static void write_config(const char *path, int port, const char *extra)
 {
     FILE *f = fopen(path, "w");
@@ -52,7 +37,7 @@ static void test_check_command(void **state)
     char *ok[] = {TIERGATE, "check", TG_SOURCE_DIR "/routes.yaml", NULL};
     pid_t pid = tg_test_spawn(ok, NULL, log);
     int st = tg_test_stop(pid, 0, 20000);
-    char *out = slurp(log);
+    char *out = tg_test_read_log(log);
     if (!(WIFEXITED(st) && WEXITSTATUS(st) == 0))
         print_error("%s\n", out);
     assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
@@ -66,7 +51,7 @@ static void test_check_command(void **state)
     truncate(log, 0);
     pid = tg_test_spawn(bad_argv, NULL, log);
     st = tg_test_stop(pid, 0, 20000);
-    out = slurp(log);
+    out = tg_test_read_log(log);
     assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 1);
     char want[512];
     snprintf(want, sizeof want, "%s:3: unknown key 'listen_adress' in server", bad);
@@ -108,7 +93,7 @@ static void test_serve_reload_drain(void **state)
     tg_test_response_free(&r);
 
     /* the startup banner names the address, the tiers and their state, Redis and the dashboard */
-    char *banner = slurp(log);
+    char *banner = tg_test_read_log(log);
     char want_listen[128];
     snprintf(want_listen, sizeof want_listen, "  listen     http://127.0.0.1:%d (2 I/O threads)", port);
     const char *wants[] = {want_listen, "  local      ready: ", "[RANDOM WEIGHTS: free text is meaningless]",
@@ -131,7 +116,7 @@ static void test_serve_reload_drain(void **state)
     char *out = NULL;
     for (int i = 0; i < 100; i++) {
         free(out);
-        out = slurp(log);
+        out = tg_test_read_log(log);
         if (strstr(out, want) != NULL)
             break;
         usleep(50000);
@@ -152,7 +137,7 @@ static void test_serve_reload_drain(void **state)
     out = NULL;
     for (int i = 0; i < 100; i++) {
         free(out);
-        out = slurp(log);
+        out = tg_test_read_log(log);
         if (strstr(out, "configuration reloaded") != NULL)
             break;
         usleep(50000);
@@ -161,7 +146,7 @@ static void test_serve_reload_drain(void **state)
     free(out);
 
     int st = tg_test_stop(pid, SIGTERM, 30000);
-    out = slurp(log);
+    out = tg_test_read_log(log);
     if (!(WIFEXITED(st) && WEXITSTATUS(st) == 0))
         print_error("exit status %d, log:\n%s\n", st, out);
     assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);

@@ -38,21 +38,6 @@ static pid_t spawn(char *const argv[], const char *log_path)
     _exit(127);
 }
 
-static char *slurp(const char *path)
-{
-    FILE *f = fopen(path, "r");
-    if (f == NULL)
-        return calloc(1, 1);
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *p = calloc(1, (size_t)n + 1);
-    if (p != NULL && fread(p, 1, (size_t)n, f) != (size_t)n)
-        p[0] = '\0';
-    fclose(f);
-    return p;
-}
-
 bool gw_env_start(struct gw_env *e, const char *extra_server, const char *extra_local,
                   const char *extra_top)
 {
@@ -160,7 +145,7 @@ int gw_get(struct gw_env *e, const char *path, struct tg_test_response *out)
 bool gw_log_wait(struct gw_env *e, const char *text, int timeout_ms)
 {
     for (int waited = 0; waited <= timeout_ms; waited += 50) {
-        char *log = slurp(e->log_path);
+        char *log = tg_test_read_log(e->log_path);
         bool found = strstr(log, text) != NULL;
         free(log);
         if (found)

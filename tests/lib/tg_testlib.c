@@ -220,3 +220,31 @@ const char *tg_test_write_temp(const char *name, const char *text)
     fclose(f);
     return path;
 }
+
+char *tg_test_slurp(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    if (f == NULL)
+        return NULL;
+    char *p = NULL;
+    long n = -1;
+    if (fseek(f, 0, SEEK_END) == 0 && (n = ftell(f)) >= 0 && fseek(f, 0, SEEK_SET) == 0)
+        p = malloc((size_t)n + 1);
+    if (p != NULL && fread(p, 1, (size_t)n, f) != (size_t)n) {
+        free(p);
+        p = NULL;
+    }
+    fclose(f);
+    if (p == NULL)
+        return NULL;
+    p[n] = '\0';
+    if (len != NULL)
+        *len = (size_t)n;
+    return p;
+}
+
+char *tg_test_read_log(const char *path)
+{
+    char *p = tg_test_slurp(path, NULL);
+    return p != NULL ? p : calloc(1, 1);
+}

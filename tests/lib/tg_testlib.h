@@ -45,6 +45,12 @@ void tg_test_response_free(struct tg_test_response *r);
 /* Value of a response header (case-insensitive name) copied into buf; false if absent. */
 bool tg_test_header(const struct tg_test_response *r, const char *name, char *buf, size_t buflen);
 
+/* Whole file into a NUL-terminated malloc'd buffer; *len (may be NULL) gets its size.
+ * NULL when the file cannot be read. */
+char *tg_test_slurp(const char *path, size_t *len);
+/* A child's log: like tg_test_slurp, but an empty string (never NULL) when it is missing. */
+char *tg_test_read_log(const char *path);
+
 /* Write text to a new file in a fresh temp dir; returns the path (static storage per call slot). */
 const char *tg_test_write_temp(const char *name, const char *text);
 
