@@ -8,18 +8,9 @@
 #include "tg/err.h"
 #include "tg/log.h"
 
-#if __has_include("cli_route.h")
 #include "cli_route.h"
-#define TG_HAVE_CLI_ROUTE 1
-#endif
-#if __has_include("cli_engine.h")
 #include "cli_engine.h"
-#define TG_HAVE_CLI_ENGINE 1
-#endif
-#if __has_include("cli_pull.h")
 #include "cli_pull.h"
-#define TG_HAVE_CLI_PULL 1
-#endif
 
 #ifndef TG_VERSION
 #define TG_VERSION "0.0.0"
@@ -73,18 +64,12 @@ int main(int argc, char **argv)
     }
     if (argc > 1 && strcmp(argv[1], "check") == 0)
         return cmd_check(argc - 1, argv + 1);
-#ifdef TG_HAVE_CLI_ROUTE
     if (argc > 1 && strcmp(argv[1], "route") == 0)
         return tg_cli_route(argc - 1, argv + 1);
-#endif
-#ifdef TG_HAVE_CLI_ENGINE
     if (argc > 1 && strcmp(argv[1], "engine") == 0)
         return tg_cli_engine(argc - 1, argv + 1);
-#endif
-#ifdef TG_HAVE_CLI_PULL
     if (argc > 1 && strcmp(argv[1], "pull") == 0)
         return tg_cli_pull(argc - 1, argv + 1);
-#endif
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--config") == 0 && i + 1 < argc) {
             config = argv[++i];

@@ -25,11 +25,8 @@
 #include "tg/json.h"
 #include "tg/log.h"
 
-#if __has_include("metrics.h")
 #include "cost.h"
 #include "metrics.h"
-#define TG_HAVE_METRICS 1
-#endif
 
 #define MAX_MESSAGES 4096
 #define MAX_LABELS 256
@@ -46,11 +43,7 @@ static const char *ep_name(enum tg_gw_endpoint ep)
 
 static void bad_request(const char *reason)
 {
-#ifdef TG_HAVE_METRICS
     tg_metrics_bad_request(reason);
-#else
-    (void)reason;
-#endif
 }
 
 /* A 4xx before or during parsing: counted, OpenAI-shaped, connection kept. */
@@ -191,26 +184,12 @@ void tg_pipeline_free_all(struct tg_worker *w)
 static void compute_cost(struct tg_req *r)
 {
     const char *tier = r->tier;
-#ifdef TG_HAVE_METRICS
     struct tg_cost c;
     tg_cost_compute(r->cfg, tier, r->model_served, r->prompt_tokens, r->completion_tokens, &c);
     r->cost_usd = c.cost_usd;
     r->avoided_usd = c.avoided_usd;
     r->avoided_reason = c.avoided_reason;
     tg_cost_format_usd(c.cost_nano, r->cost_str, sizeof r->cost_str);
-#else
-    double cost = 0;
-    if (strcmp(tier, "local") == 0) {
-        cost = (double)(r->prompt_tokens + r->completion_tokens) * r->cfg->local.price_per_mtok_usd / 1e6;
-    } else if (strcmp(tier, "remote") == 0) {
-        const struct tg_cfg_model *m = tg_config_model(r->cfg, r->model_served);
-        if (m != NULL)
-            cost = (double)r->prompt_tokens * m->input_usd_per_mtok / 1e6 +
-                   (double)r->completion_tokens * m->output_usd_per_mtok / 1e6;
-    }
-    r->cost_usd = cost;
-    snprintf(r->cost_str, sizeof r->cost_str, "%.9g", cost);
-#endif
 }
 
 const char *tg_pipeline_cost_header(struct tg_req *r, char *buf, size_t len)
@@ -244,7 +223,6 @@ void tg_pipeline_finish_record(struct tg_req *r)
             (long long)r->prompt_tokens, (long long)r->completion_tokens, r->cost_str,
             (now - r->t_start) * 1e3, r->escalated ? " escalated" : "",
             r->fallbacks > 0 ? " fallback" : "");
-#ifdef TG_HAVE_METRICS
     struct tg_request_record rec = {
         .endpoint = r->ep_name,
         .tier = r->tier,
@@ -269,7 +247,6 @@ void tg_pipeline_finish_record(struct tg_req *r)
         .tenant = r->key != NULL ? r->key->tenant : "",
     };
     tg_metrics_record(&rec);
-#endif
 }
 
 /* ---- parsing ----------------------------------------------------------------------------- */

@@ -180,7 +180,6 @@ void tg_pipeline_local_done(struct tg_req *r, const struct tg_engine_event *ev);
 void tg_pipeline_local_error(struct tg_req *r, int err, const char *message);
 
 /* ---- remote.c: the remote tier ---- */
-bool tg_remote_compiled(void);
 bool tg_remote_available(struct tg_req *r);
 /* The circuit breaker of r's remote model is open. */
 bool tg_remote_circuit_open(struct tg_req *r);

@@ -19,13 +19,7 @@ void tg_pipeline_emit_error(struct tg_req *r, const char *message, const char *c
 void tg_pipeline_reply_text(struct tg_req *r, const char *text, const char *finish_reason);
 void tg_pipeline_reply_task(struct tg_req *r, json_t *result, double confidence);
 
-#if __has_include("upstream.h")
 #include "upstream.h"
-
-bool tg_remote_compiled(void)
-{
-    return true;
-}
 
 static pthread_once_t global_once = PTHREAD_ONCE_INIT;
 static void global_init(void)
@@ -346,39 +340,3 @@ void tg_remote_cancel(struct tg_req *r)
     }
 }
 
-#else /* no upstream component in this build */
-
-bool tg_remote_compiled(void)
-{
-    return false;
-}
-int tg_remote_worker_init(struct tg_worker *w)
-{
-    (void)w;
-    return TG_OK;
-}
-void tg_remote_worker_fini(struct tg_worker *w)
-{
-    (void)w;
-}
-bool tg_remote_available(struct tg_req *r)
-{
-    (void)r;
-    return false;
-}
-bool tg_remote_circuit_open(struct tg_req *r)
-{
-    (void)r;
-    return false;
-}
-void tg_remote_run(struct tg_req *r)
-{
-    r->tier = "none";
-    tg_req_reply_error(r, 503, "this build has no remote tier", "server_error", NULL,
-                       "remote_unavailable");
-}
-void tg_remote_cancel(struct tg_req *r)
-{
-    (void)r;
-}
-#endif

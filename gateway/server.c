@@ -24,21 +24,11 @@
 #include "tg/engine_net.h"
 #include "tg/router.h"
 
-#if __has_include("metrics.h")
 #include "metrics.h"
 #include "usage.h"
-#define TG_HAVE_METRICS 1
-#endif
-#if __has_include("metrics_http.h")
 #include "metrics_http.h"
-#define TG_HAVE_METRICS_HTTP 1
-#endif
 
-#ifdef TG_VERSION
-#define TG_GATEWAY_VERSION TG_VERSION
-#else
-#define TG_GATEWAY_VERSION "0.1.0"
-#endif
+#define TG_GATEWAY_VERSION TG_VERSION /* from CMake (PROJECT_VERSION) */
 
 #define SWEEP_MIN_MS 100
 #define SWEEP_MAX_MS 1000
@@ -89,50 +79,7 @@ static void reply_json(struct evhttp_request *req, int status, const char *reaso
     json_decref(body);
 }
 
-#if defined(TG_HAVE_METRICS) && !defined(TG_HAVE_METRICS_HTTP)
-static void reply_metrics(struct tg_worker *w, struct evhttp_request *req)
-{
-    struct tg_config *cfg = tg_gateway_config(w->gw);
-    const char *query = evhttp_uri_get_query(evhttp_request_get_evhttp_uri(req));
-    const char *auth = evhttp_find_header(evhttp_request_get_input_headers(req), "Authorization");
-    if (!tg_metrics_admin_allowed(cfg, auth, query)) {
-        tg_config_unref(cfg);
-        reply_json(req, 401, "Unauthorized",
-                   tg_json_error("admin key required", "invalid_request_error", NULL,
-                                 "invalid_api_key"));
-        return;
-    }
-    tg_config_unref(cfg);
-    struct tg_buf b;
-    tg_buf_init(&b, 64u << 20);
-    tg_metrics_render(&b);
-    struct evbuffer *out = evbuffer_new();
-    if (out != NULL && b.data != NULL)
-        evbuffer_add(out, b.data, b.len);
-    evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type",
-                      TG_METRICS_CONTENT_TYPE);
-    evhttp_send_reply(req, 200, "OK", out);
-    if (out != NULL)
-        evbuffer_free(out);
-    tg_buf_free(&b);
-}
 
-static void reply_dashboard(struct evhttp_request *req)
-{
-    size_t len = 0;
-    const char *html = tg_dashboard_html(&len);
-    struct evbuffer *out = evbuffer_new();
-    if (out != NULL)
-        evbuffer_add_reference(out, html, len, NULL, NULL);
-    evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type",
-                      "text/html; charset=utf-8");
-    evhttp_send_reply(req, 200, "OK", out);
-    if (out != NULL)
-        evbuffer_free(out);
-}
-#endif
-
-#ifdef TG_HAVE_METRICS
 /* Scrape-time gauges: the engine's load and the requests in flight. */
 static void gauges_fn(void *user, struct tg_metrics_gauges *out)
 {
@@ -150,7 +97,6 @@ static void gauges_fn(void *user, struct tg_metrics_gauges *out)
     tg_glue_redis_gauges(cfg, &out->redis_up, &out->redis_outages_total);
     tg_config_unref(cfg);
 }
-#endif
 
 static void handle_request(struct evhttp_request *req, void *arg)
 {
@@ -165,22 +111,11 @@ static void handle_request(struct evhttp_request *req, void *arg)
     }
     if (atomic_load(&gw->draining))
         evhttp_add_header(evhttp_request_get_output_headers(req), "Connection", "close");
-#ifdef TG_HAVE_METRICS_HTTP
     struct tg_config *mcfg = tg_gateway_config(gw);
     bool handled = tg_metrics_http_handle(req, path, mcfg, w->usage);
     tg_config_unref(mcfg);
     if (handled)
         return;
-#elif defined(TG_HAVE_METRICS)
-    if (strcmp(path, "/metrics") == 0) {
-        reply_metrics(w, req);
-        return;
-    }
-    if (strcmp(path, "/dashboard") == 0 || strcmp(path, "/dashboard/") == 0) {
-        reply_dashboard(req);
-        return;
-    }
-#endif
     if (strcmp(path, "/healthz") == 0) {
         reply_json(req, 200, "OK", json_pack("{s:s}", "status", "ok"));
     } else if (strcmp(path, "/readyz") == 0) {
@@ -225,13 +160,9 @@ static evutil_socket_t listen_socket(const char *host, int port)
 static void *worker_main(void *arg)
 {
     struct tg_worker *w = arg;
-#ifdef TG_HAVE_METRICS
     tg_usage_bind(w->usage); /* tg_metrics_record on this thread also feeds the Redis ledger */
-#endif
     event_base_dispatch(w->base);
-#ifdef TG_HAVE_METRICS
     tg_usage_bind(NULL);
-#endif
     return NULL;
 }
 
@@ -296,10 +227,8 @@ static int worker_init(struct tg_worker *w, struct tg_gateway *gw, const struct 
         tg_error("Redis component: %s", tg_strerror(grc));
         return grc;
     }
-#ifdef TG_HAVE_METRICS
     if (w->redis != NULL && tg_usage_create(w->redis, &w->usage) != TG_OK)
         tg_warn("usage ledger unavailable on I/O thread %d", w->index);
-#endif
     w->sweep = event_new(w->base, -1, EV_PERSIST, on_sweep, w);
     w->drain_ev = event_new(w->base, -1, 0, on_drain, w);
     if (w->sweep == NULL || w->drain_ev == NULL)
@@ -350,10 +279,8 @@ static void worker_fini(struct tg_worker *w)
     }
     tg_local_worker_fini(w);  /* undelivered engine events */
     tg_remote_worker_fini(w);
-#ifdef TG_HAVE_METRICS
     tg_usage_destroy(w->usage); /* before its Redis client */
     w->usage = NULL;
-#endif
     tg_glue_worker_fini(w);   /* pending Redis callbacks run now, while requests still exist */
     if (w->http != NULL)
         evhttp_free(w->http);  /* closes connections; detached requests become ours */
@@ -414,9 +341,7 @@ static void on_reload_signal(evutil_socket_t sig, short ev, void *arg)
     gw->cfg = next;
     gw->policy = next_policy;
     pthread_mutex_unlock(&gw->cfg_lock);
-#ifdef TG_HAVE_METRICS
     tg_metrics_configure(next);
-#endif
     tg_config_unref(old);
     tg_router_policy_unref(old_policy);
     tg_info("SIGHUP: configuration reloaded from %s (routing policy %s)", gw->config_path,
@@ -493,14 +418,10 @@ int tg_gateway_run(const char *config_path)
         return 2;
     }
     tg_info("routing policy: %s", tg_router_policy_name(gw.policy));
-#ifdef TG_HAVE_METRICS
     if (tg_metrics_init(gw.cfg, TG_GATEWAY_VERSION) != TG_OK)
         tg_warn("metrics registry could not be created");
-#endif
     pthread_mutex_init(&gw.cfg_lock, NULL);
-#ifdef TG_HAVE_METRICS
     tg_metrics_set_gauges_fn(gauges_fn, &gw);
-#endif
     evthread_use_pthreads();
     signal(SIGPIPE, SIG_IGN);
 
@@ -563,10 +484,8 @@ int tg_gateway_run(const char *config_path)
     event_free(sighup);
     event_base_free(gw.main_base);
     free(gw.workers);
-#ifdef TG_HAVE_METRICS
     tg_metrics_set_gauges_fn(NULL, NULL);
     tg_metrics_shutdown();
-#endif
     tg_config_unref(gw.cfg);
     tg_router_policy_unref(gw.policy);
     pthread_mutex_destroy(&gw.cfg_lock);
