@@ -41,6 +41,15 @@ static pid_t spawn(char *const argv[], const char *log_path)
 bool gw_env_start(struct gw_env *e, const char *extra_server, const char *extra_local,
                   const char *extra_top)
 {
+    struct gw_env_opts o = {.extra_server = extra_server, .extra_local = extra_local,
+                            .extra_top = extra_top};
+    return gw_env_start_opts(e, &o);
+}
+
+bool gw_env_start_opts(struct gw_env *e, const struct gw_env_opts *o)
+{
+    const char *extra_server = o->extra_server, *extra_local = o->extra_local,
+               *extra_top = o->extra_top;
     memset(e, 0, sizeof *e);
     e->auth_header = "Authorization: Bearer secret";
     e->max_body = 65536;
@@ -58,7 +67,7 @@ bool gw_env_start(struct gw_env *e, const char *extra_server, const char *extra_
     snprintf(e->base, sizeof e->base, "http://127.0.0.1:%d", e->port);
     snprintf(e->log_path, sizeof e->log_path, "/tmp/tg-gw-%d.log", e->port);
     unlink(e->log_path);
-    char cfg[4096];
+    char cfg[8192];
     snprintf(cfg, sizeof cfg,
              "server:\n"
              "  listen: 127.0.0.1:%d\n"
@@ -66,14 +75,14 @@ bool gw_env_start(struct gw_env *e, const char *extra_server, const char *extra_
              "  open_mode: false\n"
              "  header_timeout_ms: 1000\n"
              "  read_timeout_ms: 5000\n"
-             "  drain_timeout_ms: 30000\n"
+             "  drain_timeout_ms: %d\n"
              "  max_body_bytes: %zu\n"
              "  log_level: debug\n"
              "  api_keys:\n"
              "    - {name: test, sha256: " KEY_SHA "}\n"
              "    - {name: private, sha256: 67289abcaf488e5784135353253ce19e9885d06779f8938267339f1ee657181a, privacy: true}\n"
              "%s"
-             "redis:\n  enabled: false\n"
+             "redis:\n%s"
              "local:\n  model: %s\n  price_per_mtok_usd: 0.02\n%s"
              "providers:\n"
              "  fake:\n    kind: openai\n    base_url: %s/v1\n    api_key: sk-fake-provider-key\n"
@@ -89,12 +98,14 @@ bool gw_env_start(struct gw_env *e, const char *extra_server, const char *extra_
              "  - {name: gpt-cut, tier: remote, provider: fake, upstream_model: \"script:cut=2\"}\n"
              "  - {name: claude-fake, tier: remote, provider: fake-anthropic, upstream_model: claude-x, input_usd_per_mtok: 3, output_usd_per_mtok: 15}\n"
              "aliases:\n  auto: {local: phi-3.5-mini, remote: gpt-fake}\n"
-             "cache:\n  enabled: false\n"
+             "cache:\n%s"
              "metrics:\n  reference_model: gpt-fake\n"
              "%s",
-             e->port, e->max_body, extra_server != NULL ? extra_server : "", TG_TINY_MODEL,
+             e->port, o->drain_timeout_ms > 0 ? o->drain_timeout_ms : 30000, e->max_body,
+             extra_server != NULL ? extra_server : "",
+             o->redis != NULL ? o->redis : "  enabled: false\n", TG_TINY_MODEL,
              extra_local != NULL ? extra_local : "  slots: 2\n  context: 4096\n", e->fake_base,
-             e->fake_base,
+             e->fake_base, o->cache != NULL ? o->cache : "  enabled: false\n",
              extra_top != NULL ? extra_top : "");
     const char *path = tg_test_write_temp("routes.yaml", cfg);
     snprintf(e->cfg_path, sizeof e->cfg_path, "%s", path);

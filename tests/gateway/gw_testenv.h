@@ -26,6 +26,16 @@ struct gw_env {
  * extra_top to the end of the file (top-level keys). NULL = nothing. Waits until /readyz is 200. */
 bool gw_env_start(struct gw_env *e, const char *extra_server, const char *extra_local,
                   const char *extra_top);
+
+/* gw_env_start with the sections it fixes made replaceable (duplicate YAML keys are errors, so
+ * these cannot be appended). NULL / 0 fields keep gw_env_start's defaults. */
+struct gw_env_opts {
+    const char *extra_server, *extra_local, *extra_top; /* as for gw_env_start */
+    const char *redis;      /* body of `redis:` (indented lines); default "  enabled: false\n" */
+    const char *cache;      /* body of `cache:`; default "  enabled: false\n" */
+    int drain_timeout_ms;   /* server.drain_timeout_ms; default 30000 */
+};
+bool gw_env_start_opts(struct gw_env *e, const struct gw_env_opts *o);
 void gw_env_stop(struct gw_env *e);
 
 int gw_post(struct gw_env *e, const char *path, const char *body, const char *extra_header,

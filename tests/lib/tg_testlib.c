@@ -126,6 +126,9 @@ void tg_test_redis_stop(struct tg_test_redis *r)
 struct grow {
     char *p;
     size_t n;
+    const char *match; /* tg_test_http_watch: call on_match once the body contains it */
+    void (*on_match)(void *user);
+    void *user;
 };
 
 static size_t on_data(char *ptr, size_t size, size_t nmemb, void *ud)
@@ -139,17 +142,29 @@ static size_t on_data(char *ptr, size_t size, size_t nmemb, void *ud)
     g->n += n;
     q[g->n] = '\0';
     g->p = q;
+    if (g->match != NULL && strstr(q, g->match) != NULL) {
+        g->match = NULL;
+        g->on_match(g->user);
+    }
     return n;
 }
 
 int tg_test_http(const char *method, const char *url, const char *const *headers, const char *body,
                  struct tg_test_response *out)
 {
+    return tg_test_http_watch(method, url, headers, body, NULL, NULL, NULL, out);
+}
+
+int tg_test_http_watch(const char *method, const char *url, const char *const *headers,
+                       const char *body, const char *match, void (*on_match)(void *user),
+                       void *user, struct tg_test_response *out)
+{
     memset(out, 0, sizeof *out);
     CURL *c = curl_easy_init();
     if (c == NULL)
         return -1;
-    struct grow b = {0}, h = {0};
+    struct grow b = {.match = on_match != NULL ? match : NULL, .on_match = on_match, .user = user};
+    struct grow h = {0};
     struct curl_slist *hl = NULL;
     for (size_t i = 0; headers != NULL && headers[i] != NULL; i++)
         hl = curl_slist_append(hl, headers[i]);

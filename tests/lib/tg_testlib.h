@@ -41,6 +41,12 @@ struct tg_test_response {
  * Returns 0 when a response arrived (any status). Free with tg_test_response_free. */
 int tg_test_http(const char *method, const char *url, const char *const *headers, const char *body,
                  struct tg_test_response *out);
+/* tg_test_http that calls on_match(user) once, from inside the transfer, the first time the body
+ * received so far contains match: a test can act mid-response (kill a process once a stream has
+ * produced its first token). */
+int tg_test_http_watch(const char *method, const char *url, const char *const *headers,
+                       const char *body, const char *match, void (*on_match)(void *user),
+                       void *user, struct tg_test_response *out);
 void tg_test_response_free(struct tg_test_response *r);
 /* Value of a response header (case-insensitive name) copied into buf; false if absent. */
 bool tg_test_header(const struct tg_test_response *r, const char *name, char *buf, size_t buflen);
