@@ -186,7 +186,10 @@ static void on_drain(evutil_socket_t fd, short what, void *arg)
     }
 }
 
-static int worker_init(struct tg_worker *w, struct tg_gateway *gw, const struct tg_config *cfg)
+/* listen_fd: an already listening socket to serve (tg_gateway_test_new), or -1 to listen on the
+ * configured address. */
+static int worker_init(struct tg_worker *w, struct tg_gateway *gw, const struct tg_config *cfg,
+                       evutil_socket_t listen_fd)
 {
     w->gw = gw;
     /* No EVENT_BASE_FLAG_EPOLL_USE_CHANGELIST: it halves epoll_ctl calls per request, but with
@@ -239,7 +242,8 @@ static int worker_init(struct tg_worker *w, struct tg_gateway *gw, const struct 
     sweep_ms = sweep_ms < SWEEP_MIN_MS ? SWEEP_MIN_MS : sweep_ms > SWEEP_MAX_MS ? SWEEP_MAX_MS : sweep_ms;
     struct timeval sweep = {sweep_ms / 1000, (sweep_ms % 1000) * 1000};
     event_add(w->sweep, &sweep);
-    evutil_socket_t fd = listen_socket(cfg->server.listen_host, cfg->server.port);
+    evutil_socket_t fd = listen_fd >= 0 ? listen_fd
+                                        : listen_socket(cfg->server.listen_host, cfg->server.port);
     if (fd == -1)
         return TG_IO;
     w->bound = evhttp_accept_socket_with_handle(w->http, fd);
@@ -434,7 +438,7 @@ int tg_gateway_run(const char *config_path)
     int rc = gw.workers != NULL && gw.main_base != NULL ? TG_OK : TG_NOMEM;
     for (int i = 0; i < gw.n_workers && rc == TG_OK; i++) {
         gw.workers[i].index = i;
-        rc = worker_init(&gw.workers[i], &gw, cfg);
+        rc = worker_init(&gw.workers[i], &gw, cfg, -1);
     }
     if (rc != TG_OK) {
         tg_error("gateway start failed: %s", tg_strerror(rc));
@@ -491,4 +495,53 @@ int tg_gateway_run(const char *config_path)
     pthread_mutex_destroy(&gw.cfg_lock);
     tg_info("tiergate stopped");
     return 0;
+}
+
+int tg_gateway_test_new(struct tg_config *cfg, evutil_socket_t listen_fd, struct tg_gateway **out)
+{
+    *out = NULL;
+    struct tg_gateway *gw = calloc(1, sizeof *gw);
+    if (gw == NULL) {
+        tg_config_unref(cfg);
+        return TG_NOMEM;
+    }
+    gw->config_path = cfg->path;
+    gw->cfg = cfg;
+    char err[1024];
+    int rc = load_policy(cfg, &gw->policy, err, sizeof err);
+    if (rc != TG_OK) {
+        tg_error("policy %s: %s", cfg->policy, err);
+        tg_config_unref(cfg);
+        free(gw);
+        return rc;
+    }
+    pthread_mutex_init(&gw->cfg_lock, NULL);
+    if (tg_metrics_init(cfg, TG_GATEWAY_VERSION) != TG_OK)
+        tg_warn("metrics registry could not be created");
+    gw->n_workers = 1;
+    gw->workers = calloc(1, sizeof *gw->workers);
+    rc = gw->workers != NULL ? worker_init(&gw->workers[0], gw, cfg, listen_fd) : TG_NOMEM;
+    /* No local tier is started: readiness means the HTTP side is up. */
+    atomic_store(&gw->ready, true);
+    if (rc != TG_OK) {
+        tg_gateway_test_free(gw);
+        return rc;
+    }
+    *out = gw;
+    return TG_OK;
+}
+
+void tg_gateway_test_free(struct tg_gateway *gw)
+{
+    if (gw == NULL)
+        return;
+    atomic_store(&gw->stopping, true);
+    if (gw->workers != NULL)
+        worker_fini(&gw->workers[0]);
+    free(gw->workers);
+    tg_metrics_shutdown();
+    tg_config_unref(gw->cfg);
+    tg_router_policy_unref(gw->policy);
+    pthread_mutex_destroy(&gw->cfg_lock);
+    free(gw);
 }

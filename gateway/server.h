@@ -82,4 +82,15 @@ int tg_gateway_run(const char *config_path);
  * "unavailable: ...", "disabled"). Any thread. */
 void tg_gateway_banner(struct tg_gateway *gw, const char *local_state);
 
+/* In-process gateway for tests and fuzz targets (tests/fuzz/fuzz_http.c): cfg (its reference is
+ * taken, also on failure) with its routing policy, one I/O worker (gw->workers[0]) serving HTTP
+ * on listen_fd (a bound, listening, non-blocking stream socket of any family; closed by
+ * tg_gateway_test_free). The caller runs gw->workers[0].base on its own thread. No local tier is
+ * started (local requests fall back or fail as with an unavailable engine), no signal handling,
+ * no I/O threads. One at a time per process (the metrics registry is global). TG_OK or an error
+ * code (logged). */
+int tg_gateway_test_new(struct tg_config *cfg, evutil_socket_t listen_fd, struct tg_gateway **out);
+/* Frees it: live requests, connections, the listening socket, the metrics registry. */
+void tg_gateway_test_free(struct tg_gateway *gw);
+
 #endif
