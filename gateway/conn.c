@@ -24,6 +24,7 @@
 
 #include "server.h"
 #include "tg/log.h"
+#include "tls.h"
 
 struct tg_conn {
     struct tg_conn *next;
@@ -52,7 +53,8 @@ static void refuse(evutil_socket_t fd, short what, void *arg)
 struct bufferevent *tg_conn_bevcb(struct event_base *base, void *arg)
 {
     struct tg_worker *w = arg;
-    struct bufferevent *bev = bufferevent_socket_new(base, -1, 0);
+    struct bufferevent *bev = w->gw->tls != NULL ? tg_tls_bev_new(w->gw->tls, base)
+                                                 : bufferevent_socket_new(base, -1, 0);
     if (bev == NULL)
         return NULL;
     if (w->max_conns > 0 && w->n_conns >= w->max_conns) {

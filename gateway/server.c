@@ -18,6 +18,7 @@
 
 #include "pipeline.h"
 #include "redis_glue.h"
+#include "tls.h"
 #include "tg/err.h"
 #include "tg/json.h"
 #include "tg/log.h"
@@ -339,6 +340,22 @@ static void on_reload_signal(evutil_socket_t sig, short ev, void *arg)
         tg_config_unref(next);
         return;
     }
+    /* Whether the port speaks TLS is fixed at start (clients and probes would break midway);
+     * the certificate and key are re-read on every reload, so renewed files at the same path are
+     * picked up. New connections get the new certificate, open ones keep theirs. */
+    if (next->server.tls.enabled != (gw->tls != NULL)) {
+        tg_error("SIGHUP: server.tls cannot be turned %s by a reload (restart for that); keeping "
+                 "the current configuration", gw->tls != NULL ? "off" : "on");
+        tg_config_unref(next);
+        tg_router_policy_unref(next_policy);
+        return;
+    }
+    if (gw->tls != NULL && tg_tls_reload(gw->tls, &next->server.tls, err, sizeof err) != TG_OK) {
+        tg_error("SIGHUP: %s; keeping the current configuration and certificate", err);
+        tg_config_unref(next);
+        tg_router_policy_unref(next_policy);
+        return;
+    }
     pthread_mutex_lock(&gw->cfg_lock);
     struct tg_config *old = gw->cfg;
     struct tg_router_policy *old_policy = gw->policy;
@@ -370,8 +387,8 @@ void tg_gateway_banner(struct tg_gateway *gw, const char *local_state)
     const struct tg_cfg_server *s = &cfg->server;
     const bool v6 = strchr(s->listen_host, ':') != NULL;
     char base[160];
-    snprintf(base, sizeof base, "http://%s%s%s:%d", v6 ? "[" : "", s->listen_host, v6 ? "]" : "",
-             s->port);
+    snprintf(base, sizeof base, "%s://%s%s%s:%d", gw->tls != NULL ? "https" : "http", v6 ? "[" : "",
+             s->listen_host, v6 ? "]" : "", s->port);
     tg_info("tiergate %s ready", TG_GATEWAY_VERSION);
     tg_info("  listen     %s (%d I/O threads)%s", base, gw->n_workers,
             s->open_mode ? ", OPEN MODE (no API key needed)" : "");
@@ -422,6 +439,13 @@ int tg_gateway_run(const char *config_path)
         return 2;
     }
     tg_info("routing policy: %s", tg_router_policy_name(gw.policy));
+    if (gw.cfg->server.tls.enabled &&
+        tg_tls_create(&gw.cfg->server.tls, &gw.tls, err, sizeof err) != TG_OK) {
+        tg_error("%s", err);
+        tg_config_unref(gw.cfg);
+        tg_router_policy_unref(gw.policy);
+        return 2;
+    }
     if (tg_metrics_init(gw.cfg, TG_GATEWAY_VERSION) != TG_OK)
         tg_warn("metrics registry could not be created");
     pthread_mutex_init(&gw.cfg_lock, NULL);
@@ -449,6 +473,7 @@ int tg_gateway_run(const char *config_path)
             event_base_free(gw.main_base);
         tg_config_unref(gw.cfg);
         tg_router_policy_unref(gw.policy);
+        tg_tls_destroy(gw.tls);
         return 1;
     }
     if (cfg->server.open_mode)
@@ -462,8 +487,9 @@ int tg_gateway_run(const char *config_path)
 
     for (int i = 0; i < gw.n_workers; i++)
         pthread_create(&gw.workers[i].thread, NULL, worker_main, &gw.workers[i]);
-    tg_info("tiergate listening on http://%s:%d (%d I/O threads), config %s",
-            cfg->server.listen_host, cfg->server.port, gw.n_workers, config_path);
+    tg_info("tiergate listening on %s://%s:%d (%d I/O threads), config %s",
+            gw.tls != NULL ? "https" : "http", cfg->server.listen_host, cfg->server.port,
+            gw.n_workers, config_path);
     /* The port is open at once; /readyz turns 200 once the local tier has loaded. */
     if (tg_local_start(&gw) != TG_OK) {
         tg_error("cannot start the local tier thread");
@@ -492,6 +518,7 @@ int tg_gateway_run(const char *config_path)
     tg_metrics_shutdown();
     tg_config_unref(gw.cfg);
     tg_router_policy_unref(gw.policy);
+    tg_tls_destroy(gw.tls); /* after the workers: their connections held SSLs on it */
     pthread_mutex_destroy(&gw.cfg_lock);
     tg_info("tiergate stopped");
     return 0;

@@ -23,6 +23,7 @@ struct tg_engine_client;
 struct tg_redis;
 struct tg_jobs;
 struct tg_usage;
+struct tg_tls;
 
 struct tg_worker {
     int index;
@@ -64,6 +65,7 @@ struct tg_gateway {
     struct tg_engine_client *_Atomic engine;  /* set once the local tier is up */
     struct tg_engine_client *engine_remote_workers; /* client for local.workers */
     atomic_bool stopping;       /* shutting down: drop late engine events */
+    struct tg_tls *tls;         /* server.tls: HTTPS listener (tls.h); NULL = plain HTTP */
 };
 
 /* Current config snapshot and its policy, each with a reference the caller must drop

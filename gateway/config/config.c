@@ -1,11 +1,15 @@
 #include "tg/config.h"
 
+#include <errno.h>
 #include <libgen.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include <openssl/crypto.h>
+#include <openssl/err.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
 
 #include "tg/err.h"
 #include "tg/log.h"
@@ -123,6 +127,83 @@ static bool read_limits(struct tg_yreader *r, const struct tg_ynode *m, struct t
            tg_yr_num(r, n, "usd_per_month", 0, 1e12, &l->usd_per_month);
 }
 
+/* Without a callback PEM_read_bio_PrivateKey would prompt on the terminal for a passphrase;
+ * an encrypted key is refused instead (the service cannot type one). */
+static int no_passphrase(char *buf, int size, int rwflag, void *u)
+{
+    return -1;
+}
+
+static FILE *open_pem(struct tg_yreader *r, int line, const char *what, const char *path)
+{
+    FILE *f = fopen(path, "r");
+    if (f == NULL)
+        tg_yr_fail(r, line, "server.tls.%s: cannot read %s: %s", what, path, strerror(errno));
+    return f;
+}
+
+/* The certificate and key are read here, with libcrypto, so that a missing file, a file that is
+ * not PEM or a key that belongs to another certificate is a config error naming the file (at
+ * start, in `tiergate check` and on SIGHUP, where it keeps the running configuration). The
+ * gateway's TLS context reads the same files again when it is built. */
+static bool check_tls_files(struct tg_yreader *r, const struct tg_ynode *n, const struct tg_cfg_tls *t)
+{
+    int line = tg_y_get(n, "cert")->line, key_line = tg_y_get(n, "key")->line;
+    X509 *x = NULL;
+    EVP_PKEY *k = NULL;
+    FILE *f = open_pem(r, line, "cert", t->cert);
+    if (f != NULL) {
+        x = PEM_read_X509(f, NULL, no_passphrase, NULL);
+        fclose(f);
+        if (x == NULL)
+            tg_yr_fail(r, line, "server.tls.cert: %s holds no PEM certificate", t->cert);
+    }
+    f = x != NULL ? open_pem(r, key_line, "key", t->key) : NULL;
+    if (f != NULL) {
+        k = PEM_read_PrivateKey(f, NULL, no_passphrase, NULL);
+        fclose(f);
+        if (k == NULL)
+            tg_yr_fail(r, key_line, "server.tls.key: %s holds no unencrypted PEM private key", t->key);
+        else if (X509_check_private_key(x, k) != 1)
+            tg_yr_fail(r, key_line, "server.tls.key: %s does not match the certificate in %s", t->key,
+                       t->cert);
+    }
+    if (!r->failed && X509_cmp_current_time(X509_get0_notAfter(x)) < 0)
+        tg_warn("config: server.tls.cert %s has expired: clients will refuse it", t->cert);
+    /* Failures leave entries in this thread's OpenSSL error queue; they are reported above. */
+    ERR_clear_error();
+    X509_free(x);
+    EVP_PKEY_free(k);
+    return !r->failed;
+}
+
+static bool load_tls(struct tg_yreader *r, const struct tg_ynode *n, struct tg_config *c)
+{
+    struct tg_cfg_tls *t = &c->server.tls;
+    if (n == NULL || n->type == TG_Y_NULL)
+        return !r->failed;
+    if (!tg_yr_map(r, n, "tls", KEYS("cert", "key", "min_version")))
+        return false;
+    if (n->type != TG_Y_MAP)
+        return tg_yr_fail(r, n->line, "tls must be a mapping with cert and key");
+    const char *cert = NULL, *key = NULL;
+    int minv = t->min_version == 13 ? 1 : 0;
+    if (!(tg_yr_str(r, n, "cert", &cert) && tg_yr_str(r, n, "key", &key) &&
+          tg_yr_enum(r, n, "min_version", KEYS("1.2", "1.3"), &minv)))
+        return false;
+    if (cert == NULL || cert[0] == '\0')
+        return tg_yr_fail(r, n->line, "tls needs cert (a PEM certificate chain file)");
+    if (key == NULL || key[0] == '\0')
+        return tg_yr_fail(r, n->line, "tls needs key (a PEM private key file)");
+    t->cert = resolve_path(c, cert);
+    t->key = resolve_path(c, key);
+    if (t->cert == NULL || t->key == NULL)
+        return tg_yr_fail(r, n->line, "out of memory");
+    t->min_version = minv == 1 ? 13 : 12;
+    t->enabled = true;
+    return check_tls_files(r, n, t);
+}
+
 static bool load_server(struct tg_yreader *r, const struct tg_ynode *n, struct tg_config *c)
 {
     struct tg_cfg_server *s = &c->server;
@@ -130,7 +211,7 @@ static bool load_server(struct tg_yreader *r, const struct tg_ynode *n, struct t
                    KEYS("listen", "io_threads", "max_body_bytes", "max_header_bytes",
                         "read_timeout_ms", "header_timeout_ms", "idle_timeout_ms",
                         "drain_timeout_ms", "max_connections", "open_mode", "api_keys",
-                        "admin_key_sha256", "log_level", "log_format")))
+                        "admin_key_sha256", "log_level", "log_format", "tls")))
         return false;
     const char *listen = NULL;
     if (!tg_yr_str(r, n, "listen", &listen))
@@ -186,6 +267,8 @@ static bool load_server(struct tg_yreader *r, const struct tg_ynode *n, struct t
             s->has_admin_key = true;
         }
     }
+    if (!load_tls(r, tg_y_get(n, "tls"), c))
+        return false;
 
     const struct tg_ynode *keys = tg_y_get(n, "api_keys");
     if (!tg_yr_seq(r, keys, "api_keys"))
@@ -516,7 +599,7 @@ static void set_defaults(struct tg_config *c)
         .listen_host = strdup("127.0.0.1"), .port = 8080, .io_threads = 0,
         .max_body_bytes = 4u << 20, .max_header_bytes = 16384, .read_timeout_ms = 60000,
         .header_timeout_ms = 10000, .idle_timeout_ms = 75000, .drain_timeout_ms = 15000,
-        .log_level = strdup("info")};
+        .log_level = strdup("info"), .tls = {.min_version = 12}};
     c->redis = (struct tg_cfg_redis){.enabled = true, .url = strdup("redis://127.0.0.1:6379/0"),
                                      .connect_timeout_ms = 1000, .command_timeout_ms = 500,
                                      .limits_fail_open = true};
@@ -544,6 +627,8 @@ static void config_free(struct tg_config *c)
     free(c->dir);
     free(c->server.listen_host);
     free(c->server.log_level);
+    free(c->server.tls.cert);
+    free(c->server.tls.key);
     for (size_t i = 0; i < c->server.n_keys; i++) {
         free(c->server.keys[i].name);
         free(c->server.keys[i].tenant);
@@ -713,6 +798,9 @@ void tg_config_print(const struct tg_config *c, FILE *o)
                 s->keys[i].name, s->keys[i].tenant, s->keys[i].privacy ? "true" : "false");
         print_limits(o, &s->keys[i].limits);
     }
+    if (s->tls.enabled)
+        fprintf(o, "  tls: {cert: %s, key: %s, min_version: \"%s\"}\n", s->tls.cert, s->tls.key,
+                s->tls.min_version == 13 ? "1.3" : "1.2");
     fprintf(o, "redis:\n  enabled: %s\n  url: %s\n  connect_timeout_ms: %d\n  command_timeout_ms: %d\n"
                "  limits_fail: %s\n",
             c->redis.enabled ? "true" : "false", c->redis.url, c->redis.connect_timeout_ms,

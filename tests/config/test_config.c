@@ -38,7 +38,7 @@ static const struct bad_case bad_cases[] = {
     {"server:\n  open_mode: true\n  listn: 1.2.3.4:80\nmodels: [{name: a, tier: local}]\n",
      "3: unknown key 'listn' in server (expected one of: listen, io_threads, max_body_bytes, "
      "max_header_bytes, read_timeout_ms, header_timeout_ms, idle_timeout_ms, drain_timeout_ms, "
-     "max_connections, open_mode, api_keys, admin_key_sha256, log_level, log_format)"},
+     "max_connections, open_mode, api_keys, admin_key_sha256, log_level, log_format, tls)"},
     {MIN_OK "serverr: {}\n",
      "7: unknown key 'serverr' in the top level (expected one of: server, redis, local, providers, "
      "models, aliases, policy, cache, metrics, jobs)"},

@@ -37,6 +37,15 @@ struct tg_cfg_key {
     struct tg_cfg_limits limits;
 };
 
+/* server.tls: HTTPS on the listener. The files are checked at load (readable PEM, key matches the
+ * certificate); the gateway builds its SSL_CTX from them at start and again on SIGHUP. */
+struct tg_cfg_tls {
+    bool enabled;              /* server.tls present: the port speaks HTTPS only */
+    char *cert;                /* PEM certificate chain, leaf first (resolved against the config dir) */
+    char *key;                 /* PEM private key, unencrypted */
+    int min_version;           /* lowest protocol accepted: 12 = TLS 1.2 (default), 13 = TLS 1.3 */
+};
+
 struct tg_cfg_server {
     char *listen_host;         /* "127.0.0.1", "0.0.0.0", "::" */
     int port;
@@ -55,6 +64,7 @@ struct tg_cfg_server {
     unsigned char admin_sha256[32];
     char *log_level;           /* debug|info|warn|error */
     bool log_json;             /* JSON lines instead of text */
+    struct tg_cfg_tls tls;
 };
 
 struct tg_cfg_redis {
