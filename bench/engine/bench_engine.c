@@ -7,6 +7,8 @@
  *   single   one greedy stream: decode tok/s = (completion - 1) / (total - TTFT)
  *   agg K    K streams submitted together (distinct prompts, greedy, --gen tokens each):
  *            sum(completion tokens) / wall time from the first submit to the last DONE
+ *   after    the single-stream figure again once the prefix cache holds the entries the
+ *            ttft phase made (their KV must not slow down jobs that do not share them)
  *   ttft     a prompt with a --prefix-token shared system prefix: TTFT cold (prefix never
  *            seen) vs warm (the prefix cached by an earlier request), median of --reps
  *   rss      peak resident set size of this process (getrusage ru_maxrss)
@@ -92,8 +94,47 @@ static int cmp_double(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
+static double single_stream(struct tg_engine *e, struct tg_engine_job *j, struct done *d,
+                            int gen, int reps, double *cpu_per_tok);
+
 static const char *TOPICS[] = {"the weather",  "a recipe",      "a bicycle",   "the ocean",
                                "a small town", "a lost letter", "an old clock", "a garden"};
+
+static double cpu_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
+/* Median decode tok/s of one greedy stream, --reps times (a fresh short prompt each).
+ * *cpu_per_tok gets this process's CPU ms per generated token over all reps (prefill
+ * included): on a loaded machine it moves far less than wall-clock rates. */
+static double single_stream(struct tg_engine *e, struct tg_engine_job *j, struct done *d,
+                            int gen, int reps, double *cpu_per_tok)
+{
+    double single[15];
+    double c0 = cpu_ms();
+    long toks = 0;
+    for (int r = 0; r < reps; r++) {
+        char user[128];
+        snprintf(user, sizeof user, "Write about %s.", TOPICS[r % 8]);
+        struct tg_chat_msg m[] = {{"user", user}};
+        j->messages = m;
+        j->n_messages = 1;
+        j->max_tokens = gen;
+        d->tokens = 0;
+        submit(e, j, d);
+        wait_all(d);
+        single[r] = (d->tokens - 1) * 1000.0 / (d->last_total_ms - d->last_ttft_ms);
+        toks += d->tokens;
+        if (d->tokens < gen)
+            fprintf(stderr, "note: single stream stopped after %ld tokens\n", d->tokens);
+    }
+    *cpu_per_tok = (cpu_ms() - c0) / (double)(toks > 0 ? toks : 1);
+    qsort(single, (size_t)reps, sizeof single[0], cmp_double);
+    return single[reps / 2];
+}
 
 /* A system prefix of about n tokens (varied words so it is not one repeated token). */
 static char *make_prefix(int n_tokens, int variant)
@@ -117,11 +158,18 @@ int main(int argc, char **argv)
     int threads = 2, gen = 128, ctx = 8192, prefix = 1000, reps = 3;
     int streams[8] = {4, 8};
     int n_streams = 2;
-    bool kv_split = false;
+    bool kv_split = false, verbose = false;
+    int slots = 0; /* 0: the largest --streams */
     for (int i = 1; i + 1 < argc; i += 2) {
         const char *k = argv[i], *v = argv[i + 1];
         if (strcmp(k, "--kv-split") == 0)
             kv_split = strcmp(v, "1") == 0;
+        else if (strcmp(k, "--verbose") == 0)
+            verbose = strcmp(v, "1") == 0;
+        else if (strcmp(k, "--slots") == 0)
+            slots = (int)strtol(v, NULL, 10);
+        else if (strcmp(k, "--streams") == 0 && strcmp(v, "0") == 0)
+            n_streams = 0;
         else if (strcmp(k, "--model") == 0)
             model = v;
         else if (strcmp(k, "--threads") == 0)
@@ -149,11 +197,19 @@ int main(int argc, char **argv)
                         "[--prefix 1000] [--reps 3] [--streams 4,8]\n", argv[0]);
         return 2;
     }
-    tg_log_set_level(TG_LOG_WARN);
+    tg_log_set_level(verbose ? TG_LOG_DEBUG : TG_LOG_WARN);
     int max_streams = 1;
     for (int i = 0; i < n_streams; i++)
         if (streams[i] > max_streams)
             max_streams = streams[i];
+    if (slots > 0) {
+        if (slots < max_streams) {
+            fprintf(stderr, "--slots %d is fewer than the largest --streams %d\n", slots,
+                    max_streams);
+            return 2;
+        }
+        max_streams = slots;
+    }
 
     struct tg_engine_params p = tg_engine_default_params();
     p.model_path = model;
@@ -190,29 +246,17 @@ int main(int argc, char **argv)
     submit(e, &j, &d);
     wait_all(&d);
 
-    /* single stream */
-    double single[15];
-    for (int r = 0; r < reps; r++) {
-        char user[128];
-        snprintf(user, sizeof user, "Write about %s.", TOPICS[r % 8]);
-        struct tg_chat_msg m[] = {{"user", user}};
-        j.messages = m;
-        j.max_tokens = gen;
-        d.tokens = 0;
-        submit(e, &j, &d);
-        wait_all(&d);
-        single[r] = (d.tokens - 1) * 1000.0 / (d.last_total_ms - d.last_ttft_ms);
-        if (d.tokens < gen)
-            fprintf(stderr, "note: single stream stopped after %ld tokens\n", d.tokens);
-    }
-    qsort(single, (size_t)reps, sizeof single[0], cmp_double);
-    printf("single_decode_tps %.1f\n", single[reps / 2]);
+    double single_cpu = 0;
+    double single = single_stream(e, &j, &d, gen, reps, &single_cpu);
+    printf("single_decode_tps %.1f (cpu %.2f ms/token)\n", single, single_cpu);
 
     /* K streams together */
-    double agg[8] = {0};
+    double agg[8] = {0}, agg_cpu[8] = {0};
     for (int si = 0; si < n_streams; si++) {
         int k = streams[si];
         double best[15];
+        double c0 = cpu_ms();
+        long toks = 0;
         for (int r = 0; r < reps; r++) {
             struct tg_chat_msg m[64][1];
             char users[64][96];
@@ -228,22 +272,25 @@ int main(int argc, char **argv)
             }
             wait_all(&d);
             best[r] = d.tokens * 1000.0 / (d.t_last_done - ts);
+            toks += d.tokens;
         }
+        agg_cpu[si] = (cpu_ms() - c0) / (double)(toks > 0 ? toks : 1);
         qsort(best, (size_t)reps, sizeof best[0], cmp_double);
         agg[si] = best[reps / 2];
-        printf("aggregate_tps_%d %.1f\n", k, agg[si]);
+        printf("aggregate_tps_%d %.1f (cpu %.2f ms/token)\n", k, agg[si], agg_cpu[si]);
     }
 
-    if (kv_split) { /* no prefix cache in split mode: nothing more to measure */
+    if (kv_split || prefix <= 0) { /* no prefix cache in split mode: nothing more to measure */
         tg_engine_destroy(e);
         struct rusage ru;
         getrusage(RUSAGE_SELF, &ru);
         printf("peak_rss_mib %.1f\n", ru.ru_maxrss / 1024.0);
-        printf("json {\"single_decode_tps\":%.2f", single[reps / 2]);
+        printf("json {\"single_decode_tps\":%.2f,\"single_cpu_ms\":%.3f", single, single_cpu);
         for (int si = 0; si < n_streams; si++)
-            printf(",\"aggregate_tps_%d\":%.2f", streams[si], agg[si]);
-        printf(",\"peak_rss_mib\":%.1f,\"threads\":%d,\"gen\":%d,\"kv_split\":1}\n",
-               ru.ru_maxrss / 1024.0, threads, gen);
+            printf(",\"aggregate_tps_%d\":%.2f,\"aggregate_cpu_ms_%d\":%.3f", streams[si], agg[si],
+               streams[si], agg_cpu[si]);
+        printf(",\"peak_rss_mib\":%.1f,\"threads\":%d,\"gen\":%d,\"kv_split\":%d}\n",
+               ru.ru_maxrss / 1024.0, threads, gen, kv_split ? 1 : 0);
         return d.errors ? 1 : 0;
     }
 
@@ -278,14 +325,24 @@ int main(int argc, char **argv)
     printf("prefix_cached_tokens_per_hit %d (hits %llu)\n", prompt_tokens,
            (unsigned long long)st.prefix_cache_hits);
 
+    /* One stream again, now that the prefix cache holds the entries made above (parked
+     * sequences): their KV cells must not slow down a job that does not use them. */
+    double after_cpu = 0;
+    double single_after = single_stream(e, &j, &d, gen, reps, &after_cpu);
+    printf("single_decode_after_prefix_tps %.1f (cpu %.2f ms/token; prefix-cache entries %d)\n",
+           single_after, after_cpu, st.prefix_cache_entries);
+
     tg_engine_destroy(e);
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
     double rss_mib = ru.ru_maxrss / 1024.0;
     printf("peak_rss_mib %.1f\n", rss_mib);
-    printf("json {\"single_decode_tps\":%.2f", single[reps / 2]);
+    printf("json {\"single_decode_tps\":%.2f,\"single_after_prefix_tps\":%.2f,"
+           "\"single_cpu_ms\":%.3f,\"single_after_cpu_ms\":%.3f", single, single_after,
+           single_cpu, after_cpu);
     for (int si = 0; si < n_streams; si++)
-        printf(",\"aggregate_tps_%d\":%.2f", streams[si], agg[si]);
+        printf(",\"aggregate_tps_%d\":%.2f,\"aggregate_cpu_ms_%d\":%.3f", streams[si], agg[si],
+               streams[si], agg_cpu[si]);
     printf(",\"ttft_cold_ms\":%.2f,\"ttft_warm_ms\":%.2f,\"prefix_tokens\":%d,"
            "\"peak_rss_mib\":%.1f,\"threads\":%d,\"gen\":%d}\n",
            cold[reps / 2], warm[reps / 2], prompt_tokens, rss_mib, threads, gen);
