@@ -94,6 +94,21 @@ int tg_test_stop(pid_t pid, int sig, int timeout_ms)
     return waitpid(pid, &status, 0) == pid ? status : -1;
 }
 
+static bool redis_spawn(struct tg_test_redis *r)
+{
+    char port[16], log[200];
+    snprintf(port, sizeof port, "%d", r->port);
+    snprintf(log, sizeof log, "%s/redis.log", r->dir);
+    char *argv[] = {"/usr/bin/redis-server", "--port", port, "--bind", "127.0.0.1",
+                    "--save", "", "--appendonly", "no", "--dir", r->dir, NULL};
+    r->pid = tg_test_spawn(argv, NULL, log);
+    if (tg_test_wait_port(r->port, 5000))
+        return true;
+    tg_test_stop(r->pid, SIGKILL, 1000);
+    r->pid = 0;
+    return false;
+}
+
 bool tg_test_redis_start(struct tg_test_redis *r)
 {
     snprintf(r->dir, sizeof r->dir, "/tmp/tg-redis-XXXXXX");
@@ -101,16 +116,18 @@ bool tg_test_redis_start(struct tg_test_redis *r)
         return false;
     for (int attempt = 0; attempt < 5; attempt++) {
         r->port = tg_test_free_port();
-        char port[16], log[200];
-        snprintf(port, sizeof port, "%d", r->port);
-        snprintf(log, sizeof log, "%s/redis.log", r->dir);
-        char *argv[] = {"/usr/bin/redis-server", "--port", port, "--bind", "127.0.0.1",
-                        "--save", "", "--appendonly", "no", "--dir", r->dir, NULL};
-        r->pid = tg_test_spawn(argv, NULL, log);
-        if (tg_test_wait_port(r->port, 5000))
+        if (redis_spawn(r))
             return true;
-        tg_test_stop(r->pid, SIGKILL, 1000);
     }
+    return false;
+}
+
+bool tg_test_redis_restart(struct tg_test_redis *r)
+{
+    /* The old listener's port can linger briefly after a SIGKILL: retry a few times. */
+    for (int attempt = 0; attempt < 5; attempt++)
+        if (redis_spawn(r))
+            return true;
     return false;
 }
 

@@ -30,6 +30,9 @@ struct tg_test_redis {
 /* Start `redis-server` (no persistence) on a free port in a temp dir; false if it won't start. */
 bool tg_test_redis_start(struct tg_test_redis *r);
 void tg_test_redis_stop(struct tg_test_redis *r);
+/* Start redis-server again on r's port and dir (after the test killed it: an outage and a
+ * recovery at the same address, as a restarted Redis looks to clients); false if it won't. */
+bool tg_test_redis_restart(struct tg_test_redis *r);
 
 struct tg_test_response {
     long status;     /* HTTP status, 0 on transport error */
