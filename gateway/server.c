@@ -34,6 +34,11 @@
 #define SWEEP_MIN_MS 100
 #define SWEEP_MAX_MS 1000
 #define DRAIN_POLL_MS 50
+/* After the drain deadline ended what was still in flight with an error, this long for those
+ * errors to be written before the connections close. */
+#define DRAIN_CUT_GRACE_S 0.5
+
+void tg_pipeline_emit_error(struct tg_req *r, const char *message, const char *code);
 
 struct bufferevent *tg_conn_bevcb(struct event_base *base, void *arg);
 void tg_conn_sweep(struct tg_worker *w, int header_timeout_ms, int read_timeout_ms,
@@ -253,12 +258,38 @@ static int worker_init(struct tg_worker *w, struct tg_gateway *gw, const struct 
 
 static struct event *drain_timer;
 static double drain_deadline;
+static bool drain_cut; /* the deadline passed: on_drain_cut was posted to every worker */
 
 static void stop_all(struct tg_gateway *gw)
 {
     for (int i = 0; i < gw->n_workers; i++)
         event_base_loopexit(gw->workers[i].base, NULL);
     event_base_loopexit(gw->main_base, NULL);
+}
+
+/* Run on a worker's thread at the drain deadline: what is still in flight gets an error the
+ * client can see instead of a closed connection — a started stream an error event and no
+ * [DONE] (a cut answer must never look complete), anything else a 503. Its engine job or
+ * upstream transfer is cancelled first. Async jobs (no HTTP client) are left to be re-claimed. */
+static void on_drain_cut(evutil_socket_t fd, short what, void *arg)
+{
+    struct tg_worker *w = arg;
+    struct tg_req *next;
+    for (struct tg_req *r = w->reqs; r != NULL; r = next) {
+        next = r->next; /* replying may free r */
+        if (r->replied || r->client_gone || r->http == NULL)
+            continue;
+        if (r->jobs_active > 0)
+            tg_local_cancel(r);
+        if (r->up_active)
+            tg_remote_cancel(r);
+        if (r->sse)
+            tg_pipeline_emit_error(r, "The server is shutting down: the drain timeout ended this "
+                                      "stream before it was complete.", "shutting_down");
+        else
+            tg_req_reply_error(r, 503, "The server is shutting down; retry the request.",
+                               "server_error", NULL, "shutting_down");
+    }
 }
 
 static void on_drain_poll(evutil_socket_t fd, short what, void *arg)
@@ -268,8 +299,15 @@ static void on_drain_poll(evutil_socket_t fd, short what, void *arg)
     if (left <= 0) {
         tg_info("drained: no request in flight");
         stop_all(gw);
-    } else if (tg_now_s() >= drain_deadline) {
+    } else if (tg_now_s() >= drain_deadline && !drain_cut) {
         tg_warn("drain timeout: %d request(s) still in flight are cut off", left);
+        drain_cut = true;
+        drain_deadline = tg_now_s() + DRAIN_CUT_GRACE_S;
+        for (int i = 0; i < gw->n_workers; i++)
+            if (event_base_once(gw->workers[i].base, -1, EV_TIMEOUT, on_drain_cut, &gw->workers[i],
+                                NULL) != 0)
+                tg_warn("drain: could not end the requests of I/O thread %d", i);
+    } else if (tg_now_s() >= drain_deadline) {
         stop_all(gw);
     }
 }
@@ -509,6 +547,7 @@ int tg_gateway_run(const char *config_path)
     if (drain_timer != NULL)
         event_free(drain_timer);
     drain_timer = NULL;
+    drain_cut = false;
     event_free(sigterm);
     event_free(sigint);
     event_free(sighup);
