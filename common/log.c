@@ -1,14 +1,25 @@
 #include "tg/log.h"
 
+#include <ctype.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 #include <unistd.h>
 
 static atomic_int g_level = TG_LOG_INFO;
 static atomic_bool g_json = false;
 static _Thread_local char t_request_id[64];
+
+/* Registered secrets. Read on every log line, written at config (re)load: a reader-writer lock,
+ * and an atomic count so the common case (nothing registered) takes no lock at all. */
+#define MAX_SECRETS 64
+static pthread_rwlock_t g_secrets_lock = PTHREAD_RWLOCK_INITIALIZER;
+static char *g_secrets[MAX_SECRETS];
+static atomic_int g_n_secrets;
 
 void tg_log_set_level(enum tg_log_level level) { atomic_store(&g_level, (int)level); }
 void tg_log_set_json(bool json) { atomic_store(&g_json, json); }
@@ -33,6 +44,141 @@ void tg_log_set_request_id(const char *id)
         return;
     }
     snprintf(t_request_id, sizeof t_request_id, "%s", id);
+}
+
+bool tg_log_add_secret(const char *s)
+{
+    if (s == NULL || strlen(s) < TG_LOG_SECRET_MIN)
+        return false;
+    bool ok = true;
+    pthread_rwlock_wrlock(&g_secrets_lock);
+    int n = atomic_load(&g_n_secrets);
+    for (int i = 0; i < n; i++)
+        if (strcmp(g_secrets[i], s) == 0)
+            goto out; /* a reload registers the same keys again */
+    ok = false;
+    if (n < MAX_SECRETS) {
+        g_secrets[n] = strdup(s);
+        if (g_secrets[n] != NULL) {
+            atomic_store(&g_n_secrets, n + 1);
+            ok = true;
+        }
+    }
+out:
+    pthread_rwlock_unlock(&g_secrets_lock);
+    return ok;
+}
+
+void tg_log_clear_secrets(void)
+{
+    pthread_rwlock_wrlock(&g_secrets_lock);
+    int n = atomic_load(&g_n_secrets);
+    for (int i = 0; i < n; i++) {
+        /* volatile so the wipe of memory about to be freed is not optimised away */
+        for (volatile char *p = g_secrets[i]; *p != '\0'; p++)
+            *p = '\0';
+        free(g_secrets[i]);
+        g_secrets[i] = NULL;
+    }
+    atomic_store(&g_n_secrets, 0);
+    pthread_rwlock_unlock(&g_secrets_lock);
+}
+
+/* Replace s[at, at+len) by "****" (len >= 4 keeps the string from growing; shorter runs are
+ * overwritten with as many '*'). */
+static void mask_at(char *s, size_t at, size_t len)
+{
+    size_t keep = len < 4 ? len : 4;
+    memset(s + at, '*', keep);
+    if (len > keep)
+        memmove(s + at + keep, s + at + len, strlen(s + at + len) + 1);
+}
+
+static const char *find_nocase(const char *hay, const char *needle)
+{
+    size_t n = strlen(needle);
+    for (; *hay != '\0'; hay++)
+        if (strncasecmp(hay, needle, n) == 0)
+            return hay;
+    return NULL;
+}
+
+static bool is_token_end(char c)
+{
+    return c == '\0' || isspace((unsigned char)c) || strchr("\"',;&})\\", c) != NULL;
+}
+
+/* Credentials that follow a marker: "Bearer <tok>", "x-api-key: <tok>", "password=<tok>". */
+static bool redact_markers(char *s)
+{
+    static const char *markers[] = {"bearer ", "api-key:", "api-key=", "api_key:", "api_key=",
+                                    "password:", "password="};
+    bool any = false;
+    for (size_t m = 0; m < sizeof markers / sizeof markers[0]; m++) {
+        const char *p = s;
+        while ((p = find_nocase(p, markers[m])) != NULL) {
+            size_t at = (size_t)(p - s) + strlen(markers[m]);
+            while (s[at] == ' ' || s[at] == '"')
+                at++;
+            size_t len = 0;
+            while (!is_token_end(s[at + len]))
+                len++;
+            if (len > 0 && strspn(s + at, "*") < len) {
+                mask_at(s, at, len);
+                any = true;
+            }
+            p = s + at;
+        }
+    }
+    return any;
+}
+
+/* URL user info: "scheme://user:password@host" → "scheme://user:****@host". */
+static bool redact_userinfo(char *s)
+{
+    bool any = false;
+    const char *p = s;
+    while ((p = strstr(p, "://")) != NULL) {
+        size_t start = (size_t)(p - s) + 3;
+        size_t end = start;
+        while (!is_token_end(s[end]) && s[end] != '/' && s[end] != '@')
+            end++;
+        p = s + end;
+        if (s[end] != '@')
+            continue;
+        const char *colon = memchr(s + start, ':', end - start);
+        if (colon == NULL)
+            continue;
+        size_t at = (size_t)(colon - s) + 1;
+        if (end > at && strspn(s + at, "*") < end - at) {
+            mask_at(s, at, end - at);
+            any = true;
+            p = s + at;
+        }
+    }
+    return any;
+}
+
+bool tg_log_redact(char *s)
+{
+    bool any = false;
+    if (atomic_load(&g_n_secrets) > 0) {
+        pthread_rwlock_rdlock(&g_secrets_lock);
+        int n = atomic_load(&g_n_secrets);
+        for (int i = 0; i < n; i++) {
+            size_t len = strlen(g_secrets[i]);
+            char *p = s;
+            while ((p = strstr(p, g_secrets[i])) != NULL) {
+                mask_at(s, (size_t)(p - s), len);
+                p += 4;
+                any = true;
+            }
+        }
+        pthread_rwlock_unlock(&g_secrets_lock);
+    }
+    any |= redact_markers(s);
+    any |= redact_userinfo(s);
+    return any;
 }
 
 /* Append s to out as JSON string contents (escaped), bounded by cap. */
@@ -64,6 +210,10 @@ void tg_logv(enum tg_log_level level, const char *fmt, va_list ap)
 
     char msg[2048];
     vsnprintf(msg, sizeof msg, fmt, ap);
+    tg_log_redact(msg);
+    char rid[sizeof t_request_id];
+    memcpy(rid, t_request_id, sizeof rid);
+    tg_log_redact(rid);
 
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
@@ -77,17 +227,17 @@ void tg_logv(enum tg_log_level level, const char *fmt, va_list ap)
     size_t n;
     if (atomic_load(&g_json)) {
         n = (size_t)snprintf(line, sizeof line, "{\"ts\":\"%s\",\"level\":\"%s\"", when, lower[level]);
-        if (t_request_id[0] != '\0') {
+        if (rid[0] != '\0') {
             n += (size_t)snprintf(line + n, sizeof line - n, ",\"request_id\":\"");
-            n = json_escape(line, n, sizeof line, t_request_id);
+            n = json_escape(line, n, sizeof line, rid);
             n += (size_t)snprintf(line + n, sizeof line - n, "\"");
         }
         n += (size_t)snprintf(line + n, sizeof line - n, ",\"msg\":\"");
         n = json_escape(line, n, sizeof line - 3, msg);
         line[n++] = '"';
         line[n++] = '}';
-    } else if (t_request_id[0] != '\0') {
-        n = (size_t)snprintf(line, sizeof line - 1, "%s %s [%s] %s", when, upper[level], t_request_id, msg);
+    } else if (rid[0] != '\0') {
+        n = (size_t)snprintf(line, sizeof line - 1, "%s %s [%s] %s", when, upper[level], rid, msg);
     } else {
         n = (size_t)snprintf(line, sizeof line - 1, "%s %s %s", when, upper[level], msg);
     }

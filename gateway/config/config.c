@@ -563,7 +563,9 @@ static bool load_misc(struct tg_yreader *r, const struct tg_ynode *root, struct 
           tg_yr_map(r, met, "metrics", KEYS("reference_model", "tenant_labels")) &&
           read_strdup(r, met, "reference_model", &c->metrics.reference_model) &&
           read_str_list(r, met, "tenant_labels", &c->metrics.tenant_labels, &c->metrics.n_tenant_labels) &&
-          tg_yr_map(r, jobs, "jobs", KEYS("result_ttl_s", "webhook_secret", "webhook_retries", "claim_idle_ms")) &&
+          tg_yr_map(r, jobs, "jobs", KEYS("result_ttl_s", "webhook_secret", "webhook_retries", "claim_idle_ms",
+                                          "webhook_allow_private")) &&
+          tg_yr_bool(r, jobs, "webhook_allow_private", &c->jobs.webhook_allow_private) &&
           tg_yr_int(r, jobs, "result_ttl_s", 1, INT64_C(365) * 86400, &c->jobs.result_ttl_s) &&
           read_int(r, jobs, "webhook_retries", 0, 100, &c->jobs.webhook_retries) &&
           tg_yr_int(r, jobs, "claim_idle_ms", 100, INT64_C(86400000), &c->jobs.claim_idle_ms)))
@@ -671,6 +673,33 @@ static void config_free(struct tg_config *c)
     free(c);
 }
 
+/* Every secret the config holds is registered with the logger, which masks it in every log line
+ * (and the upstream layer in every relayed error body) even where a message quotes it by mistake.
+ * Registered on each successful load, so a SIGHUP that rotates a key covers the new one too. */
+static void register_secrets(const struct tg_config *c)
+{
+    for (size_t i = 0; i < c->n_providers; i++)
+        tg_log_add_secret(c->providers[i].api_key);
+    tg_log_add_secret(c->jobs.webhook_secret);
+    /* redis://[user]:password@host... */
+    const char *u = c->redis.url != NULL ? strstr(c->redis.url, "://") : NULL;
+    if (u != NULL) {
+        u += 3;
+        size_t hostpart = strcspn(u, "/");
+        const char *at = memchr(u, '@', hostpart);
+        const char *colon = at != NULL ? memchr(u, ':', (size_t)(at - u)) : NULL;
+        if (colon != NULL && at - colon > 1) {
+            char pw[512];
+            if ((size_t)(at - colon - 1) < sizeof pw) {
+                memcpy(pw, colon + 1, (size_t)(at - colon - 1));
+                pw[at - colon - 1] = '\0';
+                tg_log_add_secret(pw);
+                OPENSSL_cleanse(pw, sizeof pw);
+            }
+        }
+    }
+}
+
 int tg_config_load(const char *path, struct tg_config **out, char *err, size_t errlen)
 {
     struct tg_ydoc *doc = tg_ydoc_load(path, err, errlen);
@@ -714,6 +743,7 @@ int tg_config_load(const char *path, struct tg_config **out, char *err, size_t e
         config_free(c);
         return TG_CONFIG;
     }
+    register_secrets(c);
     *out = c;
     return TG_OK;
 }
@@ -801,9 +831,12 @@ void tg_config_print(const struct tg_config *c, FILE *o)
     if (s->tls.enabled)
         fprintf(o, "  tls: {cert: %s, key: %s, min_version: \"%s\"}\n", s->tls.cert, s->tls.key,
                 s->tls.min_version == 13 ? "1.3" : "1.2");
+    char rurl[1024]; /* the password in redis://:password@host is masked like other secrets */
+    snprintf(rurl, sizeof rurl, "%s", c->redis.url);
+    tg_log_redact(rurl);
     fprintf(o, "redis:\n  enabled: %s\n  url: %s\n  connect_timeout_ms: %d\n  command_timeout_ms: %d\n"
                "  limits_fail: %s\n",
-            c->redis.enabled ? "true" : "false", c->redis.url, c->redis.connect_timeout_ms,
+            c->redis.enabled ? "true" : "false", rurl, c->redis.connect_timeout_ms,
             c->redis.command_timeout_ms, c->redis.limits_fail_open ? "open" : "closed");
     const struct tg_cfg_local *l = &c->local;
     fprintf(o, "local:\n  enabled: %s\n  model: %s\n  slots: %d\n  context: %d\n  threads: %d\n"
@@ -856,7 +889,9 @@ void tg_config_print(const struct tg_config *c, FILE *o)
             c->metrics.reference_model ? c->metrics.reference_model : "null");
     for (size_t i = 0; i < c->metrics.n_tenant_labels; i++)
         fprintf(o, "%s%s", i ? ", " : "", c->metrics.tenant_labels[i]);
-    fprintf(o, "]\njobs:\n  result_ttl_s: %lld\n  webhook_secret: %s\n  webhook_retries: %d\n  claim_idle_ms: %lld\n",
+    fprintf(o, "]\njobs:\n  result_ttl_s: %lld\n  webhook_secret: %s\n  webhook_retries: %d\n  claim_idle_ms: %lld\n"
+               "  webhook_allow_private: %s\n",
             (long long)c->jobs.result_ttl_s, c->jobs.webhook_secret ? "\"****\"" : "null",
-            c->jobs.webhook_retries, (long long)c->jobs.claim_idle_ms);
+            c->jobs.webhook_retries, (long long)c->jobs.claim_idle_ms,
+            c->jobs.webhook_allow_private ? "true" : "false");
 }

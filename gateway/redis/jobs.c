@@ -37,6 +37,7 @@ struct tg_jobs {
     int64_t claim_idle_ms;
     char *secret;
     int webhook_retries;
+    bool webhook_allow_private;
     char *consumer;
     int max_running;
     bool consume;
@@ -120,6 +121,7 @@ struct tg_jobs_params tg_jobs_params_from_config(const struct tg_config *cfg)
         .webhook_secret = cfg->jobs.webhook_secret,
         .webhook_retries = cfg->jobs.webhook_retries,
         .claim_idle_ms = cfg->jobs.claim_idle_ms,
+        .webhook_allow_private = cfg->jobs.webhook_allow_private,
         .consume = true,
     };
     return p;
@@ -139,6 +141,7 @@ int tg_jobs_create(struct tg_redis *redis, const struct tg_jobs_params *p, tg_gw
     j->result_ttl_s = p->result_ttl_s > 0 ? p->result_ttl_s : 86400;
     j->claim_idle_ms = p->claim_idle_ms >= 100 ? p->claim_idle_ms : 30000;
     j->webhook_retries = p->webhook_retries >= 0 ? p->webhook_retries : 0;
+    j->webhook_allow_private = p->webhook_allow_private;
     j->max_running = p->max_running > 0 ? p->max_running : 4;
     j->consume = p->consume;
     if (p->webhook_secret != NULL)
@@ -310,7 +313,8 @@ static void on_complete(int err, const redisReply *reply, void *user)
         if (url != NULL && url[0] != '\0') {
             char *body = job_json(reply);
             if (body != NULL)
-                tg_webhook_enqueue(url, body, j->secret, j->webhook_retries);
+                tg_webhook_enqueue(url, body, j->secret, j->webhook_retries,
+                                   j->webhook_allow_private);
             free(body);
         }
         const char *st = field(reply, "status");
@@ -702,6 +706,20 @@ void tg_jobs_handle_post(struct tg_jobs *j, const char *body, size_t len,
             json_decref(req);
             reply_error(cb, user, 400, "'callback_url' must be an http:// or https:// URL.",
                         "invalid_request_error", "callback_url", "invalid_value");
+            return;
+        }
+        int chk = tg_webhook_check_url(u, j->webhook_allow_private);
+        if (chk != TG_OK) {
+            json_decref(req);
+            if (chk == TG_UNSUPPORTED)
+                reply_error(cb, user, 400,
+                            "'callback_url' points to a loopback, private or link-local address; "
+                            "this gateway does not deliver webhooks there.",
+                            "invalid_request_error", "callback_url", "invalid_value");
+            else
+                reply_error(cb, user, chk == TG_NOMEM ? 500 : 400,
+                            "'callback_url' must be an http:// or https:// URL.",
+                            "invalid_request_error", "callback_url", "invalid_value");
             return;
         }
         snprintf(callback_copy, sizeof callback_copy, "%s", u);

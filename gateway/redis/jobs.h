@@ -26,7 +26,9 @@
  * is set, X-Tiergate-Signature: sha256=<hex HMAC-SHA256(webhook_secret, body)>. Non-2xx or
  * transport errors are retried with exponential backoff (1 s doubling, max 60 s) up to
  * jobs.webhook_retries more times, from a dedicated sender thread (libcurl easy), off the I/O
- * threads.
+ * threads. Unless webhook_allow_private, a callback_url whose host is a loopback, private or
+ * link-local literal (or "localhost") is a 400 at POST, and a delivery whose resolved address is
+ * one is refused at connect time (no redirects, no proxy); see jobs_int.h for the ranges.
  *
  * Redis unavailable: both handlers answer 503 at once.
  *
@@ -52,6 +54,8 @@ struct tg_jobs_params {
     const char *webhook_secret; /* jobs.webhook_secret; NULL = unsigned callbacks (copied) */
     int webhook_retries;        /* jobs.webhook_retries: extra attempts after the first */
     int64_t claim_idle_ms;      /* jobs.claim_idle_ms */
+    bool webhook_allow_private; /* jobs.webhook_allow_private: callbacks may reach loopback and
+                                 * private addresses (false: refused, see webhook.c) */
     int poll_ms;                /* XREADGROUP poll period; 0 = 200 */
     int max_running;            /* jobs run at once by this thread; 0 = 4 */
     const char *consumer;       /* consumer name; NULL = "<hostname>:<pid>" (copied) */

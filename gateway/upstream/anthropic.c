@@ -518,6 +518,7 @@ int up_anthropic_event(struct up_stream *st, const char *event, const char *data
             text,
             et != NULL && strcmp(et, "overloaded_error") == 0 ? "server_error" : "server_error",
             NULL, et);
+        up_redact_json(st->error);
         st->done = true;
     }
     /* ping, content_block_stop and unknown events carry nothing for the client */

@@ -2,9 +2,11 @@
  * rewritten and streaming asks for usage; responses and chunks go back as the provider sent
  * them. */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "tg/json.h"
+#include "tg/log.h"
 #include "upstream_int.h"
 
 int up_openai_build(const json_t *rq, const struct tg_cfg_model *m, bool stream, struct tg_buf *out,
@@ -228,8 +230,9 @@ int up_openai_event(struct up_stream *st, const char *data, size_t len, up_emit_
         /* A provider error inside the stream ends it; the caller reports it (started). */
         json_decref(st->error);
         st->error = json_is_object(err)
-                        ? json_pack("{s:O}", "error", err)
+                        ? json_pack("{s:o}", "error", json_deep_copy(err))
                         : tg_json_error("upstream stream error", "server_error", NULL, NULL);
+        up_redact_json(st->error);
         st->done = true;
         goto out;
     }
@@ -264,6 +267,39 @@ out:
     return rc;
 }
 
+static void redact_depth(json_t *v, int depth)
+{
+    if (depth > 8)
+        return;
+    if (json_is_string(v)) {
+        char *copy = strdup(json_string_value(v));
+        /* masking replaces whole ASCII-delimited runs, so the text stays UTF-8; if the set
+         * still failed, the whole string goes rather than the secret staying */
+        if (copy != NULL && tg_log_redact(copy) && json_string_set(v, copy) != 0)
+            json_string_set(v, "****");
+        free(copy);
+    } else if (json_is_object(v)) {
+        const char *k;
+        json_t *x;
+        json_object_foreach(v, k, x)
+        {
+            redact_depth(x, depth + 1);
+        }
+    } else if (json_is_array(v)) {
+        size_t i;
+        json_t *x;
+        json_array_foreach(v, i, x)
+        {
+            redact_depth(x, depth + 1);
+        }
+    }
+}
+
+void up_redact_json(json_t *v)
+{
+    redact_depth(v, 0);
+}
+
 /* Provider error bodies: OpenAI {"error":{...}}, Anthropic {"type":"error","error":{type,message}}.
  */
 json_t *up_error_from_body(enum tg_provider_kind kind, int status, const char *body, size_t len,
@@ -289,6 +325,7 @@ json_t *up_error_from_body(enum tg_provider_kind kind, int status, const char *b
     const char *code =
         kind == TG_PROVIDER_OPENAI ? json_string_value(json_object_get(e, "code")) : NULL;
     json_t *out = tg_json_error(text, type, param, code);
+    up_redact_json(out);
     json_decref(v);
     return out;
 }

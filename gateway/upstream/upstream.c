@@ -987,6 +987,10 @@ int tg_upstream_start(struct tg_upstream_exec *ex, const struct tg_upstream_call
         call->targets == NULL || call->n_targets == 0 || handlers->on_complete == NULL ||
         handlers->on_error == NULL)
         return TG_INVAL;
+    /* A CR or LF in an extra header would end it early and let the rest inject another one. */
+    for (size_t i = 0; call->headers != NULL && call->headers[i] != NULL; i++)
+        if (strpbrk(call->headers[i], "\r\n") != NULL)
+            return TG_INVAL;
     struct tg_upstream_req *rq = calloc(1, sizeof *rq);
     if (rq == NULL)
         return TG_NOMEM;

@@ -71,6 +71,11 @@ int up_anthropic_event(struct up_stream *st, const char *event, const char *data
 json_t *up_error_from_body(enum tg_provider_kind kind, int status, const char *body, size_t len,
                            bool include_message);
 
+/* Mask secrets (tg_log_redact: our provider keys, "Bearer ..." and the like) in every string of
+ * v, recursively, in place: a provider that echoes our request headers in an error must not hand
+ * our key to the client. */
+void up_redact_json(json_t *v);
+
 /* ---- circuit registry ---- */
 enum up_admit { UP_ADMIT_DENY = 0, UP_ADMIT_YES = 1, UP_ADMIT_PROBE = 2 };
 /* May an attempt go to target name now? PROBE: the half-open probe (report its outcome). */

@@ -79,6 +79,7 @@ static void write_config(void)
              "aliases:\n  auto: {local: phi-3.5-mini, remote: gpt-fake}\n"
              "cache:\n  enabled: true\n  ttl_s: 300\n  max_entry_bytes: 1048576\n"
              "jobs:\n  result_ttl_s: 300\n  webhook_retries: 2\n  claim_idle_ms: 1000\n"
+             "  webhook_allow_private: true\n" /* the test receiver is on 127.0.0.1 */
              "  webhook_secret: e2e-hook-secret\n"
              "metrics:\n  reference_model: gpt-fake\n",
              g_port, g_redis.port, TG_TINY_MODEL, g_fake_port);

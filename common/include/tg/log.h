@@ -2,7 +2,8 @@
  *
  * Thread-safe: one write(2) per line, so lines from different threads never interleave.
  * A request id (thread-local, set by the gateway for the request being handled) is added to
- * every line logged while it is set. Secrets must never be passed here.
+ * every line logged while it is set. Secrets must never be passed here; as a second line of
+ * defence every line is redacted before it is written (see tg_log_redact).
  *
  *   text:  2026-11-21T05:05:36.123Z INFO  [req-id] message
  *   json:  {"ts":"2026-11-21T05:05:36.123Z","level":"info","request_id":"…","msg":"…"}
@@ -29,6 +30,22 @@ void tg_log_set_request_id(const char *id);
 
 void tg_log(enum tg_log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void tg_logv(enum tg_log_level level, const char *fmt, va_list ap);
+
+/* Redaction. Registered secrets (provider keys, the Redis password, the webhook secret: the
+ * config loader registers them) are replaced by "****" wherever they occur in a log line; so is
+ * the credential after "Bearer " and after "x-api-key:" / "api-key:" / "password=" (any case),
+ * which covers client API keys and a provider that echoes our headers back.
+ *
+ * tg_log_add_secret copies s; secrets shorter than TG_LOG_SECRET_MIN bytes are ignored (they
+ * would redact ordinary words). At most 64 are kept (returns false beyond that or on NULL /
+ * too short / out of memory). Thread-safe (a reader-writer lock; logging takes the read side).
+ * tg_log_clear_secrets forgets (and wipes) them all: at exit, and in tests. */
+#define TG_LOG_SECRET_MIN 6
+bool tg_log_add_secret(const char *s);
+void tg_log_clear_secrets(void);
+/* Redact s (NUL-terminated) in place; the result is never longer. Returns true if anything was
+ * replaced. Usable on any text that leaves the process (error bodies relayed from providers). */
+bool tg_log_redact(char *s);
 
 #define tg_debug(...) tg_log(TG_LOG_DEBUG, __VA_ARGS__)
 #define tg_info(...) tg_log(TG_LOG_INFO, __VA_ARGS__)

@@ -145,6 +145,8 @@ struct tg_cfg_jobs {
     char *webhook_secret;      /* HMAC-SHA256 key for callbacks; NULL disables signing */
     int webhook_retries;
     int64_t claim_idle_ms;     /* XAUTOCLAIM: a job idle this long on a dead consumer is taken over */
+    bool webhook_allow_private; /* callbacks may reach loopback, private, link-local (metadata)
+                                 * and unspecified addresses; false (the default) refuses them */
 };
 
 struct tg_config {
