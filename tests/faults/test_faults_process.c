@@ -321,10 +321,50 @@ static void test_redis_killed_and_restarted(void **state)
     for (int s = 0; s < 2; s++)
         assert_true(until_hit_process(&e, body[s], s == 1) > 0);
 
+    /* Redis frozen (SIGSTOP: connections open, no replies): only the command timeout bounds a
+     * request now. Answered, bypassing the cache, charged once. */
+    const int per_mode = 3;
+    assert_int_equal(kill(rd.pid, SIGSTOP), 0);
+    struct charge_process cf = charge_now_process(&e);
+    for (int s = 0; s < 2; s++) {
+        int64_t worst = 0;
+        int bypass = 0;
+        for (int i = 0; i < per_mode; i++) {
+            chat_process(&e, body[s], &p);
+            assert_int_equal(p.rc, 0);
+            assert_int_equal(p.r.status, 200);
+            assert_string_not_equal(p.cache, "hit");
+            bypass += strcmp(p.cache, "bypass") == 0;
+            if (s == 1) {
+                assert_true(sse_done(&p));
+                assert_false(sse_error(&p));
+            }
+            assert_true(p.ms < HANG_MS);
+            worst = p.ms > worst ? p.ms : worst;
+            tg_test_response_free(&p.r);
+        }
+        outcome_process("redis frozen (SIGSTOP)", s ? "stream" : "non-stream",
+                        "%d/%d answered 200 (%d with x-tiergate-cache: bypass)%s; slowest %lld ms "
+                        "(command timeout 500 ms)",
+                        per_mode, per_mode, bypass, s ? ", [DONE]" : "", (long long)worst);
+        assert_int_equal(bypass, per_mode);
+    }
+    assert_charged_process(&e, &cf, 2 * per_mode, 2 * per_mode * unit_cost, "redis frozen (SIGSTOP)");
+    post_process(&e, "/v1/jobs",
+                 "{\"type\":\"chat\",\"model\":\"gpt-fake\",\"messages\":[{\"role\":\"user\","
+                 "\"content\":\"job while redis is frozen\"}]}",
+                 NULL, NULL, NULL, &p);
+    char msg[128];
+    outcome_process("redis frozen (SIGSTOP)", "jobs", "POST /v1/jobs -> %ld \"%s\" in %lld ms", p.r.status,
+                    error_message_process(&p, msg, sizeof msg), (long long)p.ms);
+    assert_int_equal(p.r.status, 503);
+    assert_true(p.ms < HANG_MS);
+    tg_test_response_free(&p.r);
+    assert_int_equal(kill(rd.pid, SIGCONT), 0);
+
     /* Redis killed. */
     assert_true(tg_test_stop(rd.pid, SIGKILL, 5000) != -1);
     struct charge_process c1 = charge_now_process(&e);
-    const int per_mode = 3;
     for (int s = 0; s < 2; s++) {
         int64_t worst = 0;
         for (int i = 0; i < per_mode; i++) {
@@ -364,7 +404,6 @@ static void test_redis_killed_and_restarted(void **state)
                  "{\"type\":\"chat\",\"model\":\"gpt-fake\",\"messages\":[{\"role\":\"user\","
                  "\"content\":\"job while redis is down\"}]}",
                  NULL, NULL, NULL, &p);
-    char msg[128];
     outcome_process("redis killed", "jobs", "POST /v1/jobs -> %ld \"%s\" in %lld ms", p.r.status,
                     error_message_process(&p, msg, sizeof msg), (long long)p.ms);
     assert_int_equal(p.r.status, 503);
@@ -562,24 +601,26 @@ static void test_sigterm_during_streams(void **state)
                             .extra_local = "  slots: 2\n  context: 4096\n  threads: 1\n"};
     assert_true(gw_env_start_opts(&e, &o));
     printf("gateway log: %s\n", e.log_path);
-    enum { R1, R2, RLONG, NS, L1, L2, N_BG };
+    enum { R1, R2, RLONG, NS, NSLONG, L1, L2, N_BG };
     const char *name[N_BG] = {"remote stream", "remote stream", "remote stream > drain",
-                              "remote non-stream", "local stream", "local stream"};
+                              "remote non-stream", "remote non-stream > drain", "local stream",
+                              "local stream"};
     /* The remote streams trickle for ~2.4 s, the long one for ~18 s (three drain bounds), the
-     * non-stream one answers after 2.5 s; the local streams are 300 tokens. Each remote request
+     * non-stream ones answer after 2.5 s and 20 s; the local streams are 300 tokens. Each remote request
      * is started once the previous one reached the fake, so each gets its own script. */
     const char *script[N_BG] = {"chunk_delay_ms=400", "chunk_delay_ms=400", "chunk_delay_ms=3000",
-                                "delay_ms=2500", NULL, NULL};
+                                "delay_ms=2500", "delay_ms=20000", NULL, NULL};
     struct bg_process *bg = calloc(N_BG, sizeof *bg);
     assert_non_null(bg);
     for (int i = 0; i < N_BG; i++) {
         if (i >= L1)
             chat_body_process(bg[i].body, sizeof bg[i].body, "phi-3.5-mini", true, 300, "drain me");
         else
-            chat_body_process(bg[i].body, sizeof bg[i].body, "gpt-fake", i != NS, 64, "drain me");
+            chat_body_process(bg[i].body, sizeof bg[i].body, "gpt-fake", i != NS && i != NSLONG, 64,
+                              "drain me");
     }
     int seen = fake_received_process(&e);
-    for (int i = R1; i <= NS; i++) {
+    for (int i = R1; i <= NSLONG; i++) {
         fake_script_process(&e, script[i]);
         bg_start_process(&bg[i], &e);
         int64_t end = mono_ms() + HANG_MS;
@@ -618,17 +659,33 @@ static void test_sigterm_during_streams(void **state)
     int64_t t_exit = mono_ms() - t_term;
     e.gw_pid = 0;
     /* all six were in flight when the signal came */
-    bool all_inflight = gw_log_wait(&e, "draining 6 in-flight request(s)", 0);
-    outcome_process("SIGTERM", "in flight", "%s", all_inflight ? "6 requests in flight at SIGTERM (4 streams, 1 long stream, 1 non-stream)"
-                                                               : "NOT all 6 in flight at SIGTERM");
+    bool all_inflight = gw_log_wait(&e, "draining 7 in-flight request(s)", 0);
+    outcome_process("SIGTERM", "in flight", "%s",
+                    all_inflight ? "7 in flight at SIGTERM: 2 local + 2 remote streams, 1 long stream, "
+                                   "1 non-stream, 1 long non-stream"
+                                 : "NOT all 7 in flight at SIGTERM");
     for (int i = 0; i < N_BG; i++) {
         struct reply_process *p = &bg[i].out;
         char msg[128];
-        outcome_process("SIGTERM (drain " TG_STR_PROCESS(DRAIN_MS) " ms)", i == NS ? "non-stream" : "stream",
-                        "%s: HTTP %ld, [DONE] %s, error event %s%s, ended %lld ms after its start",
-                        name[i], p->r.status, sse_done(p) ? "yes" : "no", sse_error(p) ? "yes: " : "no",
-                        sse_error(p) ? error_message_process(p, msg, sizeof msg) : "", (long long)p->ms);
+        bool ns = i == NS || i == NSLONG;
+        if (ns)
+            outcome_process("SIGTERM (drain " TG_STR_PROCESS(DRAIN_MS) " ms)", "non-stream",
+                            "%s: HTTP %ld%s%s, ended %lld ms after its start", name[i], p->r.status,
+                            p->r.status != 200 ? " " : "",
+                            p->r.status != 200 ? error_message_process(p, msg, sizeof msg) : "",
+                            (long long)p->ms);
+        else
+            outcome_process("SIGTERM (drain " TG_STR_PROCESS(DRAIN_MS) " ms)", "stream",
+                            "%s: HTTP %ld, [DONE] %s, error event %s%s, ended %lld ms after its start",
+                            name[i], p->r.status, sse_done(p) ? "yes" : "no", sse_error(p) ? "yes: " : "no",
+                            sse_error(p) ? error_message_process(p, msg, sizeof msg) : "", (long long)p->ms);
         assert_int_equal(p->rc, 0); /* a complete HTTP response, not a dropped connection */
+        if (i == NSLONG) { /* cut by the deadline: a clear error, not a dropped connection */
+            assert_int_equal(p->r.status, 503);
+            assert_non_null(strstr(p->r.body, "\"shutting_down\""));
+            tg_test_response_free(&p->r);
+            continue;
+        }
         assert_int_equal(p->r.status, 200);
         if (i == NS) {
             assert_non_null(strstr(p->r.body, "\"choices\""));
