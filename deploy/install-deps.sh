@@ -8,6 +8,7 @@ pkgs=(build-essential cmake pkg-config git ca-certificates curl
       libevent-dev libcurl4-openssl-dev libnng-dev libhiredis-dev libssl-dev
       libjansson-dev libyaml-dev libcmocka-dev redis-server redis-tools
       json-schema-test-suite
+      valgrind               # test_security_valgrind: leak-free shutdown under memcheck
       chromium prometheus)   # chromium: dashboard test (headless); prometheus: promtool checks
 command -v node >/dev/null 2>&1 || pkgs+=(nodejs)
 command -v npm  >/dev/null 2>&1 || pkgs+=(npm)
