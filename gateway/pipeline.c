@@ -1141,8 +1141,8 @@ void tg_pipeline_emit_error(struct tg_req *r, const char *message, const char *c
     r->status = 200;
     tg_req_sse_data_json(r, r->ep == TG_GW_EP_RESPONSES ? "error" : NULL,
                          tg_json_error(message, "server_error", NULL, code));
-    if (r->ep != TG_GW_EP_RESPONSES)
-        tg_req_sse_write(r, "data: [DONE]\n\n", 14);
+    /* No [DONE] after it: clients treat [DONE] as "the answer is complete", and this one is not
+     * (a cut answer must never look finished). The stream just ends. */
     tg_req_sse_end(r);
 }
 

@@ -92,6 +92,7 @@ struct tg_req {
     const char *escalation_reason;
     int fallbacks;
     const char *fallback_reason;
+    int up_fallbacks;                  /* the part of fallbacks the upstream executor reported */
     int64_t prompt_tokens, completion_tokens, cached_tokens;
     double upstream_s;                 /* < 0 when no remote call */
     int status;

@@ -119,6 +119,16 @@ static json_t *translated_request(struct tg_req *r)
     return req;
 }
 
+/* The executor's fallbacks into the request (idempotent: the executor reports its running total
+ * with the first chunk and again at the end). */
+static void take_fallbacks(struct tg_req *r, int fallbacks, const char *reason)
+{
+    r->fallbacks += fallbacks - r->up_fallbacks;
+    r->up_fallbacks = fallbacks;
+    if (reason != NULL && r->fallback_reason == NULL)
+        r->fallback_reason = reason;
+}
+
 static int on_chunk_impl(void *user, const struct tg_upstream_chunk *chunk)
 {
     struct tg_req *r = user;
@@ -127,6 +137,13 @@ static int on_chunk_impl(void *user, const struct tg_upstream_chunk *chunk)
         r->up = NULL;
         tg_req_maybe_free(r);
         return 1;
+    }
+    if (!r->sse) {
+        /* The stream's headers go out now: name the target actually serving it (a fallback,
+         * perhaps), not the primary. */
+        if (chunk->served != NULL)
+            r->model_served = chunk->served->name;
+        take_fallbacks(r, chunk->fallbacks, chunk->fallback_reason);
     }
     if (r->ep == TG_GW_EP_CHAT) {
         tg_req_sse_begin(r);
@@ -155,9 +172,7 @@ static int on_chunk_impl(void *user, const struct tg_upstream_chunk *chunk)
 
 static void take_stats(struct tg_req *r, const struct tg_upstream_stats *st)
 {
-    r->fallbacks += st->fallbacks;
-    if (st->fallback_reason != NULL && r->fallback_reason == NULL)
-        r->fallback_reason = st->fallback_reason;
+    take_fallbacks(r, st->fallbacks, st->fallback_reason);
     r->upstream_s = st->upstream_s;
 }
 
@@ -290,6 +305,7 @@ void tg_remote_run(struct tg_req *r)
 {
     r->tier = "remote";
     r->model_served = r->remote_model->name;
+    r->up_fallbacks = 0;
     const struct tg_cfg_model *targets[1 + TG_ROUTE_MAX_FALLBACKS];
     size_t n = 0;
     targets[n++] = r->remote_model;

@@ -389,7 +389,9 @@ static void on_req_timer(evutil_socket_t fd, short what, void *arg)
         advance(rq);
         return;
     }
-    const char *what_s = kind == T_FIRST_BYTE ? "first-byte" : "stream-idle";
+    const char *what_s = kind == T_FIRST_BYTE ? "first-byte"
+                         : rq->stream         ? "stream-idle"
+                                              : "body-idle";
     char msg[160];
     snprintf(msg, sizeof msg, "upstream %s timeout", what_s);
     attempt_failed(rq, "timeout", 504,
@@ -436,12 +438,10 @@ static size_t on_header(char *p, size_t size, size_t n, void *ud)
         rq->retry_after_ms = -1;
         if (!rq->got_headers) {
             rq->got_headers = true;
-            /* The provider answered: the first-byte clock stops; a stream is now watched for idle
-             * gaps instead. */
-            if (rq->stream)
-                arm(rq, T_IDLE, rq->targets[rq->cur]->provider_ref->stream_idle_timeout_ms);
-            else
-                arm(rq, T_NONE, 0);
+            /* The provider answered: the first-byte clock stops; the body (a stream or not) is
+             * now watched for idle gaps instead, so a provider that stalls half-way through a
+             * JSON body does not hold the client until total_timeout_ms. */
+            arm(rq, T_IDLE, rq->targets[rq->cur]->provider_ref->stream_idle_timeout_ms);
         }
         return len;
     }
@@ -468,7 +468,12 @@ static int emit_chunk(void *ctx, const json_t *chunk, const char *data, size_t l
 {
     struct tg_upstream_req *rq = ctx;
     rq->started = true;
-    struct tg_upstream_chunk c = {.json = chunk, .data = data, .len = len};
+    struct tg_upstream_chunk c = {.json = chunk,
+                                  .data = data,
+                                  .len = len,
+                                  .served = rq->targets[rq->cur],
+                                  .fallbacks = rq->stats.fallbacks,
+                                  .fallback_reason = rq->stats.fallback_reason};
     if (rq->h.on_chunk != NULL && rq->h.on_chunk(rq->user, &c) != 0) {
         rq->dropped = true;
         return TG_CANCELED;
@@ -513,6 +518,8 @@ static size_t on_write(char *p, size_t size, size_t n, void *ud)
         rq->too_big = true;
         return 0;
     }
+    if (rq->timer_kind == T_IDLE)
+        arm(rq, T_IDLE, rq->targets[rq->cur]->provider_ref->stream_idle_timeout_ms);
     return len;
 }
 
@@ -787,7 +794,10 @@ static void attempt_failed(struct tg_upstream_req *rq, const char *kind, int sta
     trail_add(rq, m->name, what);
     set_failure(rq, status, error, kind);
     if (!retryable) {
-        if (status == 400 || status == 413 || status == 422) {
+        /* A context-length 400 is the one client fault another target need not share: a
+         * fallback with a larger context window may take the request. */
+        if ((status == 400 || status == 413 || status == 422) &&
+            strcmp(kind, "context_length") != 0) {
             /* The client's request is at fault: another target would refuse it too. */
             json_t *err = rq->fail_error;
             rq->fail_error = NULL;
@@ -845,6 +855,17 @@ static const char *curl_kind(CURLcode rc)
     }
 }
 
+/* The provider refused the prompt as longer than the model's context window (OpenAI's code, or
+ * Anthropic's message, as up_error_from_body keeps them). */
+static bool context_length_error(const json_t *err)
+{
+    const json_t *e = json_object_get(err, "error");
+    const char *code = json_string_value(json_object_get(e, "code"));
+    const char *msg = json_string_value(json_object_get(e, "message"));
+    return (code != NULL && strcmp(code, "context_length_exceeded") == 0) ||
+           (msg != NULL && strstr(msg, "prompt is too long") != NULL);
+}
+
 static void attempt_done(struct tg_upstream_req *rq, CURLcode crc)
 {
     const struct tg_cfg_model *m = rq->targets[rq->cur];
@@ -881,6 +902,8 @@ static void attempt_done(struct tg_upstream_req *rq, CURLcode crc)
         bool retryable = status == 429 || status == 408 || status == 409 || status >= 500;
         /* The client gets 502 for provider-side faults it cannot fix (auth, our config). */
         int out = retryable || status == 400 || status == 413 || status == 422 ? (int)status : 502;
+        if (status == 400 && context_length_error(err))
+            kind = "context_length";
         if (auth) {
             kind = "auth";
             tg_warn("upstream %s (provider %s) rejected our credentials (HTTP %ld)", m->name,

@@ -106,6 +106,12 @@ struct tg_upstream_chunk {
     const json_t *json;
     const char *data;
     size_t len;
+    /* Where the stream comes from, for response headers sent with the first chunk: the serving
+     * target and the fallbacks taken before it (no retry or fallback happens once a chunk was
+     * relayed, so these do not change during a stream). */
+    const struct tg_cfg_model *served;
+    int fallbacks;
+    const char *fallback_reason;
 };
 
 struct tg_upstream_usage {
