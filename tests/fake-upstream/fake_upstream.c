@@ -14,10 +14,26 @@
  *   reset             close the connection with a TCP RST instead of answering
  *   cut=N             streaming: close the connection after N SSE events (no terminator)
  *   stall=N           streaming: after N SSE events send nothing more (keep the connection)
+ *   stall_ms=M        with stall: the silence lasts M ms, then the answer goes on
  *   error_after=N     streaming: after N SSE events send an error event and end the stream
  *   content=TEXT      the completion text (no ';'); default "Hello from the fake upstream."
  *   echo              the completion is the last user message's text
  *   chunks=N          split the completion into N stream pieces (default: one per word)
+ *   noanswer          accept and read the request, then never answer (the connection is held
+ *                     until the client closes it)
+ *   first_token_ms=N  streaming: headers at once, the first SSE event only after N ms;
+ *                     non-streaming: the same as delay_ms=N
+ *   malformed=N       streaming: SSE event N (0-based) is replaced by a truncated JSON object;
+ *                     non-streaming: a 200 whose body is truncated JSON (N is ignored)
+ *   nodone            streaming: the stream ends cleanly but without its terminator
+ *                     (OpenAI "data: [DONE]", Anthropic message_stop)
+ *   ctx_limit=N       a provider-shaped 400 context-length error when the prompt has more than N
+ *                     tokens (OpenAI code context_length_exceeded, Anthropic "prompt is too
+ *                     long"); otherwise the normal answer
+ *   flap=MS           time windows of MS ms counted from the first flap request this process saw:
+ *                     even windows answer normally, odd ones fail with status=N (default 503)
+ *   cut / stall on a non-streaming answer: Content-Length is sent with only the first half of
+ *                     the body, then the connection is closed (cut) or left silent (stall)
  * Without a script it answers a fixed small completion with minimal work (benchmark reference).
  *
  * Usage is deterministic: prompt_tokens = ceil(bytes of all message text / 4) (at least 1),
@@ -68,6 +84,7 @@ static json_t *g_log; /* array */
 static bool g_record = true;
 static size_t g_max_record = 1000;
 static atomic_long g_seq;
+static atomic_llong g_flap_epoch_ms; /* monotonic ms of the first flap request, 0 = none yet */
 
 static int parse_int(const char *s, long lo, long hi, long *out)
 {
@@ -82,8 +99,10 @@ static int parse_int(const char *s, long lo, long hi, long *out)
 
 struct script {
     int delay_ms, chunk_delay_ms, status, retry_after_s, retry_after_ms;
-    bool reset, echo;
+    bool reset, echo, noanswer, nodone;
     int cut, stall, error_after, chunks; /* -1 / 0 = off */
+    int first_token_ms, flap_ms, stall_ms; /* 0 = off */
+    int malformed, ctx_limit;            /* -1 = off */
     char content[512];
     bool has_content;
 };
@@ -94,6 +113,7 @@ static void script_defaults(struct script *s)
     s->retry_after_s = -1;
     s->retry_after_ms = -1;
     s->cut = s->stall = s->error_after = -1;
+    s->malformed = s->ctx_limit = -1;
 }
 
 /* "k=v;k;..." → s; returns -1 with a message on a bad key or value. */
@@ -133,6 +153,11 @@ static int script_parse(const char *text, struct script *s, char *err, size_t er
             {"stall", &s->stall, 0, MAX_EVENTS},
             {"error_after", &s->error_after, 0, MAX_EVENTS},
             {"chunks", &s->chunks, 1, 1000},
+            {"first_token_ms", &s->first_token_ms, 0, 600000},
+            {"malformed", &s->malformed, 0, MAX_EVENTS},
+            {"ctx_limit", &s->ctx_limit, 0, 100000000},
+            {"flap", &s->flap_ms, 1, 3600000},
+            {"stall_ms", &s->stall_ms, 1, 600000},
         };
         bool done = false;
         for (size_t i = 0; i < sizeof ints / sizeof ints[0]; i++) {
@@ -151,6 +176,10 @@ static int script_parse(const char *text, struct script *s, char *err, size_t er
             s->reset = true;
         } else if (strcmp(item, "echo") == 0) {
             s->echo = true;
+        } else if (strcmp(item, "noanswer") == 0) {
+            s->noanswer = true;
+        } else if (strcmp(item, "nodone") == 0) {
+            s->nodone = true;
         } else if (strcmp(item, "content") == 0) {
             snprintf(s->content, sizeof s->content, "%s", val);
             s->has_content = true;
@@ -239,6 +268,8 @@ struct rctx {
     size_t n_events, next;
     bool headers_sent;
     bool cutting;
+    bool first_wait_done; /* first_token_ms has been waited */
+    bool stall_done;      /* stall_ms has been waited */
 };
 
 static void rctx_free(struct rctx *c)
@@ -328,12 +359,41 @@ static void on_flushed(struct evhttp_connection *evcon, void *arg)
 /* Advance the response: headers, then stream events one by one (with delays), then the end. */
 static void step(struct rctx *c)
 {
+    if (c->headers_sent && !c->stream) { /* the stall of a half-sent body is over */
+        struct evhttp_request *req = c->req;
+        struct evbuffer *b = evbuffer_new();
+        evbuffer_add(b, c->body + c->body_len / 2, c->body_len - c->body_len / 2);
+        rctx_free(c);
+        evhttp_send_reply_chunk(req, b);
+        evbuffer_free(b);
+        evhttp_send_reply_end(req);
+        return;
+    }
     if (!c->headers_sent) {
         c->headers_sent = true;
         if (c->sc.reset) {
             struct evhttp_connection *con = c->evcon;
             rctx_free(c);
             rst_connection(con);
+            return;
+        }
+        if (!c->stream && (c->sc.cut >= 0 || c->sc.stall >= 0)) {
+            /* A body that stops half-way: the full Content-Length, half of the bytes. */
+            struct evkeyvalq *h = evhttp_request_get_output_headers(c->req);
+            char cl[32];
+            snprintf(cl, sizeof cl, "%zu", c->body_len);
+            evhttp_add_header(h, "Content-Type", "application/json");
+            evhttp_add_header(h, "Content-Length", cl);
+            evhttp_send_reply_start(c->req, c->status, "OK");
+            struct evbuffer *b = evbuffer_new();
+            evbuffer_add(b, c->body, c->body_len / 2);
+            if (c->sc.cut >= 0)
+                evhttp_send_reply_chunk_with_cb(c->req, b, on_flushed_then_cut, c);
+            else
+                evhttp_send_reply_chunk(c->req, b); /* then silence; freed when the client closes */
+            evbuffer_free(b);
+            if (c->sc.cut < 0 && c->sc.stall_ms > 0)
+                arm(c, c->sc.stall_ms);
             return;
         }
         if (!c->stream) {
@@ -352,8 +412,18 @@ static void step(struct rctx *c)
         evhttp_add_header(h, "Cache-Control", "no-cache");
         evhttp_send_reply_start(c->req, 200, "OK");
     }
-    if (c->sc.stall >= 0 && c->next >= (size_t)c->sc.stall)
+    if (c->sc.first_token_ms > 0 && !c->first_wait_done) {
+        c->first_wait_done = true;
+        arm(c, c->sc.first_token_ms);
+        return;
+    }
+    if (c->sc.stall >= 0 && c->next >= (size_t)c->sc.stall && !c->stall_done) {
+        if (c->sc.stall_ms > 0) {
+            c->stall_done = true;
+            arm(c, c->sc.stall_ms);
+        }
         return; /* stalled: the client's idle timeout must notice; freed when it closes */
+    }
     if (c->sc.cut >= 0 && c->next >= (size_t)c->sc.cut) {
         struct evhttp_connection *con = c->evcon;
         rctx_free(c);
@@ -599,6 +669,10 @@ static void plan_chat(struct rctx *c, const json_t *rq, enum api api)
         c->body = json_dumps(resp, JSON_COMPACT);
         c->body_len = strlen(c->body);
         json_decref(resp);
+        if (c->sc.malformed >= 0) { /* valid bytes, invalid JSON: cut the document short */
+            c->body_len /= 2;
+            c->body[c->body_len] = '\0';
+        }
         for (size_t i = 0; i < n; i++)
             free(pieces[i]);
         free(structured);
@@ -672,6 +746,15 @@ static void plan_chat(struct rctx *c, const json_t *rq, enum api api)
                                "stop_reason", tool_name != NULL ? "tool_use" : "end_turn",
                                "stop_sequence", "usage", "output_tokens", (json_int_t)ctok));
         c->events[k++] = sse_data("message_stop", json_pack("{s:s}", "type", "message_stop"));
+    }
+    if (c->sc.nodone && k > 0)
+        free(c->events[--k]); /* [DONE] / message_stop is the last event */
+    if (c->sc.malformed >= 0 && (size_t)c->sc.malformed < k) {
+        free(c->events[c->sc.malformed]);
+        c->events[c->sc.malformed] =
+            strdup(api == API_OPENAI
+                       ? "data: {\"id\":\"chatcmpl-broken\",\"choices\":[{\"delta\":{\"content\n\n"
+                       : "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"delta\n\n");
     }
     c->n_events = k;
     if (c->sc.error_after >= 0 && (size_t)c->sc.error_after < k) {
@@ -917,7 +1000,44 @@ static void on_request(struct evhttp_request *req, void *arg)
     }
     free(queued);
     c->stream = json_is_true(json_object_get(rq, "stream")) && strcmp(path, "/embeddings") != 0;
-    if (c->sc.status != 0 && c->sc.status != 200) {
+    if (c->sc.flap_ms > 0) {
+        /* Which window of the flap are we in, counted from the first flap request. */
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        long long now = (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000, zero = 0;
+        atomic_compare_exchange_strong(&g_flap_epoch_ms, &zero, now);
+        bool down = ((now - atomic_load(&g_flap_epoch_ms)) / c->sc.flap_ms) % 2 == 1;
+        if (!down)
+            c->sc.status = 0;
+        else if (c->sc.status == 0)
+            c->sc.status = 503;
+    }
+    if (!c->stream && c->sc.first_token_ms > c->sc.delay_ms)
+        c->sc.delay_ms = c->sc.first_token_ms;
+    int64_t ptok = prompt_tokens_of(rq);
+    if (c->sc.ctx_limit >= 0 && ptok > c->sc.ctx_limit && strcmp(path, "/embeddings") != 0) {
+        c->stream = false;
+        c->status = 400;
+        char msg[256];
+        json_t *e;
+        if (api == API_OPENAI) {
+            snprintf(msg, sizeof msg,
+                     "This model's maximum context length is %d tokens. However, your messages "
+                     "resulted in %lld tokens. Please reduce the length of the messages.",
+                     c->sc.ctx_limit, (long long)ptok);
+            e = json_pack("{s:{s:s,s:s,s:s,s:s}}", "error", "message", msg, "type",
+                          "invalid_request_error", "param", "messages", "code",
+                          "context_length_exceeded");
+        } else {
+            snprintf(msg, sizeof msg, "prompt is too long: %lld tokens > %d maximum",
+                     (long long)ptok, c->sc.ctx_limit);
+            e = json_pack("{s:s,s:{s:s,s:s}}", "type", "error", "error", "type",
+                          "invalid_request_error", "message", msg);
+        }
+        c->body = json_dumps(e, JSON_COMPACT);
+        c->body_len = strlen(c->body);
+        json_decref(e);
+    } else if (c->sc.status != 0 && c->sc.status != 200) {
         c->stream = false;
         c->status = c->sc.status;
         json_t *e =
@@ -944,7 +1064,8 @@ static void on_request(struct evhttp_request *req, void *arg)
         plan_chat(c, rq, api);
     }
     json_decref(rq);
-    bool simple = c->sc.delay_ms == 0 && !c->sc.reset && !c->stream;
+    bool simple = c->sc.delay_ms == 0 && !c->sc.reset && !c->stream && !c->sc.noanswer &&
+                  c->sc.cut < 0 && c->sc.stall < 0;
     if (simple) { /* the fast path: answer now */
         send_simple(req, c->status, "application/json", c->body, c->body_len);
         rctx_free(c);
@@ -953,6 +1074,8 @@ static void on_request(struct evhttp_request *req, void *arg)
     c->evcon = evhttp_request_get_connection(req);
     c->timer = evtimer_new(base, on_timer, c);
     evhttp_connection_set_closecb(c->evcon, on_conn_close, c);
+    if (c->sc.noanswer)
+        return; /* read, never answered: freed when the client gives up and closes */
     if (c->sc.delay_ms > 0)
         arm(c, c->sc.delay_ms);
     else
