@@ -8,6 +8,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <event2/buffer.h>
+#include <event2/http.h>
+
 #include "pipeline.h"
 #include "tg/err.h"
 #include "tg/json.h"
@@ -334,6 +337,18 @@ void tg_remote_run(struct tg_req *r)
         .stream = stream,
         .request_id = r->id,
     };
+    if (own == NULL && r->http != NULL) {
+        /* The client's exact bytes (evhttp keeps them until the request is freed; the pipeline
+         * already made them contiguous to parse): OpenAI-compatible targets get them with only
+         * the model value spliced, instead of a json_copy + re-serialisation of the body. */
+        struct evbuffer *in = evhttp_request_get_input_buffer(r->http);
+        size_t len = in != NULL ? evbuffer_get_length(in) : 0;
+        const char *raw = len > 0 ? (const char *)evbuffer_pullup(in, (ev_ssize_t)len) : NULL;
+        if (raw != NULL) {
+            call.raw_body = raw;
+            call.raw_len = len;
+        }
+    }
     static const struct tg_upstream_handlers handlers = {on_chunk, on_complete, on_error};
     int rc = tg_upstream_start(r->w->upstream, &call, &handlers, r, &r->up);
     json_decref(own);
