@@ -74,8 +74,11 @@ static void read_tcp_table(const char *path, int lport_want, int up_port, int re
     while (fgets(line, sizeof line, f) != NULL) {
         unsigned lport = 0, rport = 0, st = 0;
         unsigned long inode = 0;
-        if (sscanf(line, " %*d: %*[0-9A-Fa-f]:%x %*[0-9A-Fa-f]:%x %x %*x:%*x %*x:%*x %*x %*u %*u %lu",
-                   &lport, &rport, &st, &inode) != 4 || inode == 0)
+        /* sl: local:port remote:port st tx:rx tr:when retrnsmt uid timeout inode */
+        if (sscanf(line,
+                   " %*d: %*[0-9A-Fa-f]:%x %*[0-9A-Fa-f]:%x %x %*x:%*x %*x:%*x %*x %*u %*u %lu",
+                   &lport, &rport, &st, &inode) != 4 ||
+            inode == 0)
             continue;
         int kind = 0;
         if (st != 0x0A && lport_want > 0 && (int)lport == lport_want) /* 0x0A = LISTEN */

@@ -18,8 +18,10 @@
  *     not grow at all, and the pools stay within their bounds (this driver keeps at most
  *     MAX_INFLIGHT connections; libcurl in tiergate caches at most 4 x its concurrent transfers).
  *
- * Duration TG_SOAK_SECONDS (default 60, 30 under TG_SANITIZE); rate TG_SOAK_RATE req/s (default 20).
- * The 10-minute run: `cmake --build build --target soak` (see tests/cmake/soak.cmake). */
+ * Finally tiergate gets SIGTERM and must exit 0 (under ASan: with no leak report).
+ *
+ * Duration TG_SOAK_SECONDS (default 60, 30 under TG_SANITIZE); rate TG_SOAK_RATE req/s
+ * (default 20). The 10-minute run: `cmake --build build --target soak` (tests/cmake/soak.cmake). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -28,6 +30,7 @@
 #include <string.h>
 #include <strings.h>
 #include <signal.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -368,10 +371,8 @@ static int setup(void **state)
 static int teardown(void **state)
 {
     (void)state;
-    if (g_gw_pid > 0) {
-        int ws = tg_test_stop(g_gw_pid, SIGTERM, 30000);
-        printf("soak-mixed: tiergate exit status %d\n", WIFEXITED(ws) ? WEXITSTATUS(ws) : -1);
-    }
+    if (g_gw_pid > 0) /* the test failed before stopping it */
+        tg_test_stop(g_gw_pid, SIGTERM, 30000);
     if (g_fake_pid > 0)
         tg_test_stop(g_fake_pid, SIGTERM, 5000);
     tg_test_redis_stop(&g_redis);
@@ -485,6 +486,11 @@ static void test_mixed_soak(void **state)
 #else
     printf("soak-mixed: TG_SANITIZE build: RSS growth not asserted (ASan quarantine)\n");
 #endif
+    int ws = tg_test_stop(g_gw_pid, SIGTERM, 30000);
+    g_gw_pid = 0;
+    printf("soak-mixed: tiergate exit status %d\n", WIFEXITED(ws) ? WEXITSTATUS(ws) : -1);
+    assert_true(WIFEXITED(ws));
+    assert_int_equal(WEXITSTATUS(ws), 0);
 }
 
 int main(void)
