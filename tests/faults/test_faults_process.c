@@ -578,6 +578,33 @@ static void test_engine_worker_killed(void **state)
     assert_true(p.ms < HANG_MS);
     assert_charged_process(&e, &c1, 1, strtod(p.cost, NULL), "engine worker SIGKILL (non-stream)");
     tg_test_response_free(&p.r);
+
+    /* The same for a privacy key (nothing may leave: no remote fallback): a clear error. */
+    w0 = spawn_worker_process(url, wlog);
+    assert_true(local_served_process(&e, 60000));
+    struct gw_env priv = e;
+    priv.auth_header = "Authorization: Bearer private-secret";
+    memset(bg, 0, sizeof *bg);
+    chat_body_process(bg->body, sizeof bg->body, "phi-3.5-mini", false, 7000, "a long private story");
+    struct charge_process c2 = charge_now_process(&e);
+    bg_start_process(bg, &priv);
+    busy = false;
+    for (int64_t end = mono_ms() + 30000; !busy && mono_ms() < end; usleep(10000))
+        busy = metric_process(&e, "engine_slots_busy", NULL) >= 1;
+    assert_true(busy);
+    kill(w0, SIGKILL);
+    assert_int_equal(waitpid(w0, NULL, 0), w0);
+    assert_int_equal(pthread_join(bg->th, NULL), 0);
+    p = bg->out;
+    outcome_process("engine worker SIGKILL", "non-stream", "privacy key (local only): HTTP %ld \"%s\", fallback %s; %lld ms",
+                    p.r.status, error_message_process(&p, msg, sizeof msg),
+                    p.fallback[0] ? p.fallback : "-", (long long)p.ms);
+    assert_true(p.r.status >= 500 && p.r.status <= 504);
+    assert_non_null(strstr(p.r.body, "\"error\""));
+    assert_string_equal(p.fallback, "");
+    assert_true(p.ms < HANG_MS);
+    assert_charged_process(&e, &c2, 1, 0, "engine worker SIGKILL (privacy)"); /* an error is free */
+    tg_test_response_free(&p.r);
     free(bg);
 
     assert_int_equal(kill(e.gw_pid, 0), 0);
