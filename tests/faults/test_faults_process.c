@@ -1,23 +1,28 @@
 /* Process and dependency faults, end to end through the real tiergate binary (tests/gateway
  * gw_testenv: the tiny generated model, the scriptable fake upstream as the remote provider), each
  * for streaming and non-streaming requests, with the outcome asserted:
- *   - Redis (a real redis-server) killed and restarted: requests keep being answered with the
- *     cache bypassed (x-tiergate-cache: bypass), bounded by the Redis timeouts; /metrics says
- *     tiergate_redis_up 0; /v1/jobs answers a clear 503; after the restart the gateway reconnects
- *     by itself and a repeated request is a cache hit again;
+ *   - Redis (a real redis-server) frozen (SIGSTOP), then killed, then restarted: requests keep
+ *     being answered with the cache bypassed (x-tiergate-cache: bypass), bounded by the Redis
+ *     timeouts; /metrics says tiergate_redis_up 0 (/readyz stays 200: still serving); /v1/jobs
+ *     answers a clear 503; after the restart the gateway reconnects by itself and a repeated
+ *     request is a cache hit again, and jobs are accepted again;
  *   - a `tiergate engine` worker (local.workers, ipc://) SIGKILLed during a streamed and during a
- *     non-streamed local job: the stream ends with an error event and no [DONE], the non-stream
- *     request is answered by its configured fallback; remote requests keep working; the worker
- *     restarted at the same address is used again;
- *   - SIGTERM with local and remote streams (and a non-stream request) in flight: new connections
- *     are refused, in-flight work completes with [DONE] within the drain bound, exit status 0; a
- *     stream longer than the drain bound ends with an error event, not [DONE];
+ *     non-streamed local job: the stream ends with an error event and no [DONE]; the non-stream
+ *     request is answered by its configured fallback, or with a clear 503 for a privacy key (no
+ *     remote allowed); remote requests keep working; the worker restarted at the same address is
+ *     used again;
+ *   - SIGTERM with local and remote streams and non-stream requests in flight: new connections
+ *     are refused, in-flight work completes ([DONE]) within the drain bound, exit status 0; what
+ *     outlasts the drain bound ends with an error event and no [DONE] (stream) or a 503
+ *     shutting_down (non-stream), never a dropped connection;
  *   - SIGHUP with an invalid file: the error names file:line, the old configuration keeps serving
- *     (stream and not); a valid change is then applied.
+ *     (stream and not, local and remote); a valid change is then applied.
  * "Never a double charge": around the Redis and worker faults, /metrics counts every request
- * exactly once and the cost counter grows by what the requests cost.
- * Every observed outcome is printed as a table row ("FAULT | ..."). Every wait is bounded; nothing
- * asserts on time beyond hang detection (HANG_MS, far above every configured timeout). */
+ * exactly once and the cost counter grows by exactly what the answered requests cost.
+ * The gateway exits 0 with no sanitizer report in its log after every fault.
+ * Every observed outcome is printed as a table row ("FAULT | ...", and the whole table at the
+ * end). Every wait is bounded; nothing asserts on time beyond hang detection (HANG_MS, far above
+ * every configured timeout). TG_TEST_FILTER=<test name> runs one test. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
