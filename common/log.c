@@ -56,13 +56,20 @@ bool tg_log_add_secret(const char *s)
     for (int i = 0; i < n; i++)
         if (strcmp(g_secrets[i], s) == 0)
             goto out; /* a reload registers the same keys again */
-    ok = false;
-    if (n < MAX_SECRETS) {
-        g_secrets[n] = strdup(s);
-        if (g_secrets[n] != NULL) {
-            atomic_store(&g_n_secrets, n + 1);
-            ok = true;
+    char *copy = strdup(s);
+    ok = copy != NULL;
+    if (ok) {
+        if (n == MAX_SECRETS) {
+            /* Full (many key rotations): forget the oldest; the current config's secrets were
+             * registered last, so they stay. */
+            for (volatile char *p = g_secrets[0]; *p != '\0'; p++)
+                *p = '\0';
+            free(g_secrets[0]);
+            memmove(g_secrets, g_secrets + 1, (MAX_SECRETS - 1) * sizeof g_secrets[0]);
+            n--;
         }
+        g_secrets[n] = copy;
+        atomic_store(&g_n_secrets, n + 1);
     }
 out:
     pthread_rwlock_unlock(&g_secrets_lock);
@@ -97,8 +104,9 @@ static void mask_at(char *s, size_t at, size_t len)
 static const char *find_nocase(const char *hay, const char *needle)
 {
     size_t n = strlen(needle);
+    int first = tolower((unsigned char)needle[0]);
     for (; *hay != '\0'; hay++)
-        if (strncasecmp(hay, needle, n) == 0)
+        if (tolower((unsigned char)*hay) == first && strncasecmp(hay, needle, n) == 0)
             return hay;
     return NULL;
 }
@@ -159,6 +167,29 @@ static bool redact_userinfo(char *s)
     return any;
 }
 
+/* s was cut at its end (a bounded buffer): a secret that starts in the last bytes is masked
+ * too, or its first half would be written. */
+static bool redact_cut_tail(char *s)
+{
+    bool any = false;
+    size_t sl = strlen(s);
+    pthread_rwlock_rdlock(&g_secrets_lock);
+    int n = atomic_load(&g_n_secrets);
+    for (int i = 0; i < n; i++) {
+        size_t len = strlen(g_secrets[i]);
+        for (size_t k = len - 1 < sl ? len - 1 : sl; k >= 3; k--) {
+            if (memcmp(s + sl - k, g_secrets[i], k) == 0) {
+                mask_at(s, sl - k, k);
+                sl = strlen(s);
+                any = true;
+                break;
+            }
+        }
+    }
+    pthread_rwlock_unlock(&g_secrets_lock);
+    return any;
+}
+
 bool tg_log_redact(char *s)
 {
     bool any = false;
@@ -209,8 +240,10 @@ void tg_logv(enum tg_log_level level, const char *fmt, va_list ap)
         return;
 
     char msg[2048];
-    vsnprintf(msg, sizeof msg, fmt, ap);
+    int full = vsnprintf(msg, sizeof msg, fmt, ap);
     tg_log_redact(msg);
+    if (full >= (int)sizeof msg)
+        redact_cut_tail(msg);
     char rid[sizeof t_request_id];
     memcpy(rid, t_request_id, sizeof rid);
     tg_log_redact(rid);

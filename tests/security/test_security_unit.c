@@ -66,6 +66,17 @@ static void test_redact_table(void **state)
     char buf[64];
     snprintf(buf, sizeof buf, "sk-live-0123456789");
     assert_false(tg_log_redact(buf)); /* cleared */
+
+    /* many rotations: the newest 64 are kept, the oldest forgotten */
+    for (int i = 0; i < 70; i++) {
+        char k[32];
+        snprintf(k, sizeof k, "rotated-key-%02d", i);
+        assert_true(tg_log_add_secret(k));
+    }
+    snprintf(buf, sizeof buf, "rotated-key-69 rotated-key-06 rotated-key-05");
+    tg_log_redact(buf);
+    assert_string_equal(buf, "**** **** rotated-key-05");
+    tg_log_clear_secrets();
 }
 
 /* What tg_log really writes (stderr), in both formats, at debug level. */
@@ -88,6 +99,8 @@ static void test_log_lines_redacted(void **state)
         tg_log_set_request_id(NULL);
         tg_warn("redis://:pw-in-url@host:1/0 unreachable");
         tg_error("x-api-key: sk-ant-other and password=abc123");
+        /* cut at the 2 KB message limit in the middle of the secret: its head is masked too */
+        tg_info("%2040s sk-prov-in-config-42 and more", "padding");
     }
     dup2(saved, 2);
     close(saved);
@@ -98,7 +111,7 @@ static void test_log_lines_redacted(void **state)
     unlink(path);
     assert_non_null(log);
     static const char *secrets[] = {"sk-prov-in-config-42", "tgk-cli-1", "pw-in-url",
-                                    "sk-ant-other", "abc123"};
+                                    "sk-ant-other", "abc123", " sk-p"};
     for (size_t i = 0; i < sizeof secrets / sizeof secrets[0]; i++)
         if (strstr(log, secrets[i]) != NULL)
             fail_msg("'%s' was logged:\n%s", secrets[i], log);

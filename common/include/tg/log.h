@@ -37,8 +37,9 @@ void tg_logv(enum tg_log_level level, const char *fmt, va_list ap);
  * which covers client API keys and a provider that echoes our headers back.
  *
  * tg_log_add_secret copies s; secrets shorter than TG_LOG_SECRET_MIN bytes are ignored (they
- * would redact ordinary words). At most 64 are kept (returns false beyond that or on NULL /
- * too short / out of memory). Thread-safe (a reader-writer lock; logging takes the read side).
+ * would redact ordinary words). At most 64 are kept: beyond that the oldest is forgotten (the
+ * loader registers the current config's secrets last). Returns false on NULL / too short / out
+ * of memory. A line cut at its length limit has a secret that starts in its last bytes masked. Thread-safe (a reader-writer lock; logging takes the read side).
  * tg_log_clear_secrets forgets (and wipes) them all: at exit, and in tests. */
 #define TG_LOG_SECRET_MIN 6
 bool tg_log_add_secret(const char *s);
