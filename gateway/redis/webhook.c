@@ -30,14 +30,14 @@
 #include "tg/log.h"
 
 #define BACKOFF_BASE_MS 1000
-#define BACKOFF_MAX_MS 60000
-#define TIMEOUT_MS 10000
+#define BACKOFF_MAX_MS  60000
+#define TIMEOUT_MS      10000
 
 struct delivery {
     char *url, *body, *secret;
     int attempt, retries;
     bool allow_private;
-    bool refused;      /* the last attempt was refused by the address policy */
+    bool refused; /* the last attempt was refused by the address policy */
     char refused_addr[INET6_ADDRSTRLEN];
     int64_t due_ms;
     struct delivery *next;
@@ -94,16 +94,16 @@ static size_t discard(char *ptr, size_t size, size_t nmemb, void *ud)
 
 static bool v4_allowed(uint32_t a) /* host byte order */
 {
-    return !((a >> 24) == 0 ||                 /* 0.0.0.0/8 "this network", unspecified */
-             (a >> 24) == 10 ||                /* 10/8 private */
+    return !((a >> 24) == 0 ||                   /* 0.0.0.0/8 "this network", unspecified */
+             (a >> 24) == 10 ||                  /* 10/8 private */
              (a & 0xffc00000u) == 0x64400000u || /* 100.64/10 carrier-grade NAT */
-             (a >> 24) == 127 ||               /* loopback */
+             (a >> 24) == 127 ||                 /* loopback */
              (a & 0xffff0000u) == 0xa9fe0000u || /* 169.254/16 link-local, cloud metadata */
              (a & 0xfff00000u) == 0xac100000u || /* 172.16/12 private */
              (a & 0xffffff00u) == 0xc0000000u || /* 192.0.0/24 IETF protocol assignments */
              (a & 0xffff0000u) == 0xc0a80000u || /* 192.168/16 private */
              (a & 0xfffe0000u) == 0xc6120000u || /* 198.18/15 benchmarking */
-             a >= 0xe0000000u);                /* multicast, reserved, broadcast */
+             a >= 0xe0000000u);                  /* multicast, reserved, broadcast */
 }
 
 bool tg_webhook_addr_allowed(const struct sockaddr *sa)
@@ -120,7 +120,7 @@ bool tg_webhook_addr_allowed(const struct sockaddr *sa)
     /* ::a.b.c.d (includes :: and ::1), ::ffff:a.b.c.d and 64:ff9b::a.b.c.d reach an IPv4 host */
     if (memcmp(b, zero, 12) == 0 || memcmp(b, mapped, 12) == 0 || memcmp(b, nat64, 12) == 0)
         return v4_allowed(v4) && memcmp(b, zero, 12) != 0;
-    return !((b[0] & 0xfe) == 0xfc ||                  /* fc00::/7 unique local */
+    return !((b[0] & 0xfe) == 0xfc ||                   /* fc00::/7 unique local */
              (b[0] == 0xfe && (b[1] & 0xc0) == 0x80) || /* fe80::/10 link-local */
              (b[0] == 0xfe && (b[1] & 0xc0) == 0xc0) || /* fec0::/10 site-local */
              b[0] == 0xff);                             /* multicast */
@@ -173,8 +173,9 @@ static curl_socket_t open_socket(void *clientp, curlsocktype purpose, struct cur
     struct delivery *d = clientp;
     if (!d->allow_private && !tg_webhook_addr_allowed(&a->addr)) {
         d->refused = true;
-        const void *ip = a->family == AF_INET ? (const void *)&((struct sockaddr_in *)&a->addr)->sin_addr
-                                              : (const void *)&((struct sockaddr_in6 *)&a->addr)->sin6_addr;
+        const void *ip = a->family == AF_INET
+                             ? (const void *)&((struct sockaddr_in *)&a->addr)->sin_addr
+                             : (const void *)&((struct sockaddr_in6 *)&a->addr)->sin6_addr;
         if (inet_ntop(a->family, ip, d->refused_addr, sizeof d->refused_addr) == NULL)
             snprintf(d->refused_addr, sizeof d->refused_addr, "?");
         return CURL_SOCKET_BAD;
@@ -220,7 +221,8 @@ static bool deliver(struct delivery *d)
     curl_easy_cleanup(c);
     if (rc != CURLE_OK && d->refused)
         tg_warn("webhook: %s: refused: it resolves to %s, a loopback, private or link-local "
-                "address (jobs.webhook_allow_private is off)", d->url, d->refused_addr);
+                "address (jobs.webhook_allow_private is off)",
+                d->url, d->refused_addr);
     else if (rc != CURLE_OK)
         tg_warn("webhook: %s: %s (attempt %d)", d->url, curl_easy_strerror(rc), d->attempt + 1);
     else if (status < 200 || status >= 300)

@@ -54,7 +54,8 @@ static void echo_handle(struct evhttp_request *req, void *arg)
     bool anthropic = strstr(evhttp_request_get_uri(req), "/messages") != NULL;
     free(b);
     char msg[512];
-    snprintf(msg, sizeof msg, "Incorrect API key provided. You sent Authorization: %s, x-api-key: %s",
+    snprintf(msg, sizeof msg,
+             "Incorrect API key provided. You sent Authorization: %s, x-api-key: %s",
              auth != NULL ? auth : "-", xkey != NULL ? xkey : "-");
     /* the message is plain ASCII without quotes or backslashes: safe to splice into JSON */
     char out[2048];
@@ -63,17 +64,19 @@ static void echo_handle(struct evhttp_request *req, void *arg)
     /* Streams: one piece of content first, so the error arrives mid-stream and is relayed to the
      * client as an error event (an error before any content becomes a generic 502). */
     if (stream && anthropic) {
-        snprintf(out, sizeof out,
-                 "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":"
-                 "\"msg_1\",\"type\":\"message\",\"role\":\"assistant\",\"model\":\"claude-x\","
-                 "\"content\":[],\"stop_reason\":null,\"usage\":{\"input_tokens\":1,"
-                 "\"output_tokens\":0}}}\n\n"
-                 "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,"
-                 "\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n"
-                 "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,"
-                 "\"delta\":{\"type\":\"text_delta\",\"text\":\"hi\"}}\n\n"
-                 "event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"invalid_request_error\","
-                 "\"message\":\"%s\"}}\n\n", msg);
+        snprintf(
+            out, sizeof out,
+            "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":"
+            "\"msg_1\",\"type\":\"message\",\"role\":\"assistant\",\"model\":\"claude-x\","
+            "\"content\":[],\"stop_reason\":null,\"usage\":{\"input_tokens\":1,"
+            "\"output_tokens\":0}}}\n\n"
+            "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,"
+            "\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n"
+            "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,"
+            "\"delta\":{\"type\":\"text_delta\",\"text\":\"hi\"}}\n\n"
+            "event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"invalid_request_error\","
+            "\"message\":\"%s\"}}\n\n",
+            msg);
         evhttp_add_header(oh, "Content-Type", "text/event-stream");
         evbuffer_add(ob, out, strlen(out));
         evhttp_send_reply(req, 200, "OK", ob);
@@ -83,15 +86,18 @@ static void echo_handle(struct evhttp_request *req, void *arg)
                  "\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\","
                  "\"content\":\"hi\"},\"finish_reason\":null}]}\n\n"
                  "data: {\"error\":{\"message\":\"%s\",\"type\":\"invalid_request_error\","
-                 "\"param\":null,\"code\":\"%s\"}}\n\n", msg, auth != NULL ? auth : "none");
+                 "\"param\":null,\"code\":\"%s\"}}\n\n",
+                 msg, auth != NULL ? auth : "none");
         evhttp_add_header(oh, "Content-Type", "text/event-stream");
         evbuffer_add(ob, out, strlen(out));
         evhttp_send_reply(req, 200, "OK", ob);
     } else {
         /* 400, not 401: the gateway keeps the provider's message for client faults */
-        snprintf(out, sizeof out,
-                 "{\"error\":{\"message\":\"%s\",\"type\":\"invalid_request_error\",\"param\":\"%s\","
-                 "\"code\":\"invalid_api_key\"}}", msg, xkey != NULL ? xkey : "none");
+        snprintf(
+            out, sizeof out,
+            "{\"error\":{\"message\":\"%s\",\"type\":\"invalid_request_error\",\"param\":\"%s\","
+            "\"code\":\"invalid_api_key\"}}",
+            msg, xkey != NULL ? xkey : "none");
         evhttp_add_header(oh, "Content-Type", "application/json");
         evbuffer_add(ob, out, strlen(out));
         evhttp_send_reply(req, 400, "Bad Request", ob);
@@ -277,7 +283,8 @@ bool sec_env_start(struct sec_env *e, bool json_logs, bool valgrind)
              "  - {name: claude-echo, tier: remote, provider: echo-ant, upstream_model: claude-x}\n"
              "aliases:\n  auto: {local: phi-3.5-mini, remote: gpt-fake}\n"
              "cache:\n  enabled: true\n  ttl_s: 300\n"
-             "jobs:\n  result_ttl_s: 300\n  webhook_secret: ${TG_SEC_HOOK_SECRET}\n  webhook_retries: 0\n"
+             "jobs:\n  result_ttl_s: 300\n  webhook_secret: ${TG_SEC_HOOK_SECRET}\n  "
+             "webhook_retries: 0\n"
              "metrics:\n  reference_model: gpt-fake\n",
              e->port, json_logs ? "json" : "text", ha, ha2, hb, SEC_REDIS_PW, e->redis.port,
              valgrind ? 5000 : 1000, TG_TINY_MODEL, e->fake_base, e->echo_port, e->echo_port);
@@ -289,9 +296,17 @@ bool sec_env_start(struct sec_env *e, bool json_logs, bool valgrind)
         char vlog[200], supp[300];
         snprintf(vlog, sizeof vlog, "--log-file=%s", e->vg_log_path);
         snprintf(supp, sizeof supp, "--suppressions=%s/security/valgrind.supp", TG_TEST_DIR);
-        char *argv[] = {"/usr/bin/valgrind", "--leak-check=full",
-                        "--errors-for-leak-kinds=definite,indirect", "--error-exitcode=99",
-                        "--num-callers=30", supp, vlog, TIERGATE, "--config", (char *)path, NULL};
+        char *argv[] = {"/usr/bin/valgrind",
+                        "--leak-check=full",
+                        "--errors-for-leak-kinds=definite,indirect",
+                        "--error-exitcode=99",
+                        "--num-callers=30",
+                        supp,
+                        vlog,
+                        TIERGATE,
+                        "--config",
+                        (char *)path,
+                        NULL};
         e->gw_pid = spawn(argv, e->log_path);
     } else {
         char *argv[] = {TIERGATE, "--config", (char *)path, NULL};
@@ -422,13 +437,15 @@ char *sec_raw_request(struct sec_env *e, const char *bytes, size_t len)
     size_t cap = 65536, n = 0;
     char *out = calloc(1, cap);
     int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)e->port),
+    struct sockaddr_in a = {.sin_family = AF_INET,
+                            .sin_port = htons((uint16_t)e->port),
                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
     struct timeval tv = {.tv_sec = 30};
     if (fd == -1)
         return out;
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    if (connect(fd, (struct sockaddr *)&a, sizeof a) == 0 && write(fd, bytes, len) == (ssize_t)len) {
+    if (connect(fd, (struct sockaddr *)&a, sizeof a) == 0 &&
+        write(fd, bytes, len) == (ssize_t)len) {
         for (;;) {
             ssize_t r = read(fd, out + n, cap - n - 1);
             if (r <= 0)

@@ -13,15 +13,15 @@
 
 /* Secrets the gateway is configured with or sees; none may ever appear in a log line, an error
  * body or Redis. The client keys' sha256 are in the config, never the keys. */
-#define SEC_KEY_ALICE "tgk-alice-plain-5a1c3e"    /* tenant acme */
-#define SEC_KEY_ALICE2 "tgk-alice2-plain-77b0d4"  /* tenant acme */
-#define SEC_KEY_BOB "tgk-bob-plain-c0ffee9"       /* tenant globex */
-#define SEC_KEY_WRONG "tgk-wrong-plain-9d8e7f"    /* not a configured key */
+#define SEC_KEY_ALICE    "tgk-alice-plain-5a1c3e"  /* tenant acme */
+#define SEC_KEY_ALICE2   "tgk-alice2-plain-77b0d4" /* tenant acme */
+#define SEC_KEY_BOB      "tgk-bob-plain-c0ffee9"   /* tenant globex */
+#define SEC_KEY_WRONG    "tgk-wrong-plain-9d8e7f"  /* not a configured key */
 #define SEC_PROVIDER_KEY "sk-prov-fake-4f1d2a"     /* provider fake (OpenAI shape) */
-#define SEC_ECHO_KEY "sk-prov-echo-81bb07"         /* provider echo (OpenAI shape) */
+#define SEC_ECHO_KEY     "sk-prov-echo-81bb07"     /* provider echo (OpenAI shape) */
 #define SEC_ECHO_ANT_KEY "sk-ant-echo-3cc6e2"      /* provider echo-ant (Anthropic shape) */
-#define SEC_REDIS_PW "redis-pw-6e0f15b2"
-#define SEC_HOOK_SECRET "hook-secret-aa41c9"
+#define SEC_REDIS_PW     "redis-pw-6e0f15b2"
+#define SEC_HOOK_SECRET  "hook-secret-aa41c9"
 
 struct sec_env {
     struct tg_test_redis redis;

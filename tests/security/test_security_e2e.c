@@ -26,7 +26,7 @@
 #include "sec_env.h"
 
 static const char *const all_secrets[] = {
-    SEC_KEY_ALICE, SEC_KEY_ALICE2, SEC_KEY_BOB,   SEC_KEY_WRONG,   SEC_PROVIDER_KEY,
+    SEC_KEY_ALICE, SEC_KEY_ALICE2,   SEC_KEY_BOB,  SEC_KEY_WRONG,   SEC_PROVIDER_KEY,
     SEC_ECHO_KEY,  SEC_ECHO_ANT_KEY, SEC_REDIS_PW, SEC_HOOK_SECRET,
 };
 
@@ -192,10 +192,10 @@ static void test_cache_isolation(void **state)
     static const struct {
         const char *key, *want;
     } steps[] = {
-        {SEC_KEY_ALICE, "miss"},  /* acme stores it */
-        {SEC_KEY_BOB, "miss"},    /* globex must not see acme's entry */
-        {SEC_KEY_ALICE2, "hit"},  /* another acme key shares acme's cache */
-        {SEC_KEY_BOB, "hit"},     /* and globex now has its own */
+        {SEC_KEY_ALICE, "miss"}, /* acme stores it */
+        {SEC_KEY_BOB, "miss"},   /* globex must not see acme's entry */
+        {SEC_KEY_ALICE2, "hit"}, /* another acme key shares acme's cache */
+        {SEC_KEY_BOB, "hit"},    /* and globex now has its own */
         {SEC_KEY_ALICE, "hit"},
     };
     for (size_t i = 0; i < sizeof steps / sizeof steps[0]; i++) {
@@ -227,14 +227,15 @@ static void test_keys_hashed_at_rest(void **state)
 {
     (void)state;
     struct tg_test_response r;
-    /* cacheable remote calls, a local call, a stream and a job by each tenant */
+    /* a cacheable stream and a job by each tenant (earlier tests added cache entries too) */
     const char *keys[] = {SEC_KEY_ALICE, SEC_KEY_BOB};
     for (int k = 0; k < 2; k++) {
-        assert_int_equal(post(&g, keys[k], "/v1/chat/completions",
-                              "{\"model\":\"gpt-fake\",\"temperature\":0,\"stream\":true,\"messages\":"
-                              "[{\"role\":\"user\",\"content\":\"at rest\"}]}",
-                              NULL, &r),
-                         200);
+        assert_int_equal(
+            post(&g, keys[k], "/v1/chat/completions",
+                 "{\"model\":\"gpt-fake\",\"temperature\":0,\"stream\":true,\"messages\":"
+                 "[{\"role\":\"user\",\"content\":\"at rest\"}]}",
+                 NULL, &r),
+            200);
         tg_test_response_free(&r);
         assert_int_equal(post(&g, keys[k], "/v1/jobs",
                               "{\"type\":\"chat\",\"model\":\"gpt-fake\",\"messages\":[{\"role\":"
@@ -259,8 +260,8 @@ static void test_keys_hashed_at_rest(void **state)
     char *cfg = tg_test_slurp(g.cfg_path, NULL);
     assert_non_null(cfg);
     /* client keys are there as sha256 only; provider keys and the webhook secret as ${VAR} */
-    static const char *const not_in_file[] = {SEC_KEY_ALICE, SEC_KEY_ALICE2, SEC_KEY_BOB,
-                                              SEC_PROVIDER_KEY, SEC_ECHO_KEY, SEC_ECHO_ANT_KEY,
+    static const char *const not_in_file[] = {SEC_KEY_ALICE,    SEC_KEY_ALICE2, SEC_KEY_BOB,
+                                              SEC_PROVIDER_KEY, SEC_ECHO_KEY,   SEC_ECHO_ANT_KEY,
                                               SEC_HOOK_SECRET};
     for (size_t i = 0; i < sizeof not_in_file / sizeof not_in_file[0]; i++)
         assert_null(strstr(cfg, not_in_file[i]));
@@ -286,7 +287,8 @@ static void test_no_ssrf_through_request_fields(void **state)
     tg_test_response_free(&r);
     assert_true(st == 200 || st == 400);
     snprintf(body, sizeof body,
-             "{\"model\":\"http://127.0.0.1:%d/v1\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}",
+             "{\"model\":\"http://127.0.0.1:%d/"
+             "v1\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}",
              g.echo_port);
     st = post(&g, SEC_KEY_ALICE, "/v1/chat/completions", body, NULL, &r);
     tg_test_response_free(&r);
@@ -298,19 +300,26 @@ static void test_no_ssrf_through_webhooks(void **state)
 {
     (void)state;
     static const char *refused[] = {
-        "http://127.0.0.1:%d/hook",          "http://localhost:%d/hook",
-        "http://[::1]:%d/hook",              "http://[::ffff:127.0.0.1]:%d/hook",
-        "http://169.254.169.254:%d/latest",  "http://10.0.0.1:%d/",
-        "http://172.16.5.4:%d/",             "http://192.168.1.1:%d/",
-        "http://0.0.0.0:%d/",                "http://[fe80::1]:%d/",
-        "http://100.64.0.1:%d/",             "http://[fd00::1]:%d/",
+        "http://127.0.0.1:%d/hook",
+        "http://localhost:%d/hook",
+        "http://[::1]:%d/hook",
+        "http://[::ffff:127.0.0.1]:%d/hook",
+        "http://169.254.169.254:%d/latest",
+        "http://10.0.0.1:%d/",
+        "http://172.16.5.4:%d/",
+        "http://192.168.1.1:%d/",
+        "http://0.0.0.0:%d/",
+        "http://[fe80::1]:%d/",
+        "http://100.64.0.1:%d/",
+        "http://[fd00::1]:%d/",
     };
     for (size_t i = 0; i < sizeof refused / sizeof refused[0]; i++) {
         char url[128], body[512];
         snprintf(url, sizeof url, refused[i], g.echo_port);
         snprintf(body, sizeof body,
                  "{\"type\":\"chat\",\"model\":\"gpt-fake\",\"callback_url\":\"%s\",\"messages\":"
-                 "[{\"role\":\"user\",\"content\":\"hook\"}]}", url);
+                 "[{\"role\":\"user\",\"content\":\"hook\"}]}",
+                 url);
         struct tg_test_response r;
         long st = post(&g, SEC_KEY_ALICE, "/v1/jobs", body, NULL, &r);
         if (st != 400 || strstr(r.body, "callback_url") == NULL)

@@ -48,7 +48,8 @@ static void test_redact_table(void **state)
         {"Authorization: Bearer tgk-client-abc.def", "Authorization: Bearer ****"},
         {"authorization: bearer    tgk-x\"rest", "authorization: bearer    ****\"rest"},
         {"{\"h\":\"x-api-key: sk-ant-zz9\",\"n\":1}", "{\"h\":\"x-api-key: ****\",\"n\":1}"},
-        {"url redis://:r3dis-pass@127.0.0.1:6379/0 down", "url redis://:****@127.0.0.1:6379/0 down"},
+        {"url redis://:r3dis-pass@127.0.0.1:6379/0 down",
+         "url redis://:****@127.0.0.1:6379/0 down"},
         {"url redis://user:pw-not-registered@h/0", "url redis://user:****@h/0"},
         {"url http://127.0.0.1:8080/v1 fine", "url http://127.0.0.1:8080/v1 fine"},
         {"password=hunter2&x=1", "password=****&x=1"},
@@ -111,7 +112,7 @@ static void test_log_lines_redacted(void **state)
     unlink(path);
     assert_non_null(log);
     static const char *secrets[] = {"sk-prov-in-config-42", "tgk-cli-1", "pw-in-url",
-                                    "sk-ant-other", "abc123", " sk-p"};
+                                    "sk-ant-other",         "abc123",    " sk-p"};
     for (size_t i = 0; i < sizeof secrets / sizeof secrets[0]; i++)
         if (strstr(log, secrets[i]) != NULL)
             fail_msg("'%s' was logged:\n%s", secrets[i], log);
@@ -142,17 +143,38 @@ static void test_addr_policy(void **state)
         const char *ip;
         bool ok;
     } rows[] = {
-        {"8.8.8.8", true},          {"93.184.216.34", true},     {"100.63.255.255", true},
-        {"172.15.0.1", true},       {"172.32.0.1", true},        {"169.253.1.1", true},
-        {"2606:4700::1111", true},  {"::ffff:8.8.8.8", true},    {"64:ff9b::808:808", true},
-        {"127.0.0.1", false},       {"127.255.0.9", false},      {"0.0.0.0", false},
-        {"10.1.2.3", false},        {"172.16.0.1", false},       {"172.31.255.255", false},
-        {"192.168.0.10", false},    {"169.254.169.254", false},  {"100.64.0.1", false},
-        {"192.0.0.170", false},     {"198.18.0.1", false},       {"224.0.0.1", false},
-        {"255.255.255.255", false}, {"::", false},               {"::1", false},
-        {"::ffff:127.0.0.1", false}, {"::ffff:169.254.169.254", false},
-        {"64:ff9b::a9fe:a9fe", false}, {"::127.0.0.1", false},   {"fc00::1", false},
-        {"fd12:3456::1", false},    {"fe80::1", false},          {"fec0::1", false},
+        {"8.8.8.8", true},
+        {"93.184.216.34", true},
+        {"100.63.255.255", true},
+        {"172.15.0.1", true},
+        {"172.32.0.1", true},
+        {"169.253.1.1", true},
+        {"2606:4700::1111", true},
+        {"::ffff:8.8.8.8", true},
+        {"64:ff9b::808:808", true},
+        {"127.0.0.1", false},
+        {"127.255.0.9", false},
+        {"0.0.0.0", false},
+        {"10.1.2.3", false},
+        {"172.16.0.1", false},
+        {"172.31.255.255", false},
+        {"192.168.0.10", false},
+        {"169.254.169.254", false},
+        {"100.64.0.1", false},
+        {"192.0.0.170", false},
+        {"198.18.0.1", false},
+        {"224.0.0.1", false},
+        {"255.255.255.255", false},
+        {"::", false},
+        {"::1", false},
+        {"::ffff:127.0.0.1", false},
+        {"::ffff:169.254.169.254", false},
+        {"64:ff9b::a9fe:a9fe", false},
+        {"::127.0.0.1", false},
+        {"fc00::1", false},
+        {"fd12:3456::1", false},
+        {"fe80::1", false},
+        {"fec0::1", false},
         {"ff02::1", false},
     };
     for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++)
@@ -188,7 +210,8 @@ static void test_callback_url_check(void **state)
         int a = tg_webhook_check_url(rows[i].url, false);
         int b = tg_webhook_check_url(rows[i].url, true);
         if (a != rows[i].strict || b != rows[i].permissive)
-            fail_msg("%s: %d/%d, want %d/%d", rows[i].url, a, b, rows[i].strict, rows[i].permissive);
+            fail_msg("%s: %d/%d, want %d/%d", rows[i].url, a, b, rows[i].strict,
+                     rows[i].permissive);
     }
 }
 

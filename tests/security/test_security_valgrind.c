@@ -20,8 +20,8 @@
 
 #include "sec_env.h"
 
-static void expect(struct sec_env *e, const char *key, const char *path, const char *body, long want,
-                   const char *cache_want)
+static void expect(struct sec_env *e, const char *key, const char *path, const char *body,
+                   long want, const char *cache_want)
 {
     struct tg_test_response r;
     assert_int_equal(sec_post(e, key, path, body, NULL, &r), 0);
@@ -44,8 +44,9 @@ static void test_valgrind_shutdown(void **state)
         char *vg = tg_test_read_log(e.vg_log_path);
         fail_msg("tiergate under valgrind did not become ready\n%.3000s\n%.3000s", log, vg);
     }
-    const char *remote = "{\"model\":\"gpt-fake\",\"temperature\":0,\"messages\":[{\"role\":\"user\","
-                         "\"content\":\"valgrind remote\"}]}";
+    const char *remote =
+        "{\"model\":\"gpt-fake\",\"temperature\":0,\"messages\":[{\"role\":\"user\","
+        "\"content\":\"valgrind remote\"}]}";
     expect(&e, SEC_KEY_ALICE, "/v1/chat/completions",
            "{\"model\":\"phi-3.5-mini\",\"max_tokens\":4,\"messages\":[{\"role\":\"user\","
            "\"content\":\"hi\"}]}",
@@ -75,13 +76,15 @@ static void test_valgrind_shutdown(void **state)
     if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
         char *log = tg_test_read_log(e.log_path);
         fail_msg("tiergate under valgrind: status %d (exit %d)\n--- valgrind ---\n%.12000s\n"
-                 "--- gateway (tail) ---\n%s", st, WIFEXITED(st) ? WEXITSTATUS(st) : -1, vg,
+                 "--- gateway (tail) ---\n%s",
+                 st, WIFEXITED(st) ? WEXITSTATUS(st) : -1, vg,
                  strlen(log) > 3000 ? log + strlen(log) - 3000 : log);
     }
     /* the log really is memcheck's, with its verdicts */
     assert_non_null(strstr(vg, "ERROR SUMMARY: 0 errors"));
-    assert_non_null(strstr(vg, "definitely lost: 0 bytes") != NULL ? "ok"
-                    : strstr(vg, "All heap blocks were freed") != NULL ? "ok" : NULL);
+    assert_non_null(strstr(vg, "definitely lost: 0 bytes") != NULL     ? "ok"
+                    : strstr(vg, "All heap blocks were freed") != NULL ? "ok"
+                                                                       : NULL);
     printf("valgrind: %s\n", strstr(vg, "LEAK SUMMARY") != NULL ? strstr(vg, "LEAK SUMMARY") : vg);
     free(vg);
 }
