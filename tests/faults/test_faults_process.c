@@ -51,9 +51,9 @@
 /* A request slower than this is a hang (every Redis/engine timeout configured here is < 1 s). */
 #define HANG_MS 15000
 /* The SIGTERM drain bound: the short streams below finish well inside it, the long one cannot. */
-#define DRAIN_MS 10000
+#define DRAIN_MS           10000
 #define TG_STR_PROCESS_(x) #x
-#define TG_STR_PROCESS(x) TG_STR_PROCESS_(x)
+#define TG_STR_PROCESS(x)  TG_STR_PROCESS_(x)
 /* A content delta: the request is mid-generation. */
 #define FIRST_TOKEN "\"delta\":{\"content\":\""
 
@@ -87,8 +87,8 @@ static void outcome_process(const char *fault, const char *mode, const char *fmt
 
 static void print_table_process(void)
 {
-    printf("\nObserved outcomes (fault x stream):\n| %-28s | %-10s | %s |\n|---|---|---|\n", "fault",
-           "request", "what happened");
+    printf("\nObserved outcomes (fault x stream):\n| %-28s | %-10s | %s |\n|---|---|---|\n",
+           "fault", "request", "what happened");
     for (int i = 0; i < g_nrows; i++)
         printf("| %-28s | %-10s | %s |\n", g_rows[i].fault, g_rows[i].mode, g_rows[i].what);
     fflush(stdout);
@@ -176,7 +176,8 @@ static void on_started_process(void *user)
 static void *bg_main_process(void *arg)
 {
     struct bg_process *b = arg;
-    post_process(b->e, "/v1/chat/completions", b->body, FIRST_TOKEN, on_started_process, b, &b->out);
+    post_process(b->e, "/v1/chat/completions", b->body, FIRST_TOKEN, on_started_process, b,
+                 &b->out);
     return NULL;
 }
 
@@ -227,7 +228,8 @@ static double metric_process(struct gw_env *e, const char *name, const char *fil
 
 /* Wait (bounded) until the metric equals want; the last value read. Counters of a finished
  * stream are added right after its last byte, so a read just after the response may lag. */
-static double metric_wait_process(struct gw_env *e, const char *name, const char *filter, double want)
+static double metric_wait_process(struct gw_env *e, const char *name, const char *filter,
+                                  double want)
 {
     double v = -1;
     for (int64_t end = mono_ms() + 5000; mono_ms() < end; usleep(20000)) {
@@ -256,15 +258,18 @@ static struct charge_process charge_now_process(struct gw_env *e)
 static void assert_charged_process(struct gw_env *e, const struct charge_process *before, int n,
                                    double want_cost, const char *fault)
 {
-    double req = metric_wait_process(e, "requests_total", "endpoint=\"chat\"", before->requests + n);
-    double cost = want_cost >= 0 ? metric_wait_process(e, "cost_usd_total", NULL, before->cost + want_cost)
-                                 : metric_process(e, "cost_usd_total", NULL);
+    double req =
+        metric_wait_process(e, "requests_total", "endpoint=\"chat\"", before->requests + n);
+    double cost = want_cost >= 0
+                      ? metric_wait_process(e, "cost_usd_total", NULL, before->cost + want_cost)
+                      : metric_process(e, "cost_usd_total", NULL);
     usleep(300000); /* nothing more arrives late */
     struct charge_process after = charge_now_process(e);
     char want[48] = "not checked";
     if (want_cost >= 0)
         snprintf(want, sizeof want, "%.9f", want_cost);
-    outcome_process(fault, "metrics", "requests_total +%.0f for %d requests; cost_usd_total +%.9f (want %s)",
+    outcome_process(fault, "metrics",
+                    "requests_total +%.0f for %d requests; cost_usd_total +%.9f (want %s)",
                     after.requests - before->requests, n, after.cost - before->cost, want);
     assert_true(fabs(req - (before->requests + n)) < 1e-9);
     assert_true(fabs(after.requests - req) < 1e-9);
@@ -329,7 +334,8 @@ static void test_redis_killed_and_restarted(void **state)
              "  limits_fail: open\n",
              rd.port);
     struct gw_env e;
-    struct gw_env_opts o = {.redis = redis_cfg, .cache = "  enabled: true\n  ttl_s: 300\n",
+    struct gw_env_opts o = {.redis = redis_cfg,
+                            .cache = "  enabled: true\n  ttl_s: 300\n",
                             .extra_local = "  slots: 2\n  context: 4096\n  threads: 1\n"};
     assert_true(gw_env_start_opts(&e, &o));
     printf("gateway log: %s\n", e.log_path);
@@ -379,14 +385,15 @@ static void test_redis_killed_and_restarted(void **state)
                         per_mode, per_mode, bypass, s ? ", [DONE]" : "", (long long)worst);
         assert_int_equal(bypass, per_mode);
     }
-    assert_charged_process(&e, &cf, 2 * per_mode, 2 * per_mode * unit_cost, "redis frozen (SIGSTOP)");
+    assert_charged_process(&e, &cf, 2 * per_mode, 2 * per_mode * unit_cost,
+                           "redis frozen (SIGSTOP)");
     post_process(&e, "/v1/jobs",
                  "{\"type\":\"chat\",\"model\":\"gpt-fake\",\"messages\":[{\"role\":\"user\","
                  "\"content\":\"job while redis is frozen\"}]}",
                  NULL, NULL, NULL, &p);
     char msg[128];
-    outcome_process("redis frozen (SIGSTOP)", "jobs", "POST /v1/jobs -> %ld \"%s\" in %lld ms", p.r.status,
-                    error_message_process(&p, msg, sizeof msg), (long long)p.ms);
+    outcome_process("redis frozen (SIGSTOP)", "jobs", "POST /v1/jobs -> %ld \"%s\" in %lld ms",
+                    p.r.status, error_message_process(&p, msg, sizeof msg), (long long)p.ms);
     assert_int_equal(p.r.status, 503);
     assert_true(p.ms < HANG_MS);
     tg_test_response_free(&p.r);
@@ -411,10 +418,11 @@ static void test_redis_killed_and_restarted(void **state)
             worst = p.ms > worst ? p.ms : worst;
             tg_test_response_free(&p.r);
         }
-        outcome_process("redis killed", s ? "stream" : "non-stream",
-                        "%d/%d answered 200, x-tiergate-cache: bypass, tier remote%s; slowest %lld ms "
-                        "(redis timeouts 300/500 ms)",
-                        per_mode, per_mode, s ? ", [DONE]" : "", (long long)worst);
+        outcome_process(
+            "redis killed", s ? "stream" : "non-stream",
+            "%d/%d answered 200, x-tiergate-cache: bypass, tier remote%s; slowest %lld ms "
+            "(redis timeouts 300/500 ms)",
+            per_mode, per_mode, s ? ", [DONE]" : "", (long long)worst);
     }
     /* every one of them counted once and charged as uncached */
     assert_charged_process(&e, &c1, 2 * per_mode, 2 * per_mode * unit_cost, "redis killed");
@@ -422,7 +430,8 @@ static void test_redis_killed_and_restarted(void **state)
     double outages = metric_process(&e, "redis_outages_total", NULL);
     struct tg_test_response rz;
     assert_int_equal(gw_get(&e, "/readyz", &rz), 0);
-    outcome_process("redis killed", "probes", "tiergate_redis_up %.0f, redis_outages_total %.0f; "
+    outcome_process("redis killed", "probes",
+                    "tiergate_redis_up %.0f, redis_outages_total %.0f; "
                     "/readyz %ld (still serving: readiness is the model, not Redis)",
                     up, outages, rz.status);
     assert_true(up == 0);
@@ -445,8 +454,9 @@ static void test_redis_killed_and_restarted(void **state)
     assert_true(tg_test_redis_restart(&rd));
     for (int s = 0; s < 2; s++) {
         int n = until_hit_process(&e, body[s], s == 1);
-        outcome_process("redis restarted", s ? "stream" : "non-stream",
-                        "reconnected without a gateway restart; cache hit again after %d request(s)", n);
+        outcome_process(
+            "redis restarted", s ? "stream" : "non-stream",
+            "reconnected without a gateway restart; cache hit again after %d request(s)", n);
         assert_true(n > 1); /* the restarted Redis is empty: a miss first */
     }
     assert_true(metric_wait_process(&e, "redis_up", NULL, 1) == 1);
@@ -474,8 +484,10 @@ static void test_redis_killed_and_restarted(void **state)
 
 static pid_t spawn_worker_process(const char *url, const char *log)
 {
-    char *argv[] = {TIERGATE, "engine", "--listen", (char *)url, "--model", (char *)TG_TINY_MODEL,
-                    "--slots", "2", "--ctx", "8192", "--threads", "1", NULL};
+    char *argv[] = {
+        TIERGATE,  "engine", "--listen", (char *)url, "--model",   (char *)TG_TINY_MODEL,
+        "--slots", "2",      "--ctx",    "8192",      "--threads", "1",
+        NULL};
     pid_t pid = tg_test_spawn(argv, NULL, log);
     assert_true(pid > 0);
     return pid;
@@ -526,9 +538,10 @@ static void test_engine_worker_killed(void **state)
     post_process(&e, "/v1/chat/completions", body, FIRST_TOKEN, kill_worker_process, &w0, &p);
     assert_int_equal(waitpid(w0, NULL, 0), w0);
     char msg[128];
-    outcome_process("engine worker SIGKILL", "stream", "HTTP %ld, tier %s; error event \"%s\"; [DONE] %s; %lld ms",
-                    p.r.status, p.tier, error_message_process(&p, msg, sizeof msg),
-                    sse_done(&p) ? "SENT" : "absent", (long long)p.ms);
+    outcome_process("engine worker SIGKILL", "stream",
+                    "HTTP %ld, tier %s; error event \"%s\"; [DONE] %s; %lld ms", p.r.status, p.tier,
+                    error_message_process(&p, msg, sizeof msg), sse_done(&p) ? "SENT" : "absent",
+                    (long long)p.ms);
     assert_int_equal(p.r.status, 200);
     assert_string_equal(p.tier, "local");
     assert_true(sse_error(&p));
@@ -540,13 +553,16 @@ static void test_engine_worker_killed(void **state)
     /* Others keep working with the worker gone: remote as before; local falls back to remote. */
     chat_body_process(body, sizeof body, "gpt-fake", false, 8, "remote while the worker is down");
     chat_process(&e, body, &p);
-    outcome_process("engine worker down", "remote", "gpt-fake -> %ld (tier %s)", p.r.status, p.tier);
+    outcome_process("engine worker down", "remote", "gpt-fake -> %ld (tier %s)", p.r.status,
+                    p.tier);
     assert_int_equal(p.r.status, 200);
     tg_test_response_free(&p.r);
-    chat_body_process(body, sizeof body, "phi-3.5-mini", false, 8, "local while the worker is down");
+    chat_body_process(body, sizeof body, "phi-3.5-mini", false, 8,
+                      "local while the worker is down");
     chat_process(&e, body, &p);
-    outcome_process("engine worker down", "local", "phi-3.5-mini -> %ld, tier %s, model %s, fallback %s",
-                    p.r.status, p.tier, p.model, p.fallback[0] ? p.fallback : "-");
+    outcome_process("engine worker down", "local",
+                    "phi-3.5-mini -> %ld, tier %s, model %s, fallback %s", p.r.status, p.tier,
+                    p.model, p.fallback[0] ? p.fallback : "-");
     assert_int_equal(p.r.status, 200);
     assert_string_equal(p.tier, "remote");
     assert_string_equal(p.model, "gpt-fake");
@@ -555,12 +571,13 @@ static void test_engine_worker_killed(void **state)
     /* The worker restarted at the same address is used again. */
     w0 = spawn_worker_process(url, wlog);
     bool back = local_served_process(&e, 60000);
-    outcome_process("engine worker restarted", "non-stream", "local tier served by the restarted worker: %s",
-                    back ? "yes" : "NO");
+    outcome_process("engine worker restarted", "non-stream",
+                    "local tier served by the restarted worker: %s", back ? "yes" : "NO");
     assert_true(back);
 
     /* SIGKILL during a non-streamed local job (the engine reports a busy slot): the request is
-     * answered by its fallback (phi-3.5-mini -> gpt-fake), charged once, at the fallback's price. */
+     * answered by its fallback (phi-3.5-mini -> gpt-fake), charged once, at the fallback's price.
+     */
     struct bg_process *bg = calloc(1, sizeof *bg);
     assert_non_null(bg);
     chat_body_process(bg->body, sizeof bg->body, "phi-3.5-mini", false, 7000, "a long story");
@@ -574,9 +591,9 @@ static void test_engine_worker_killed(void **state)
     assert_int_equal(waitpid(w0, NULL, 0), w0);
     assert_int_equal(pthread_join(bg->th, NULL), 0);
     p = bg->out;
-    outcome_process("engine worker SIGKILL", "non-stream", "HTTP %ld, tier %s, model %s, fallback %s, cost %s; %lld ms",
-                    p.r.status, p.tier, p.model, p.fallback[0] ? p.fallback : "-", p.cost,
-                    (long long)p.ms);
+    outcome_process("engine worker SIGKILL", "non-stream",
+                    "HTTP %ld, tier %s, model %s, fallback %s, cost %s; %lld ms", p.r.status,
+                    p.tier, p.model, p.fallback[0] ? p.fallback : "-", p.cost, (long long)p.ms);
     assert_int_equal(p.r.status, 200);
     assert_string_equal(p.tier, "remote");
     assert_string_equal(p.model, "gpt-fake");
@@ -590,7 +607,8 @@ static void test_engine_worker_killed(void **state)
     struct gw_env priv = e;
     priv.auth_header = "Authorization: Bearer private-secret";
     memset(bg, 0, sizeof *bg);
-    chat_body_process(bg->body, sizeof bg->body, "phi-3.5-mini", false, 7000, "a long private story");
+    chat_body_process(bg->body, sizeof bg->body, "phi-3.5-mini", false, 7000,
+                      "a long private story");
     struct charge_process c2 = charge_now_process(&e);
     bg_start_process(bg, &priv);
     busy = false;
@@ -601,9 +619,10 @@ static void test_engine_worker_killed(void **state)
     assert_int_equal(waitpid(w0, NULL, 0), w0);
     assert_int_equal(pthread_join(bg->th, NULL), 0);
     p = bg->out;
-    outcome_process("engine worker SIGKILL", "non-stream", "privacy key (local only): HTTP %ld \"%s\", fallback %s; %lld ms",
-                    p.r.status, error_message_process(&p, msg, sizeof msg),
-                    p.fallback[0] ? p.fallback : "-", (long long)p.ms);
+    outcome_process("engine worker SIGKILL", "non-stream",
+                    "privacy key (local only): HTTP %ld \"%s\", fallback %s; %lld ms", p.r.status,
+                    error_message_process(&p, msg, sizeof msg), p.fallback[0] ? p.fallback : "-",
+                    (long long)p.ms);
     assert_true(p.r.status >= 500 && p.r.status <= 504);
     assert_non_null(strstr(p.r.body, "\"error\""));
     assert_string_equal(p.fallback, "");
@@ -660,14 +679,24 @@ static void test_sigterm_during_streams(void **state)
     assert_true(gw_env_start_opts(&e, &o));
     printf("gateway log: %s\n", e.log_path);
     enum { R1, R2, RLONG, NS, NSLONG, L1, L2, N_BG };
-    const char *name[N_BG] = {"remote stream", "remote stream", "remote stream > drain",
-                              "remote non-stream", "remote non-stream > drain", "local stream",
+    const char *name[N_BG] = {"remote stream",
+                              "remote stream",
+                              "remote stream > drain",
+                              "remote non-stream",
+                              "remote non-stream > drain",
+                              "local stream",
                               "local stream"};
     /* The remote streams trickle for ~5 s, the long one for ~40 s, the non-stream ones answer
-     * after 2.5 s and 30 s; the local streams are 300 tokens (well under a second unloaded). Each remote request
-     * is started once the previous one reached the fake, so each gets its own script. */
-    const char *script[N_BG] = {"chunk_delay_ms=600", "chunk_delay_ms=600", "chunk_delay_ms=5000",
-                                "delay_ms=2500", "delay_ms=30000", NULL, NULL};
+     * after 2.5 s and 30 s; the local streams are 300 tokens (well under a second unloaded). Each
+     * remote request is started once the previous one reached the fake, so each gets its own
+     * script. */
+    const char *script[N_BG] = {"chunk_delay_ms=600",
+                                "chunk_delay_ms=600",
+                                "chunk_delay_ms=5000",
+                                "delay_ms=2500",
+                                "delay_ms=30000",
+                                NULL,
+                                NULL};
     struct bg_process *bg = calloc(N_BG, sizeof *bg);
     assert_non_null(bg);
     for (int i = 0; i < N_BG; i++) {
@@ -708,7 +737,10 @@ static void test_sigterm_during_streams(void **state)
             break;
         usleep(20000);
     }
-    outcome_process("SIGTERM", "new conn", "%s", rc != 0 ? "connection refused" : st == 503 ? "503 draining" : "ACCEPTED");
+    outcome_process("SIGTERM", "new conn", "%s",
+                    rc != 0     ? "connection refused"
+                    : st == 503 ? "503 draining"
+                                : "ACCEPTED");
     assert_true(rc != 0 || st == 503);
 
     for (int i = 0; i < N_BG; i++)
@@ -719,9 +751,10 @@ static void test_sigterm_during_streams(void **state)
     /* all six were in flight when the signal came */
     bool all_inflight = gw_log_wait(&e, "draining 7 in-flight request(s)", 0);
     outcome_process("SIGTERM", "in flight", "%s",
-                    all_inflight ? "7 in flight at SIGTERM: 2 local + 2 remote streams, 1 long stream, "
-                                   "1 non-stream, 1 long non-stream"
-                                 : "NOT all 7 in flight at SIGTERM");
+                    all_inflight
+                        ? "7 in flight at SIGTERM: 2 local + 2 remote streams, 1 long stream, "
+                          "1 non-stream, 1 long non-stream"
+                        : "NOT all 7 in flight at SIGTERM");
     for (int i = 0; i < N_BG; i++) {
         struct reply_process *p = &bg[i].out;
         char msg[128];
@@ -733,10 +766,11 @@ static void test_sigterm_during_streams(void **state)
                             p->r.status != 200 ? error_message_process(p, msg, sizeof msg) : "",
                             (long long)p->ms);
         else
-            outcome_process("SIGTERM (drain " TG_STR_PROCESS(DRAIN_MS) " ms)", "stream",
-                            "%s: HTTP %ld, [DONE] %s, error event %s%s, ended %lld ms after its start",
-                            name[i], p->r.status, sse_done(p) ? "yes" : "no", sse_error(p) ? "yes: " : "no",
-                            sse_error(p) ? error_message_process(p, msg, sizeof msg) : "", (long long)p->ms);
+            outcome_process(
+                "SIGTERM (drain " TG_STR_PROCESS(DRAIN_MS) " ms)", "stream",
+                "%s: HTTP %ld, [DONE] %s, error event %s%s, ended %lld ms after its start", name[i],
+                p->r.status, sse_done(p) ? "yes" : "no", sse_error(p) ? "yes: " : "no",
+                sse_error(p) ? error_message_process(p, msg, sizeof msg) : "", (long long)p->ms);
         assert_int_equal(p->rc, 0); /* a complete HTTP response, not a dropped connection */
         if (i == NSLONG) { /* cut by the deadline: a clear error, not a dropped connection */
             assert_int_equal(p->r.status, 503);
@@ -758,7 +792,9 @@ static void test_sigterm_during_streams(void **state)
     }
     outcome_process("SIGTERM", "process", "exit %s %d, %lld ms after SIGTERM (drain bound %d ms)",
                     WIFEXITED(status) ? "status" : "signal",
-                    WIFEXITED(status) ? WEXITSTATUS(status) : WIFSIGNALED(status) ? WTERMSIG(status) : -1,
+                    WIFEXITED(status)     ? WEXITSTATUS(status)
+                    : WIFSIGNALED(status) ? WTERMSIG(status)
+                                          : -1,
                     (long long)t_exit, DRAIN_MS);
     assert_true(all_inflight);
     assert_true(WIFEXITED(status));
@@ -768,7 +804,8 @@ static void test_sigterm_during_streams(void **state)
     assert_clean_log_process(e.log_path);
 }
 
-/* ---- 4. SIGHUP with an invalid configuration -------------------------------------------------- */
+/* ---- 4. SIGHUP with an invalid configuration --------------------------------------------------
+ */
 
 /* The config file with lines inserted after the first line that equals after (each ends "\n"). */
 static void rewrite_config_process(struct gw_env *e, const char *orig, const char *after,
@@ -822,13 +859,15 @@ static void test_sighup_invalid_config(void **state)
     printf("gateway log: %s\n", e.log_path);
     char *orig = tg_test_slurp(e.cfg_path, NULL);
     assert_non_null(orig);
-    const char *new_model = "  - {name: gpt-new, tier: remote, provider: fake, upstream_model: gpt-fake}\n";
+    const char *new_model =
+        "  - {name: gpt-new, tier: remote, provider: fake, upstream_model: gpt-fake}\n";
     char body[512];
     chat_body_process(body, sizeof body, "gpt-new", false, 8, "new model");
     struct reply_process p;
 
     /* Invalid: a new model plus a typo'd key on line 2. Nothing of it may be applied. */
-    rewrite_config_process(&e, orig, "server:\n", "  listen_adress: 127.0.0.1:1\n", "models:\n", new_model);
+    rewrite_config_process(&e, orig, "server:\n", "  listen_adress: 127.0.0.1:1\n", "models:\n",
+                           new_model);
     assert_int_equal(kill(e.gw_pid, SIGHUP), 0);
     char want[512];
     snprintf(want, sizeof want, "%s:2: unknown key 'listen_adress' in server", e.cfg_path);
@@ -839,8 +878,8 @@ static void test_sighup_invalid_config(void **state)
     serving_process(&e, "SIGHUP invalid config", "phi-3.5-mini");
     serving_process(&e, "SIGHUP invalid config", "gpt-fake");
     chat_process(&e, body, &p);
-    outcome_process("SIGHUP invalid config", "non-stream", "model only in the rejected file -> HTTP %ld (old config kept)",
-                    p.r.status);
+    outcome_process("SIGHUP invalid config", "non-stream",
+                    "model only in the rejected file -> HTTP %ld (old config kept)", p.r.status);
     assert_int_equal(p.r.status, 404);
     tg_test_response_free(&p.r);
 
