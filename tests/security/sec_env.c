@@ -54,8 +54,12 @@ static void echo_handle(struct evhttp_request *req, void *arg)
     bool anthropic = strstr(evhttp_request_get_uri(req), "/messages") != NULL;
     free(b);
     char msg[512];
+    /* the bare key (no "Bearer " before it, as providers quote it) and the headers as sent */
+    const char *bare = xkey != NULL                                       ? xkey
+                       : auth != NULL && strncmp(auth, "Bearer ", 7) == 0 ? auth + 7
+                                                                          : "-";
     snprintf(msg, sizeof msg,
-             "Incorrect API key provided. You sent Authorization: %s, x-api-key: %s",
+             "Incorrect API key provided: %s. You sent Authorization: %s, x-api-key: %s", bare,
              auth != NULL ? auth : "-", xkey != NULL ? xkey : "-");
     /* the message is plain ASCII without quotes or backslashes: safe to splice into JSON */
     char out[2048];

@@ -17,6 +17,7 @@
 #include <ctype.h>
 #include <hiredis/hiredis.h>
 #include <jansson.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -337,6 +338,52 @@ static void test_no_ssrf_through_webhooks(void **state)
     tg_test_response_free(&r);
 }
 
+/* A key rotated by SIGHUP (now written in the file itself) is masked from the reload on. */
+static void test_rotated_key_redacted(void **state)
+{
+    (void)state;
+    static const char rotated[] = "sk-rotated-echo-d41f08";
+    char *cfg = tg_test_slurp(g.cfg_path, NULL);
+    assert_non_null(cfg);
+    char *at = strstr(cfg, "${TG_SEC_ECHO_KEY}");
+    assert_non_null(at);
+    FILE *f = fopen(g.cfg_path, "w");
+    assert_non_null(f);
+    fprintf(f, "%.*s%s%s", (int)(at - cfg), cfg, rotated, at + strlen("${TG_SEC_ECHO_KEY}"));
+    fclose(f);
+    free(cfg);
+    char *before = tg_test_read_log(g.log_path);
+    size_t seen = strlen(before);
+    free(before);
+    assert_int_equal(kill(g.gw_pid, SIGHUP), 0);
+    bool reloaded = false;
+    for (int i = 0; i < 200 && !reloaded; i++) {
+        char *log = tg_test_read_log(g.log_path);
+        reloaded = strlen(log) > seen && strstr(log + seen, "configuration reloaded") != NULL;
+        free(log);
+        if (!reloaded)
+            usleep(50000);
+    }
+    assert_true(reloaded);
+    for (int s = 0; s < 2; s++) {
+        struct tg_test_response r;
+        int calls = sec_echo_calls(&g);
+        post(&g, SEC_KEY_ALICE, "/v1/chat/completions",
+             s ? "{\"model\":\"gpt-echo\",\"stream\":true,\"messages\":[{\"role\":\"user\","
+                 "\"content\":\"rotated\"}]}"
+               : "{\"model\":\"gpt-echo\",\"messages\":[{\"role\":\"user\",\"content\":"
+                 "\"rotated\"}]}",
+             NULL, &r);
+        assert_true(sec_echo_calls(&g) > calls);
+        assert_non_null(strstr(r.body, "Incorrect API key provided"));
+        assert_null(strstr(r.body, rotated));
+        tg_test_response_free(&r);
+    }
+    char *log = tg_test_read_log(g.log_path);
+    assert_null(strstr(log, rotated));
+    free(log);
+}
+
 /* ---- CR/LF/NUL never become upstream headers ---- */
 
 static bool header_value_safe(const char *v)
@@ -444,6 +491,7 @@ int main(void)
         cmocka_unit_test(test_no_ssrf_through_request_fields),
         cmocka_unit_test(test_no_ssrf_through_webhooks),
         cmocka_unit_test(test_keys_hashed_at_rest),
+        cmocka_unit_test(test_rotated_key_redacted),
     };
     int rc = cmocka_run_group_tests_name("secrets", own, NULL, NULL);
     rc += cmocka_run_group_tests_name("shared", shared, setup, teardown);
