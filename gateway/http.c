@@ -173,6 +173,43 @@ void tg_req_sse_begin(struct tg_req *r)
     evhttp_send_reply_start(r->http, 200, "OK");
 }
 
+/* TLS connections (bufferevent_openssl) run evhttp's "written" callback deferred, so one that
+ * was scheduled when an earlier chunk drained can run after evhttp_send_reply_end() queued the
+ * last bytes: evhttp then takes the reply as sent, stops writing, and the end of the stream stays
+ * queued until the idle timeout (about 1 stream in 10 over TLS lost its [DONE]). So every chunk
+ * goes out with a "written" callback, and the end of the stream is queued only from a callback
+ * that found the output empty: a stale one finds it non-empty and waits for the next. */
+static void sse_end_now(struct tg_req *r)
+{
+    if (r->http != NULL) {
+        unwatch(r);
+        evhttp_send_reply_end(r->http);
+        r->http = NULL;
+    }
+    finish(r);
+}
+
+static void on_sse_written(struct evhttp_connection *evcon, void *arg)
+{
+    struct tg_req *r = arg;
+    if (r->http == NULL || r->replied || tg_req_pending_out(r) > 0)
+        return;
+    r->sse_unacked = false;
+    if (r->sse_end_pending) {
+        r->sse_end_pending = false;
+        sse_end_now(r);
+    }
+}
+
+static void sse_send(struct tg_req *r, struct evbuffer *b)
+{
+    if (r->sse_end_pending)
+        return;
+    tg_glue_capture_sse(r, b);
+    r->sse_unacked = true;
+    evhttp_send_reply_chunk_with_cb(r->http, b, on_sse_written, r);
+}
+
 void tg_req_sse_write(struct tg_req *r, const char *data, size_t len)
 {
     if (r->http == NULL || r->replied)
@@ -181,8 +218,7 @@ void tg_req_sse_write(struct tg_req *r, const char *data, size_t len)
     if (b == NULL)
         return;
     evbuffer_add(b, data, len);
-    tg_glue_capture_sse(r, b);
-    evhttp_send_reply_chunk(r->http, b);
+    sse_send(r, b);
     evbuffer_free(b);
 }
 
@@ -200,8 +236,7 @@ void tg_req_sse_data_json(struct tg_req *r, const char *event, json_t *obj)
             evbuffer_add(b, "data: ", 6);
             evbuffer_add(b, text, strlen(text));
             evbuffer_add(b, "\n\n", 2);
-            tg_glue_capture_sse(r, b);
-            evhttp_send_reply_chunk(r->http, b);
+            sse_send(r, b);
             evbuffer_free(b);
         }
     }
@@ -210,15 +245,14 @@ void tg_req_sse_data_json(struct tg_req *r, const char *event, json_t *obj)
 
 void tg_req_sse_end(struct tg_req *r)
 {
-    if (r->replied)
+    if (r->replied || r->sse_end_pending)
         return;
     tg_pipeline_finish_record(r);
-    if (r->http != NULL) {
-        unwatch(r);
-        evhttp_send_reply_end(r->http);
-        r->http = NULL;
+    if (r->http != NULL && r->sse_unacked) {
+        r->sse_end_pending = true; /* on_sse_written ends it */
+        return;
     }
-    finish(r);
+    sse_end_now(r);
 }
 
 size_t tg_req_pending_out(struct tg_req *r)

@@ -123,6 +123,9 @@ struct tg_req {
     int64_t created;
     int seq;                           /* responses API sequence_number */
     struct event *closewatch;          /* notices a client that hangs up mid-request */
+    bool sse_unacked;                  /* a chunk was queued and no "written" callback saw the
+                                        * output empty since (http.c, sse_send) */
+    bool sse_end_pending;              /* tg_req_sse_end waits for that callback */
 
     /* Redis component (redis_glue.c): limits, cache, jobs */
     void *redis_state;
