@@ -33,6 +33,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -692,6 +693,11 @@ static void *row_main(void *arg)
             failf(r, "unexpected x-tiergate-fallback: %s", r->fbhdr);
         else if (w->reason != NULL && (!has_fb || strcmp(r->fbhdr, want_fb) != 0))
             failf(r, "x-tiergate-fallback '%s', want '%s'", has_fb ? r->fbhdr : "(none)", want_fb);
+        char retry[16] = "";
+        if (w->want == ERR &&
+            (!tg_test_header(&resp, "x-should-retry", retry, sizeof retry) ||
+             strcmp(retry, "false") != 0))
+            failf(r, "x-should-retry '%s' on a final error, want false", retry);
         tg_test_header(&resp, "x-tiergate-cost-usd", r->cost_hdr, sizeof r->cost_hdr);
         /* Streams send headers before the usage is known: "pending"; answers carry the cost. */
         if (w->stream && w->want != ERR) {
@@ -930,14 +936,30 @@ static void test_upstream_faults(void **state)
     assert_int_equal(r.status, 200);
     tg_test_response_free(&r);
     int st = tg_test_stop(g_gw_pid, SIGTERM, 30000);
-    for (size_t i = 0; i <= N_ROWS; i++)
-        tg_test_stop(g_fake_pid[i], SIGTERM, 5000);
+    int fakes_bad = 0;
+    for (size_t i = 0; i <= N_ROWS; i++) {
+        /* a fake holding never-answered or stalled connections still exits cleanly (and, under
+         * ASan, leak-free) */
+        int fst = tg_test_stop(g_fake_pid[i], SIGTERM, 5000);
+        snprintf(log, sizeof log, "/tmp/tg-faults-fake-%d.log", g_fake_port[i]);
+        if (!(WIFEXITED(fst) && WEXITSTATUS(fst) == 0)) {
+            char *l = tg_test_read_log(log);
+            print_error("fake upstream %zu exit status %d; log:\n%s\n", i, fst, l);
+            free(l);
+            fakes_bad++;
+        } else {
+            unlink(log);
+        }
+    }
+    assert_int_equal(fakes_bad, 0);
     if (!(WIFEXITED(st) && WEXITSTATUS(st) == 0)) {
         char *l = tg_test_read_log(g_gw_log);
         print_error("tiergate exit status %d; log:\n%s\n", st, l);
         free(l);
     }
     assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    if (failed == 0)
+        unlink(g_gw_log);
     free(cfg);
     curl_global_cleanup();
     assert_int_equal(failed, 0);
