@@ -398,6 +398,29 @@ static void dump_reply(const redisReply *r, char **buf, size_t *len, size_t *cap
         dump_reply(r->element[i], buf, len, cap);
 }
 
+int sec_redis_count(struct sec_env *e, const char *pattern)
+{
+    redisContext *c = sec_redis_connect(e);
+    if (c == NULL)
+        return -1;
+    redisReply *r = redisCommand(c, "KEYS %s", pattern);
+    int n = r != NULL && r->type == REDIS_REPLY_ARRAY ? (int)r->elements : -1;
+    if (r != NULL)
+        freeReplyObject(r);
+    redisFree(c);
+    return n;
+}
+
+bool sec_redis_wait_count(struct sec_env *e, const char *pattern, int n)
+{
+    for (int i = 0; i < 400; i++) {
+        if (sec_redis_count(e, pattern) >= n)
+            return true;
+        usleep(50000);
+    }
+    return false;
+}
+
 char *sec_redis_dump(struct sec_env *e)
 {
     size_t len = 0, cap = 4096;

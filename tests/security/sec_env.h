@@ -54,6 +54,11 @@ void *sec_redis_connect(struct sec_env *e);
  * for the rest); malloc'd. */
 char *sec_redis_dump(struct sec_env *e);
 
+/* Number of Redis keys matching pattern (KEYS), -1 on error. */
+int sec_redis_count(struct sec_env *e, const char *pattern);
+/* Wait (bounded, 20 s) until at least n keys match pattern; false on timeout. */
+bool sec_redis_wait_count(struct sec_env *e, const char *pattern, int n);
+
 /* How many calls the echo provider answered. */
 int sec_echo_calls(struct sec_env *e);
 

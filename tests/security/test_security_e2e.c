@@ -200,6 +200,9 @@ static void test_cache_isolation(void **state)
         {SEC_KEY_ALICE, "hit"},
     };
     for (size_t i = 0; i < sizeof steps / sizeof steps[0]; i++) {
+        const char *pattern =
+            strcmp(steps[i].key, SEC_KEY_BOB) == 0 ? "tg:c:globex:*" : "tg:c:acme:*";
+        int entries = sec_redis_count(&g, pattern);
         struct tg_test_response r;
         assert_int_equal(post(&g, steps[i].key, "/v1/chat/completions", body, NULL, &r), 200);
         char h[64];
@@ -208,7 +211,7 @@ static void test_cache_isolation(void **state)
         tg_test_response_free(&r);
         /* the entry is written after the answer: wait until it is there before the next step */
         if (strcmp(steps[i].want, "miss") == 0)
-            usleep(300000);
+            assert_true(sec_redis_wait_count(&g, pattern, entries + 1));
     }
     /* the provider saw the prompt exactly twice: once per tenant */
     json_t *reqs = fake_requests(&g);
@@ -250,7 +253,7 @@ static void test_keys_hashed_at_rest(void **state)
         json_decref(done);
         json_decref(j);
     }
-    usleep(300000);
+    assert_true(sec_redis_wait_count(&g, "tg:c:*", 2));
     char *dump = sec_redis_dump(&g);
     /* we looked at real content: cache entries and job records with the key's name */
     if (strstr(dump, "tg:c:acme:") == NULL || strstr(dump, "tg:c:globex:") == NULL ||

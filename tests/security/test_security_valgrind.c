@@ -52,7 +52,7 @@ static void test_valgrind_shutdown(void **state)
            "\"content\":\"hi\"}]}",
            200, NULL);
     expect(&e, SEC_KEY_ALICE, "/v1/chat/completions", remote, 200, "miss");
-    usleep(500000); /* the entry is stored after the answer */
+    assert_true(sec_redis_wait_count(&e, "tg:c:acme:*", 1)); /* stored after the answer */
     expect(&e, SEC_KEY_ALICE, "/v1/chat/completions", remote, 200, "hit");
     expect(&e, SEC_KEY_ALICE, "/v1/chat/completions",
            "{\"model\":\"gpt-fake\",\"stream\":true,\"messages\":[{\"role\":\"user\","
