@@ -687,13 +687,13 @@ static void test_sigterm_during_streams(void **state)
                               "local stream",
                               "local stream"};
     /* The remote streams trickle for ~5 s, the long one for ~40 s, the non-stream ones answer
-     * after 2.5 s and 30 s; the local streams are 300 tokens (well under a second unloaded). Each
+     * after 4 s and 30 s; the local streams are 300 tokens (well under a second unloaded). Each
      * remote request is started once the previous one reached the fake, so each gets its own
      * script. */
     const char *script[N_BG] = {"chunk_delay_ms=600",
                                 "chunk_delay_ms=600",
                                 "chunk_delay_ms=5000",
-                                "delay_ms=2500",
+                                "delay_ms=4000",
                                 "delay_ms=30000",
                                 NULL,
                                 NULL};
