@@ -1,9 +1,13 @@
 #include "tls.h"
 
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <errno.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 
 #include <event2/bufferevent_ssl.h>
 #include <openssl/bio.h>
@@ -43,6 +47,21 @@ static int select_alpn(SSL *ssl, const unsigned char **out, unsigned char *outle
         return SSL_TLSEXT_ERR_NOACK;
     *out = sel;
     return SSL_TLSEXT_ERR_OK;
+}
+
+/* libevent's TLS bufferevent writes each piece of its output buffer (status line and headers,
+ * body, chunk) as its own TLS record and send(); with Nagle the second waits for the client's
+ * delayed ACK, 40 ms per keep-alive request (measured: 186 requests/s instead of thousands).
+ * The socket only exists once evhttp has set it, so it is switched to TCP_NODELAY when the
+ * handshake starts. */
+static void on_ssl_info(const SSL *ssl, int where, int ret)
+{
+    if ((where & SSL_CB_HANDSHAKE_START) == 0)
+        return;
+    int fd = SSL_get_fd(ssl);
+    int one = 1;
+    if (fd >= 0 && setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) == -1)
+        tg_debug("TCP_NODELAY: %s", strerror(errno));
 }
 
 /* "CN=..., serial 0x..., expires ..." for the log, so an operator can see which certificate a
@@ -89,6 +108,7 @@ static int build_ctx(const struct tg_cfg_tls *cfg, SSL_CTX **out, char *err, siz
     SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION |
                                  SSL_OP_CIPHER_SERVER_PREFERENCE | SSL_OP_IGNORE_UNEXPECTED_EOF);
     SSL_CTX_set_alpn_select_cb(ctx, select_alpn, NULL);
+    SSL_CTX_set_info_callback(ctx, on_ssl_info);
     if (SSL_CTX_use_certificate_chain_file(ctx, cfg->cert) != 1) {
         snprintf(err, errlen, "server.tls.cert: %s: %s", cfg->cert, ssl_error(e, sizeof e));
         goto fail;
