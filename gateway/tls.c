@@ -56,12 +56,33 @@ static int select_alpn(SSL *ssl, const unsigned char **out, unsigned char *outle
  * handshake starts. */
 static void on_ssl_info(const SSL *ssl, int where, int ret)
 {
-    if ((where & SSL_CB_HANDSHAKE_START) == 0)
-        return;
     int fd = SSL_get_fd(ssl);
-    int one = 1;
-    if (fd >= 0 && setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) == -1)
-        tg_debug("TCP_NODELAY: %s", strerror(errno));
+    if (fd < 0)
+        return;
+    if (where & SSL_CB_HANDSHAKE_START) {
+        int one = 1;
+        if (setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) == -1)
+            tg_debug("TCP_NODELAY: %s", strerror(errno));
+    } else if (where & SSL_CB_EXIT) {
+        /* A plain HTTP request on the HTTPS port (OpenSSL recognises "GET ", "POST " ...): say
+         * so in plain HTTP, as nginx does, instead of a bare close the client cannot explain.
+         * Best effort, one non-blocking send before libevent closes the connection. */
+        unsigned long e = ERR_peek_error();
+        if (ERR_GET_LIB(e) == ERR_LIB_SSL && ERR_GET_REASON(e) == SSL_R_HTTP_REQUEST) {
+            static const char body[] =
+                "{\"error\":{\"message\":\"This port speaks HTTPS: use https:// (a plain HTTP "
+                "request was sent to it)\",\"type\":\"invalid_request_error\",\"param\":null,"
+                "\"code\":\"https_required\"}}";
+            char msg[512];
+            int n = snprintf(msg, sizeof msg,
+                             "HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\n"
+                             "Connection: close\r\nContent-Length: %zu\r\n\r\n%s",
+                             sizeof body - 1, body);
+            if (n > 0 && (size_t)n < sizeof msg &&
+                send(fd, msg, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT) == -1)
+                tg_debug("plain HTTP on the HTTPS port: %s", strerror(errno));
+        }
+    }
 }
 
 /* "CN=..., serial 0x..., expires ..." for the log, so an operator can see which certificate a

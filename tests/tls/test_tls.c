@@ -589,15 +589,21 @@ static void test_body_limit(void **state)
     free(body);
 }
 
-/* Plain HTTP to the TLS port: the client gets a transport error, never a hang, and the gateway
- * goes on serving. */
+/* Plain HTTP to the TLS port: a plain 400 saying to use https (OpenAI-shaped), the connection
+ * closed, never a hang; the gateway goes on serving. */
 static void test_plain_http_refused(void **state)
 {
     char url[128];
-    snprintf(url, sizeof url, "http://127.0.0.1:%d/healthz", E.port);
+    snprintf(url, sizeof url, "http://127.0.0.1:%d/v1/models", E.port);
     struct tg_test_response r;
-    tg_test_http("GET", url, NULL, NULL, &r);
-    assert_int_equal(r.status, 0);
+    const char *h[] = {"Authorization: Bearer secret", NULL};
+    tg_test_http("GET", url, h, NULL, &r);
+    assert_int_equal(r.status, 400);
+    assert_non_null(r.body);
+    assert_non_null(strstr(r.body, "\"code\":\"https_required\""));
+    tg_test_response_free(&r);
+    tg_test_http("POST", url, h, "{\"model\":\"gpt-fake\"}", &r);
+    assert_int_equal(r.status, 400);
     tg_test_response_free(&r);
     assert_true(gw_alive());
     struct resp ok;
