@@ -8,8 +8,10 @@
 #     CC=clang CXX=clang++ cmake -S . -B build-fuzz -DTG_FUZZ=ON
 #     cmake --build build-fuzz --target fuzz_http
 #     build-fuzz/tests/fuzz_http -dict=tests/fuzz/http.dict -max_total_time=600 NEW tests/fuzz/corpus/http
-#   then minimise before committing:  fuzz_http -merge=1 FRESH tests/fuzz/corpus/http NEW
-#   (tests/fuzz/RESULTS.md has the runs and their figures).
+#   then commit only what adds edges, minimised (tests/fuzz/RESULTS.md has the runs and figures):
+#     cp -r tests/fuzz/corpus/http FRESH && fuzz_http -use_counters=0 -merge=1 FRESH NEW
+#   The other areas' targets (fuzz-router, fuzz-upstream, fuzz_cache, fuzz_net_codec,
+#   fuzz_usage_query) live next to their code and are built by the same TG_FUZZ=ON build.
 #
 # tg_fuzz_target(<t> LIBS ... [SOURCES extra.c ...]): tests/fuzz/fuzz_<t>.c is the entry point.
 set(TG_FUZZ_DIR ${TG_TEST_DIR}/fuzz)
