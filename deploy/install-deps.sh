@@ -4,7 +4,7 @@
 #   deploy/install-deps.sh            build + run + test dependencies
 #   TG_DEPS_EXTRA="chromium" deploy/install-deps.sh   also install optional extras
 set -euo pipefail
-pkgs=(build-essential cmake pkg-config git ca-certificates curl
+pkgs=(build-essential cmake pkg-config git ca-certificates curl openssl
       libevent-dev libcurl4-openssl-dev libnng-dev libhiredis-dev libssl-dev
       libjansson-dev libyaml-dev libcmocka-dev redis-server redis-tools
       json-schema-test-suite
