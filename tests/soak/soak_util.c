@@ -1,5 +1,7 @@
 #include "soak_util.h"
 
+#include "tg_testlib.h"
+
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -193,4 +195,89 @@ long soak_env_long(const char *name, long def, long lo, long hi)
         return def;
     }
     return v;
+}
+
+#ifndef TG_FAKE_UPSTREAM
+#define TG_FAKE_UPSTREAM TG_BINARY_DIR "/tests/tg-fake-upstream"
+#endif
+#define TIERGATE TG_BINARY_DIR "/gateway/tiergate"
+/* sha256("secret") */
+#define KEY_SHA "2bb80d537b1da3e38bd30361aa855686bde0eacd7162fef6a25fe97bf527a25b"
+
+static bool gw_ready(int port, int timeout_ms)
+{
+    char url[128];
+    snprintf(url, sizeof url, "http://127.0.0.1:%d/readyz", port);
+    for (int waited = 0; waited < timeout_ms; waited += 100) {
+        struct tg_test_response r;
+        if (tg_test_http("GET", url, NULL, NULL, &r) == 0 && r.status == 200) {
+            tg_test_response_free(&r);
+            return true;
+        }
+        tg_test_response_free(&r);
+        usleep(100000);
+    }
+    return false;
+}
+
+bool soak_gw_start(struct soak_gw *g, int redis_port)
+{
+    memset(g, 0, sizeof *g);
+    g->redis_port = redis_port;
+    g->fake_port = tg_test_free_port();
+    snprintf(g->fake_log_path, sizeof g->fake_log_path, "/tmp/tg-soak-fake-%d.log", g->fake_port);
+    char fport[16];
+    snprintf(fport, sizeof fport, "%d", g->fake_port);
+    char *fargv[] = {TG_FAKE_UPSTREAM, "--port", fport, "--no-record", NULL};
+    g->fake_pid = soak_spawn(fargv, g->fake_log_path);
+    if (g->fake_pid < 0 || !tg_test_wait_port(g->fake_port, 10000))
+        return false;
+
+    g->port = tg_test_free_port();
+    snprintf(g->log_path, sizeof g->log_path, "/tmp/tg-soak-gw-%d.log", g->port);
+    unlink(g->log_path);
+    char redis[160];
+    if (redis_port > 0)
+        snprintf(redis, sizeof redis,
+                 "redis:\n  url: redis://127.0.0.1:%d/0\n  command_timeout_ms: 2000\n"
+                 "cache:\n  enabled: true\n  ttl_s: 3600\n",
+                 redis_port);
+    else
+        snprintf(redis, sizeof redis, "redis:\n  enabled: false\ncache:\n  enabled: false\n");
+    char cfg[4096];
+    snprintf(cfg, sizeof cfg,
+             "server:\n  listen: 127.0.0.1:%d\n  io_threads: 2\n  open_mode: false\n"
+             "  idle_timeout_ms: 600000\n  log_level: warn\n"
+             "  api_keys:\n    - {name: soak, sha256: " KEY_SHA "}\n"
+             "%s"
+             "local:\n  model: %s\n  slots: 2\n  context: 1024\n  threads: 1\n"
+             "  price_per_mtok_usd: 0.02\n"
+             "providers:\n  fake:\n    kind: openai\n    base_url: http://127.0.0.1:%d/v1\n"
+             "    api_key: sk-soak-provider\n    retries: 0\n    circuit_failures: 1000\n"
+             "models:\n"
+             "  - {name: phi-3.5-mini, tier: local, target: engine}\n"
+             "  - {name: gpt-fake, tier: remote, provider: fake, input_usd_per_mtok: 0.15,"
+             " output_usd_per_mtok: 0.6}\n"
+             "metrics:\n  reference_model: gpt-fake\n",
+             g->port, redis, TG_TINY_MODEL, g->fake_port);
+    const char *path = tg_test_write_temp("routes.yaml", cfg);
+    if (path == NULL)
+        return false;
+    char *argv[] = {TIERGATE, "--config", (char *)path, NULL};
+    g->gw_pid = soak_spawn(argv, g->log_path);
+    if (g->gw_pid < 0 || !tg_test_wait_port(g->port, 30000) || !gw_ready(g->port, 60000))
+        return false;
+    usleep(300000); /* Redis connections come up in the background */
+    return true;
+}
+
+int soak_gw_stop(struct soak_gw *g)
+{
+    int ws = -1;
+    if (g->gw_pid > 0)
+        ws = tg_test_stop(g->gw_pid, SIGTERM, 30000);
+    if (g->fake_pid > 0)
+        tg_test_stop(g->fake_pid, SIGTERM, 5000);
+    g->gw_pid = g->fake_pid = 0;
+    return ws;
 }

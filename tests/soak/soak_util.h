@@ -38,3 +38,19 @@ pid_t soak_spawn(char *const argv[], const char *log_path);
 long soak_env_long(const char *name, long def, long lo, long hi);
 
 #endif
+
+/* The system under test: tg-fake-upstream (no request recording) as the remote provider "fake"
+ * (model gpt-fake), and tiergate on the tiny model (model phi-3.5-mini: 1 engine thread, 2
+ * slots) with 2 I/O threads, the API key "secret", idle keep-alives kept 10 minutes, log level
+ * warn and the default header timeout. With redis_port > 0 Redis and the response cache are on;
+ * otherwise both are off. Both processes die with this one (soak_spawn). */
+struct soak_gw {
+    int port, fake_port, redis_port;
+    pid_t gw_pid, fake_pid;
+    char log_path[128], fake_log_path[128];
+};
+/* false when either process does not come up (tiergate: /readyz 200) in time. */
+bool soak_gw_start(struct soak_gw *g, int redis_port);
+/* SIGTERM to tiergate (bounded wait, then SIGKILL) and the fake; returns tiergate's waitpid
+ * status (-1 when it was not running). */
+int soak_gw_stop(struct soak_gw *g);

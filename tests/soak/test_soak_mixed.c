@@ -40,13 +40,6 @@
 #include "soak_util.h"
 #include "tg_testlib.h"
 
-#ifndef TG_FAKE_UPSTREAM
-#define TG_FAKE_UPSTREAM TG_BINARY_DIR "/tests/tg-fake-upstream"
-#endif
-#define TIERGATE TG_BINARY_DIR "/gateway/tiergate"
-/* sha256("secret") */
-#define KEY_SHA "2bb80d537b1da3e38bd30361aa855686bde0eacd7162fef6a25fe97bf527a25b"
-
 #ifdef TG_SOAK_SANITIZE
 #define DEFAULT_SECONDS 30
 #else
@@ -62,9 +55,7 @@ static const char *const kind_name[K_COUNT] = {"local", "remote", "cache-remote"
                                                "metrics"};
 
 static struct tg_test_redis g_redis;
-static int g_port, g_fake_port;
-static pid_t g_gw_pid, g_fake_pid;
-static char g_log[128], g_fake_log[128];
+static struct soak_gw g_gw;
 
 struct buf {
     char *p;
@@ -129,7 +120,7 @@ static void start_request(CURLM *m, struct stats *st, long seq)
     assert_non_null(r->h);
     char url[128];
     const char *path = r->kind == K_METRICS ? "/metrics" : "/v1/chat/completions";
-    snprintf(url, sizeof url, "http://127.0.0.1:%d%s", g_port, path);
+    snprintf(url, sizeof url, "http://127.0.0.1:%d%s", g_gw.port, path);
     r->hdrs = curl_slist_append(NULL, "Authorization: Bearer secret");
     if (r->kind != K_METRICS) {
         r->hdrs = curl_slist_append(r->hdrs, "Content-Type: application/json");
@@ -306,75 +297,19 @@ static void quiesce(CURLM *m, struct sched *s, struct stats *st)
     pump(m, s, st, soak_now_s() + 1.0);
 }
 
-static bool gw_ready(int timeout_ms)
-{
-    char url[128];
-    snprintf(url, sizeof url, "http://127.0.0.1:%d/readyz", g_port);
-    for (int waited = 0; waited < timeout_ms; waited += 100) {
-        struct tg_test_response r;
-        if (tg_test_http("GET", url, NULL, NULL, &r) == 0 && r.status == 200) {
-            tg_test_response_free(&r);
-            return true;
-        }
-        tg_test_response_free(&r);
-        usleep(100000);
-    }
-    return false;
-}
-
 static int setup(void **state)
 {
     (void)state;
     signal(SIGPIPE, SIG_IGN);
     if (!tg_test_redis_start(&g_redis))
         return -1;
-    g_fake_port = tg_test_free_port();
-    snprintf(g_fake_log, sizeof g_fake_log, "/tmp/tg-soak-fake-%d.log", g_fake_port);
-    char fport[16];
-    snprintf(fport, sizeof fport, "%d", g_fake_port);
-    char *fargv[] = {TG_FAKE_UPSTREAM, "--port", fport, "--no-record", NULL};
-    g_fake_pid = soak_spawn(fargv, g_fake_log);
-    if (!tg_test_wait_port(g_fake_port, 10000))
-        return -1;
-
-    g_port = tg_test_free_port();
-    snprintf(g_log, sizeof g_log, "/tmp/tg-soak-gw-%d.log", g_port);
-    unlink(g_log);
-    char cfg[4096];
-    snprintf(cfg, sizeof cfg,
-             "server:\n  listen: 127.0.0.1:%d\n  io_threads: 2\n  open_mode: false\n"
-             "  idle_timeout_ms: 600000\n  log_level: warn\n"
-             "  api_keys:\n    - {name: soak, sha256: " KEY_SHA "}\n"
-             "redis:\n  url: redis://127.0.0.1:%d/0\n  command_timeout_ms: 2000\n"
-             "local:\n  model: %s\n  slots: 2\n  context: 1024\n  threads: 1\n"
-             "  price_per_mtok_usd: 0.02\n"
-             "providers:\n  fake:\n    kind: openai\n    base_url: http://127.0.0.1:%d/v1\n"
-             "    api_key: sk-soak\n    retries: 0\n    circuit_failures: 1000\n"
-             "models:\n"
-             "  - {name: phi-3.5-mini, tier: local, target: engine}\n"
-             "  - {name: gpt-fake, tier: remote, provider: fake, input_usd_per_mtok: 0.15,"
-             " output_usd_per_mtok: 0.6}\n"
-             "cache:\n  enabled: true\n  ttl_s: 3600\n"
-             "metrics:\n  reference_model: gpt-fake\n",
-             g_port, g_redis.port, TG_TINY_MODEL, g_fake_port);
-    const char *path = tg_test_write_temp("routes.yaml", cfg);
-    if (path == NULL)
-        return -1;
-    char *argv[] = {TIERGATE, "--config", (char *)path, NULL};
-    g_gw_pid = soak_spawn(argv, g_log);
-    if (!tg_test_wait_port(g_port, 30000) || !gw_ready(60000))
-        return -1;
-    usleep(300000); /* Redis connections come up in the background */
-    return 0;
+    return soak_gw_start(&g_gw, g_redis.port) ? 0 : -1;
 }
 
 static int teardown(void **state)
 {
     (void)state;
-    if (g_gw_pid > 0) /* the test failed before stopping it */
-        tg_test_stop(g_gw_pid, SIGTERM, 30000);
-    if (g_fake_pid > 0)
-        tg_test_stop(g_fake_pid, SIGTERM, 5000);
+    soak_gw_stop(&g_gw); /* no-op unless the test failed before stopping it */
     tg_test_redis_stop(&g_redis);
     return 0;
 }
@@ -386,9 +321,9 @@ struct point {
 
 static void measure(struct point *p)
 {
-    p->rss_kb = soak_rss_kb(g_gw_pid);
+    p->rss_kb = soak_rss_kb(g_gw.gw_pid);
     assert_true(p->rss_kb > 0);
-    assert_true(soak_count_fds(g_gw_pid, g_port, g_fake_port, g_redis.port, &p->f));
+    assert_true(soak_count_fds(g_gw.gw_pid, g_gw.port, g_gw.fake_port, g_redis.port, &p->f));
 }
 
 static void csv_row(FILE *csv, double t, const char *phase, const struct point *p,
@@ -486,8 +421,7 @@ static void test_mixed_soak(void **state)
 #else
     printf("soak-mixed: TG_SANITIZE build: RSS growth not asserted (ASan quarantine)\n");
 #endif
-    int ws = tg_test_stop(g_gw_pid, SIGTERM, 30000);
-    g_gw_pid = 0;
+    int ws = soak_gw_stop(&g_gw);
     printf("soak-mixed: tiergate exit status %d\n", WIFEXITED(ws) ? WEXITSTATUS(ws) : -1);
     assert_true(WIFEXITED(ws));
     assert_int_equal(WEXITSTATUS(ws), 0);
