@@ -128,6 +128,9 @@ static int build_ctx(const struct tg_cfg_tls *cfg, SSL_CTX **out, char *err, siz
      * drops the TCP connection without close_notify is an ordinary EOF for evhttp, not an error. */
     SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION |
                                  SSL_OP_CIPHER_SERVER_PREFERENCE | SSL_OP_IGNORE_UNEXPECTED_EOF);
+    /* An idle keep-alive connection then holds no record buffers: measured 25 -> 16 KiB of RSS per
+     * idle TLS connection (1000 of them; plain HTTP ones cost ~3 KiB). */
+    SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
     SSL_CTX_set_alpn_select_cb(ctx, select_alpn, NULL);
     SSL_CTX_set_info_callback(ctx, on_ssl_info);
     if (SSL_CTX_use_certificate_chain_file(ctx, cfg->cert) != 1) {
