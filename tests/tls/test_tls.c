@@ -268,13 +268,16 @@ struct tls_conn {
     SSL *ssl;
 };
 
-static bool tls_open(struct tls_conn *c)
+/* max_version: 0 = any, else e.g. TLS1_2_VERSION */
+static bool tls_open_max(struct tls_conn *c, int max_version)
 {
     memset(c, 0, sizeof *c);
     c->fd = tcp_connect(E.port);
     c->ctx = SSL_CTX_new(TLS_client_method());
     if (c->fd == -1 || c->ctx == NULL || SSL_CTX_load_verify_locations(c->ctx, E.ca, NULL) != 1)
         return false;
+    if (max_version != 0)
+        SSL_CTX_set_max_proto_version(c->ctx, max_version);
     SSL_CTX_set_verify(c->ctx, SSL_VERIFY_PEER, NULL);
     c->ssl = SSL_new(c->ctx);
     if (c->ssl == NULL)
@@ -283,6 +286,25 @@ static bool tls_open(struct tls_conn *c)
     SSL_set_tlsext_host_name(c->ssl, "localhost");
     SSL_set_fd(c->ssl, c->fd);
     return SSL_connect(c->ssl) == 1;
+}
+
+static bool tls_open(struct tls_conn *c)
+{
+    return tls_open_max(c, 0);
+}
+
+/* Send SIGHUP and wait until the log has one more line containing text. */
+static bool sighup_and_wait(const char *text)
+{
+    int before = count_in_log(text);
+    if (kill(E.gw_pid, SIGHUP) != 0)
+        return false;
+    for (int i = 0; i < 200; i++) {
+        if (count_in_log(text) > before)
+            return true;
+        usleep(50000);
+    }
+    return false;
 }
 
 static void tls_close(struct tls_conn *c)
@@ -315,6 +337,9 @@ static long served_serial(void)
 
 /* ---- the gateway ------------------------------------------------------------------------- */
 
+static const char *min_version = "1.2";
+static bool with_tls = true;
+
 static bool write_config(const char *cert, const char *key)
 {
     char cfg[4096];
@@ -329,10 +354,7 @@ static bool write_config(const char *cert, const char *key)
              "  log_level: debug\n"
              "  api_keys:\n"
              "    - {name: test, sha256: " KEY_SHA "}\n"
-             "  tls:\n"
-             "    cert: %s\n"
-             "    key: %s\n"
-             "    min_version: \"1.2\"\n"
+             "%s%s%s%s%s%s%s"
              "redis:\n  enabled: false\n"
              "local:\n  model: %s\n  slots: 2\n  context: 4096\n  threads: 1\n"
              "providers:\n"
@@ -345,7 +367,10 @@ static bool write_config(const char *cert, const char *key)
              "  - {name: gpt-trickle, tier: remote, provider: fake, upstream_model: \"script:chunk_delay_ms=300;chunks=6\"}\n"
              "aliases:\n  auto: {local: phi-3.5-mini, remote: gpt-fake}\n"
              "cache:\n  enabled: false\n",
-             E.port, MAX_BODY, cert, key, TG_TINY_MODEL, E.fake_port);
+             E.port, MAX_BODY, with_tls ? "  tls:\n    cert: " : "", with_tls ? cert : "",
+             with_tls ? "\n    key: " : "", with_tls ? key : "",
+             with_tls ? "\n    min_version: \"" : "", with_tls ? min_version : "",
+             with_tls ? "\"\n" : "", TG_TINY_MODEL, E.fake_port);
     return write_file(E.cfg, cfg);
 }
 
@@ -759,6 +784,37 @@ static void test_sighup_reload(void **state)
     free(ok.body);
 }
 
+/* Settings follow a reload too: min_version "1.3" refuses a TLS 1.2 client on new connections;
+ * turning TLS off by a reload is refused (the port keeps speaking HTTPS). */
+static void test_sighup_settings(void **state)
+{
+    struct tls_conn c;
+    assert_true(tls_open_max(&c, TLS1_2_VERSION));
+    tls_close(&c);
+
+    min_version = "1.3";
+    assert_true(write_config(E.cert, E.key));
+    assert_true(sighup_and_wait("TLS certificate reloaded"));
+    assert_false(tls_open_max(&c, TLS1_2_VERSION));
+    tls_close(&c);
+    assert_true(tls_open_max(&c, TLS1_3_VERSION));
+    assert_int_equal(strcmp(SSL_get_version(c.ssl), "TLSv1.3"), 0);
+    tls_close(&c);
+
+    with_tls = false;
+    assert_true(write_config(E.cert, E.key));
+    assert_true(sighup_and_wait("cannot be turned off by a reload"));
+    assert_int_equal(served_serial(), 0x2002);
+
+    with_tls = true;
+    min_version = "1.2";
+    assert_true(write_config(E.cert, E.key));
+    assert_true(sighup_and_wait("TLS certificate reloaded"));
+    assert_true(tls_open_max(&c, TLS1_2_VERSION));
+    tls_close(&c);
+    assert_true(gw_alive());
+}
+
 /* The official openai npm client (tests/conformance) over HTTPS, trusting the test CA through
  * NODE_EXTRA_CA_CERTS. Skipped when the client is not installed (test_conformance installs it). */
 static void test_openai_client(void **state)
@@ -848,6 +904,7 @@ int main(void)
         cmocka_unit_test(test_handshake_garbage),
         cmocka_unit_test(test_slowloris_over_tls),
         cmocka_unit_test(test_sighup_reload),
+        cmocka_unit_test(test_sighup_settings),
         cmocka_unit_test(test_openai_client),
         cmocka_unit_test(test_sigterm_drains_tls_stream),
     };
