@@ -244,10 +244,12 @@ bool soak_gw_start(struct soak_gw *g, int redis_port)
                  redis_port);
     else
         snprintf(redis, sizeof redis, "redis:\n  enabled: false\ncache:\n  enabled: false\n");
+    /* TG_SOAK_HEADER_TIMEOUT_MS reproduces the slowloris-sweep finding (test_soak_conns.c) */
+    long header_ms = soak_env_long("TG_SOAK_HEADER_TIMEOUT_MS", 10000, 100, 600000);
     char cfg[4096];
     snprintf(cfg, sizeof cfg,
              "server:\n  listen: 127.0.0.1:%d\n  io_threads: 2\n  open_mode: false\n"
-             "  idle_timeout_ms: 600000\n  log_level: warn\n"
+             "  idle_timeout_ms: 600000\n  header_timeout_ms: %ld\n  log_level: warn\n"
              "  api_keys:\n    - {name: soak, sha256: " KEY_SHA "}\n"
              "%s"
              "local:\n  model: %s\n  slots: 2\n  context: 1024\n  threads: 1\n"
@@ -259,7 +261,7 @@ bool soak_gw_start(struct soak_gw *g, int redis_port)
              "  - {name: gpt-fake, tier: remote, provider: fake, input_usd_per_mtok: 0.15,"
              " output_usd_per_mtok: 0.6}\n"
              "metrics:\n  reference_model: gpt-fake\n",
-             g->port, redis, TG_TINY_MODEL, g->fake_port);
+             g->port, header_ms, redis, TG_TINY_MODEL, g->fake_port);
     const char *path = tg_test_write_temp("routes.yaml", cfg);
     if (path == NULL)
         return false;

@@ -42,8 +42,9 @@ long soak_env_long(const char *name, long def, long lo, long hi);
 /* The system under test: tg-fake-upstream (no request recording) as the remote provider "fake"
  * (model gpt-fake), and tiergate on the tiny model (model phi-3.5-mini: 1 engine thread, 2
  * slots) with 2 I/O threads, the API key "secret", idle keep-alives kept 10 minutes, log level
- * warn and the default header timeout. With redis_port > 0 Redis and the response cache are on;
- * otherwise both are off. Both processes die with this one (soak_spawn). */
+ * warn and the default header timeout (10 s; TG_SOAK_HEADER_TIMEOUT_MS overrides it). With
+ * redis_port > 0 Redis and the response cache are on; otherwise both are off. Both processes
+ * die with this one (soak_spawn). */
 struct soak_gw {
     int port, fake_port, redis_port;
     pid_t gw_pid, fake_pid;

@@ -21,6 +21,8 @@
  * the slowloris sweep (gateway/conn.c) judges by the kernel's received-byte counter, so a complete
  * request still unread in the socket buffer, because the I/O thread is behind, counts against the
  * client and the connection is shut down ("dropping a connection whose request did not arrive").
+ * Reproduce (intermittent: needs a backlog over 1 s): TG_SOAK_HEADER_TIMEOUT_MS=1000
+ * build/tests/test_soak_conns on a busy machine.
  *
  * Needs RLIMIT_NOFILE >= N + 1024 (soft limit raised up to the hard limit here; tiergate inherits
  * it): `ulimit -Hn` 20000 or more, see docs/operations.md. The load driver is single-threaded
