@@ -6,6 +6,17 @@
  * n_slots + j. With kv_unified=true a seq_cp only tags cells with another sequence id, so a
  * cached prefix costs KV cells only for the tokens no running job shares.
  *
+ * llama.cpp builds each step's attention over KV cells [0, highest cell in use] (rounded up
+ * to 256), whichever sequences own them, and scans every masked cell. An entry no running
+ * job shares would widen that range for all of them, so while jobs run such entries are
+ * copied to host memory (llama_state_seq_get_data) and their cells freed ("spilled"); a
+ * hit copies one back (llama_state_seq_set_data, bit-exact KV, so output stays identical
+ * to a cold run) and the hit job shares its cells as before. Per cell, one token's scan
+ * costs ~1/30..1/60 of the copy (heads x layers mask checks vs the cell's K/V bytes), so an
+ * idle entry is spilled only once running jobs have decoded SPILL_AFTER_ROWS tokens beside
+ * it (rent, then buy): a pipeline of short jobs (classify: a few tokens each) that keeps
+ * hitting the same prefixes does not pay copies it would not earn back.
+ *
  * Locking: e->mu guards the queues, the job <-> slot assignment, cancel flags and the
  * counters. The scheduler thread never holds it while calling llama.cpp or a callback.
  */
@@ -43,6 +54,7 @@
 #define MAX_STOP_BYTES 128
 #define MAX_INPUT_BYTES (64u << 20) /* formatted prompt; far above any n_ctx we can hold */
 #define DEFAULT_SEED 42u
+#define SPILL_AFTER_ROWS 64 /* batch rows decoded beside an idle entry before it is spilled */
 
 enum slot_state { SLOT_IDLE, SLOT_PREFILL, SLOT_GEN };
 
@@ -86,6 +98,8 @@ struct slot {
     double t_first_ms;
     double t_start_ms;
     llama_token_data *cand; /* n_vocab candidates, reused every step */
+    struct pcache_entry *pc_src;  /* entry this job hit (a ref held), NULL = none */
+    struct pcache_entry *pc_made; /* entry made from this job's prompt (a ref held) */
 };
 
 struct pcache_entry {
@@ -93,6 +107,10 @@ struct pcache_entry {
     int32_t n;
     int32_t seq;
     uint64_t last_used;
+    int32_t refs;   /* running slots that hit or made this entry (their cells overlap) */
+    int64_t idle_rows; /* batch rows decoded while resident with refs == 0 */
+    uint8_t *blob;  /* spilled: the entry's KV (llama_state_seq_get_data); NULL = in KV */
+    size_t blob_len;
 };
 
 struct tg_engine {
@@ -122,6 +140,8 @@ struct tg_engine {
     struct pcache_entry *pc;
     int32_t n_pc;
     uint64_t pc_clock;
+    int64_t spill_budget; /* bytes; -1 = never spill; 0 = not yet sized (first spill) */
+    int64_t spill_bytes;  /* held by spilled entries (scheduler thread) */
 
     pthread_t thread;
     pthread_mutex_t mu;
@@ -141,6 +161,8 @@ struct tg_engine {
     uint64_t jobs_done;
     uint64_t tokens_generated;
     uint64_t pc_hits, pc_misses, pc_tokens;
+    uint64_t pc_spills, pc_restores;
+    int64_t pc_spilled_bytes; /* copy of spill_bytes for stats */
     atomic_int pc_entries; /* live prefix-cache entries; read by tg_engine_stats on any thread */
 };
 
@@ -812,6 +834,9 @@ void tg_engine_stats(struct tg_engine *e, struct tg_engine_stats *out)
     out->prefix_cache_tokens = e->pc_tokens;
     /* pc[].tokens belongs to the scheduler thread; the count is kept atomically for us */
     out->prefix_cache_entries = atomic_load(&e->pc_entries);
+    out->prefix_cache_spills = e->pc_spills;
+    out->prefix_cache_restores = e->pc_restores;
+    out->prefix_cache_spilled_bytes = e->pc_spilled_bytes;
     pthread_mutex_unlock(&e->mu);
 }
 
@@ -832,6 +857,106 @@ static int32_t common_prefix(const llama_token *a, int32_t na, const llama_token
     while (i < n && a[i] == b[i])
         i++;
     return i;
+}
+
+static void pcache_drop(struct tg_engine *e, struct pcache_entry *pe);
+
+static void spill_account(struct tg_engine *e, int64_t delta, bool spill, bool restore)
+{
+    e->spill_bytes += delta;
+    pthread_mutex_lock(&e->mu);
+    e->pc_spilled_bytes = e->spill_bytes;
+    e->pc_spills += spill;
+    e->pc_restores += restore;
+    pthread_mutex_unlock(&e->mu);
+}
+
+/* Scheduler thread: copy an entry's KV to host memory and free its cells. The entry is
+ * dropped instead when its state cannot be read or does not fit the budget. */
+static void pcache_spill(struct tg_engine *e, struct pcache_entry *pe)
+{
+    size_t n = llama_state_seq_get_size_ext(e->ctx, pe->seq, LLAMA_STATE_SEQ_FLAGS_NONE);
+    if (n == 0) {
+        pcache_drop(e, pe);
+        return;
+    }
+    if (e->spill_budget == 0) /* half the KV cache, sized from the first entry's bytes/token */
+        e->spill_budget = (int64_t)((double)n / pe->n * e->n_ctx / 2);
+    while (e->spill_bytes + (int64_t)n > e->spill_budget) {
+        struct pcache_entry *lru = NULL;
+        for (int32_t i = 0; i < e->n_pc; i++)
+            if (e->pc[i].blob && (!lru || e->pc[i].last_used < lru->last_used))
+                lru = &e->pc[i];
+        if (!lru)
+            break;
+        pcache_drop(e, lru);
+    }
+    uint8_t *blob = e->spill_bytes + (int64_t)n <= e->spill_budget ? malloc(n) : NULL;
+    if (!blob ||
+        llama_state_seq_get_data_ext(e->ctx, blob, n, pe->seq, LLAMA_STATE_SEQ_FLAGS_NONE) != n) {
+        free(blob);
+        pcache_drop(e, pe);
+        return;
+    }
+    llama_memory_seq_rm(e->mem, pe->seq, -1, -1);
+    pe->blob = blob;
+    pe->blob_len = n;
+    spill_account(e, (int64_t)n, true, false);
+    tg_debug("engine: prefix-cache entry of %d tokens moved out of the KV cache (%zu bytes)",
+             pe->n, n);
+}
+
+/* Scheduler thread, after a step of `rows` batch rows: spill the entries no running job
+ * shares once they have sat beside SPILL_AFTER_ROWS decoded rows, so the KV range every step
+ * attends over holds what running jobs use. */
+static void pcache_spill_idle(struct tg_engine *e, int32_t rows)
+{
+    if (e->spill_budget < 0 || rows <= 0)
+        return;
+    for (int32_t i = 0; i < e->n_pc; i++) {
+        struct pcache_entry *pe = &e->pc[i];
+        if (!pe->tokens || pe->blob)
+            continue;
+        if (pe->refs > 0) {
+            pe->idle_rows = 0;
+            continue;
+        }
+        pe->idle_rows += rows;
+        if (pe->idle_rows >= SPILL_AFTER_ROWS)
+            pcache_spill(e, pe);
+    }
+}
+
+/* Scheduler thread: copy a spilled entry back into its sequence; false (entry dropped) when
+ * the KV cache has no room for it. */
+static bool pcache_restore(struct tg_engine *e, struct pcache_entry *pe)
+{
+    size_t got = llama_state_seq_set_data_ext(e->ctx, pe->blob, pe->blob_len, pe->seq,
+                                              LLAMA_STATE_SEQ_FLAGS_NONE);
+    if (got == 0) {
+        tg_debug("engine: no KV room to restore a cached prefix of %d tokens; dropped", pe->n);
+        pcache_drop(e, pe);
+        return false;
+    }
+    int64_t len = (int64_t)pe->blob_len;
+    free(pe->blob);
+    pe->blob = NULL;
+    pe->blob_len = 0;
+    spill_account(e, -len, false, true);
+    return true;
+}
+
+/* Scheduler thread: point *ref (a slot's pc_src or pc_made) at pe, moving the reference
+ * count along (NULL: none). */
+static void slot_set_ref(struct pcache_entry **ref, struct pcache_entry *pe)
+{
+    if (*ref == pe)
+        return;
+    if (*ref)
+        (*ref)->refs--;
+    *ref = pe;
+    if (pe)
+        pe->refs++;
 }
 
 /* Scheduler thread. Copies the KV of the longest cached prefix into the slot's sequence. */
@@ -855,14 +980,26 @@ static int32_t pcache_lookup(struct tg_engine *e, struct slot *s)
         best = j->n_tokens - 1;
     if (!be || best < e->p.prefix_cache_min_tokens)
         return 0;
+    if (be->blob && !pcache_restore(e, be))
+        return 0;
     llama_memory_seq_cp(e->mem, be->seq, s->seq, 0, best);
     be->last_used = ++e->pc_clock;
+    be->idle_rows = 0;
+    slot_set_ref(&s->pc_src, be);
     return best;
 }
 
+/* Running slots may still point at pe (refs): it stays theirs to release. */
 static void pcache_drop(struct tg_engine *e, struct pcache_entry *pe)
 {
-    llama_memory_seq_rm(e->mem, pe->seq, -1, -1);
+    if (pe->blob) {
+        free(pe->blob);
+        pe->blob = NULL;
+        spill_account(e, -(int64_t)pe->blob_len, false, false);
+        pe->blob_len = 0;
+    } else {
+        llama_memory_seq_rm(e->mem, pe->seq, -1, -1);
+    }
     if (pe->tokens)
         atomic_fetch_sub(&e->pc_entries, 1);
     free(pe->tokens);
@@ -913,14 +1050,17 @@ static void pcache_insert(struct tg_engine *e, struct slot *s)
     atomic_fetch_add(&e->pc_entries, 1);
     target->n = j->n_tokens;
     target->last_used = ++e->pc_clock;
+    target->idle_rows = 0;
+    slot_set_ref(&s->pc_made, target);
 }
 
-/* Evict the least recently used entry; false when the cache is empty. */
+/* Evict the least recently used entry that holds KV cells; false when there is none. */
 static bool pcache_evict_lru(struct tg_engine *e)
 {
     struct pcache_entry *lru = NULL;
     for (int32_t i = 0; i < e->n_pc; i++)
-        if (e->pc[i].tokens && (!lru || e->pc[i].last_used < lru->last_used))
+        if (e->pc[i].tokens && !e->pc[i].blob &&
+            (!lru || e->pc[i].last_used < lru->last_used))
             lru = &e->pc[i];
     if (!lru)
         return false;
@@ -936,6 +1076,8 @@ static bool pcache_evict_lru(struct tg_engine *e)
 static struct job *slot_detach(struct tg_engine *e, struct slot *s)
 {
     llama_memory_seq_rm(e->mem, s->seq, -1, -1);
+    slot_set_ref(&s->pc_src, NULL);
+    slot_set_ref(&s->pc_made, NULL);
     struct job *j = s->job;
     double slot_ms = now_ms() - s->t_start_ms;
     pthread_mutex_lock(&e->mu);
@@ -1358,13 +1500,13 @@ static struct slot *newest_in_batch(struct tg_engine *e)
     return n;
 }
 
-/* One decode step over the running slots. */
-static void step(struct tg_engine *e)
+/* One decode step over the running slots; returns the batch rows decoded. */
+static int32_t step(struct tg_engine *e)
 {
     int32_t n_gen_tokens;
     int32_t n_prompt = build_batch(e, &n_gen_tokens);
     if (e->batch.n_tokens == 0)
-        return;
+        return 0;
     double t0 = now_ms();
     int32_t rc = llama_decode(e->ctx, e->batch);
     while (rc == 1 && pcache_evict_lru(e))
@@ -1378,7 +1520,7 @@ static void step(struct tg_engine *e)
                  "needed %d more tokens",
                  e->n_ctx, s->n_in_batch);
         slot_fail(e, s, TG_CONTEXT, msg);
-        return;
+        return 0;
     }
     if (rc != 0) {
         char msg[128];
@@ -1389,7 +1531,7 @@ static void step(struct tg_engine *e)
             if (s->job && s->n_in_batch > 0)
                 slot_fail(e, s, TG_MODEL, msg);
         }
-        return;
+        return 0;
     }
     double dt = now_ms() - t0;
 
@@ -1427,6 +1569,7 @@ static void step(struct tg_engine *e)
         }
     }
     pthread_mutex_unlock(&e->mu);
+    return n_prompt + n_gen_tokens;
 }
 
 static void fail_all(struct tg_engine *e)
@@ -1521,7 +1664,9 @@ static void *engine_main(void *arg)
             embed_run(e, ej);
             job_free(ej);
         }
-        step(e);
+        int32_t rows = step(e);
+        /* After the step, not before: a hit job's first token does not wait for it. */
+        pcache_spill_idle(e, rows);
     }
     fail_all(e);
     return NULL;
@@ -1536,8 +1681,10 @@ static void engine_free(struct tg_engine *e)
         tg_buf_free(&e->slots[i].out);
     }
     if (e->pc) {
-        for (int32_t i = 0; i < e->n_pc; i++)
+        for (int32_t i = 0; i < e->n_pc; i++) {
             free(e->pc[i].tokens);
+            free(e->pc[i].blob);
+        }
         free(e->pc);
     }
     free(e->tok_byte);
@@ -1671,6 +1818,7 @@ int tg_engine_create(const struct tg_engine_params *pin, struct tg_engine **out,
     e->n_slots = p.n_slots;
     e->n_batch = p.n_batch;
     e->n_pc = p.prefix_cache_entries;
+    e->spill_budget = p.prefix_cache_spill_bytes < 0 ? -1 : p.prefix_cache_spill_bytes;
 
     struct llama_model_params mp = llama_model_default_params();
     mp.n_gpu_layers = p.n_gpu_layers;

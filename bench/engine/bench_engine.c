@@ -1,7 +1,8 @@
 /* bench-engine: throughput and latency of tg_engine on a (generated) GGUF model.
  *
  *   bench-engine --model M.gguf [--threads N] [--gen 128] [--ctx 8192] [--prefix 1000]
- *                [--reps 3] [--streams 4,8] [--kv-split 0|1]
+ *                [--reps 3] [--streams 4,8|0] [--kv-split 0|1] [--slots N]
+ *                [--spill-bytes B] [--verbose 0|1]
  *
  * Measures, all through the public API (tg_engine_submit + callbacks):
  *   single   one greedy stream: decode tok/s = (completion - 1) / (total - TTFT)
@@ -160,6 +161,7 @@ int main(int argc, char **argv)
     int n_streams = 2;
     bool kv_split = false, verbose = false;
     int slots = 0; /* 0: the largest --streams */
+    long long spill_bytes = 0; /* prefix_cache_spill_bytes: 0 default, -1 never */
     for (int i = 1; i + 1 < argc; i += 2) {
         const char *k = argv[i], *v = argv[i + 1];
         if (strcmp(k, "--kv-split") == 0)
@@ -168,6 +170,8 @@ int main(int argc, char **argv)
             verbose = strcmp(v, "1") == 0;
         else if (strcmp(k, "--slots") == 0)
             slots = (int)strtol(v, NULL, 10);
+        else if (strcmp(k, "--spill-bytes") == 0)
+            spill_bytes = strtoll(v, NULL, 10);
         else if (strcmp(k, "--streams") == 0 && strcmp(v, "0") == 0)
             n_streams = 0;
         else if (strcmp(k, "--model") == 0)
@@ -220,6 +224,7 @@ int main(int argc, char **argv)
     p.prefix_cache_min_tokens = 32;
     p.embed_ctx = -1;
     p.kv_split = kv_split;
+    p.prefix_cache_spill_bytes = spill_bytes;
     struct tg_engine *e = NULL;
     char err[512];
     double t0 = now_ms();
@@ -329,8 +334,13 @@ int main(int argc, char **argv)
      * sequences): their KV cells must not slow down a job that does not use them. */
     double after_cpu = 0;
     double single_after = single_stream(e, &j, &d, gen, reps, &after_cpu);
-    printf("single_decode_after_prefix_tps %.1f (cpu %.2f ms/token; prefix-cache entries %d)\n",
-           single_after, after_cpu, st.prefix_cache_entries);
+    tg_engine_stats(e, &st);
+    printf("single_decode_after_prefix_tps %.1f (cpu %.2f ms/token; prefix-cache entries %d, "
+           "%llu moved out of the KV cache, %llu copied back, %.1f MiB held)\n",
+           single_after, after_cpu, st.prefix_cache_entries,
+           (unsigned long long)st.prefix_cache_spills,
+           (unsigned long long)st.prefix_cache_restores,
+           st.prefix_cache_spilled_bytes / 1048576.0);
 
     tg_engine_destroy(e);
     struct rusage ru;

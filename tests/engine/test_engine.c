@@ -788,6 +788,85 @@ static void test_prefix_cache_identical(void **state)
     tg_engine_destroy(cold);
 }
 
+/* An entry no running job shares is moved out of the KV cache while other jobs run (so the
+ * attention range of their steps does not cover it) and copied back on a hit; the output
+ * stays identical to a cold run. spill_bytes: the budget under test (0 default, 1 = too
+ * small for any entry: dropped instead, -1 = never moved). */
+static void prefix_spill_case(int64_t spill_bytes)
+{
+    struct tg_engine_params p = tg_engine_default_params();
+    p.model_path = TG_TINY_MODEL;
+    p.n_ctx = 4096;
+    p.n_slots = 2;
+    p.n_threads = 1; /* 2 cores shared by many: a spinning 2nd thread only hurts */
+    p.prefix_cache_entries = 4;
+    p.prefix_cache_min_tokens = 16;
+    p.prefix_cache_spill_bytes = spill_bytes;
+    p.embed_ctx = -1;
+    struct tg_engine *warm = NULL;
+    char err[256] = "";
+    assert_int_equal(tg_engine_create(&p, &warm, err, sizeof err), TG_OK);
+    struct tg_engine *cold = make_engine(1, -1, 0);
+
+    /* Long enough (> SPILL_AFTER_ROWS tokens) that its prefill alone spills a's entry. */
+    static const char *OTHER_SYS =
+        "You translate shipping notices into short plain summaries for a warehouse team, "
+        "listing the parcel count, the carrier, the sender, the expected delivery day and "
+        "any customs paperwork that is still missing. Quote reference numbers exactly as "
+        "written, keep weights in the units given, and say plainly when a notice does not "
+        "name a carrier or a delivery day instead of guessing one.";
+    struct tg_chat_msg a[] = {{"system", LONG_SYS}, {"user", "Ticket 1: my invoice is wrong."}};
+    struct tg_chat_msg b[] = {{"system", OTHER_SYS}, {"user", "Two parcels, DHL, Friday."}};
+    struct tg_chat_msg c[] = {{"system", LONG_SYS}, {"user", "Ticket 2: the app crashes."}};
+    struct tg_engine_job ja = user_job(a, 2, 8), jb = user_job(b, 2, 8), jc = user_job(c, 2, 24);
+    struct coll w, k;
+    run_job(warm, &ja, &w);
+    coll_free(&w);
+    struct tg_engine_stats st;
+    tg_engine_stats(warm, &st);
+    assert_int_equal(st.prefix_cache_spills, 0); /* nothing ran beside it: nothing moved */
+    run_job(warm, &jb, &w);                      /* a's entry is idle while b runs */
+    assert_int_equal(w.usage.cached_tokens, 0);
+    coll_free(&w);
+    tg_engine_stats(warm, &st);
+    if (spill_bytes >= 0)
+        assert_true(st.prefix_cache_spills >= 1 || spill_bytes == 1);
+    else
+        assert_int_equal(st.prefix_cache_spills, 0);
+    if (spill_bytes == 0)
+        assert_true(st.prefix_cache_spilled_bytes > 0);
+    else
+        assert_int_equal(st.prefix_cache_spilled_bytes, 0);
+
+    run_job(warm, &jc, &w); /* shares a's system prompt */
+    run_job(cold, &jc, &k);
+    assert_int_equal(w.type, TG_EV_DONE);
+    assert_int_equal(k.type, TG_EV_DONE);
+    tg_engine_stats(warm, &st);
+    if (spill_bytes == 1) { /* no room to keep it: dropped, so a miss */
+        assert_int_equal(w.usage.cached_tokens, 0);
+        assert_int_equal(st.prefix_cache_restores, 0);
+    } else {
+        assert_true(w.usage.cached_tokens > 40);
+        assert_int_equal(st.prefix_cache_restores, spill_bytes == 0 ? 1 : 0);
+    }
+    assert_int_equal(w.usage.completion_tokens, k.usage.completion_tokens);
+    assert_int_equal(w.text.len, k.text.len);
+    assert_memory_equal(w.text.data, k.text.data, k.text.len);
+    coll_free(&w);
+    coll_free(&k);
+    tg_engine_destroy(warm);
+    tg_engine_destroy(cold);
+}
+
+static void test_prefix_cache_spill(void **state)
+{
+    (void)state;
+    prefix_spill_case(0);
+    prefix_spill_case(1);
+    prefix_spill_case(-1);
+}
+
 /* Many distinct prompts through a small KV cache: cached prefixes are evicted instead of
  * failing jobs. */
 static void test_prefix_cache_eviction(void **state)
@@ -875,7 +954,12 @@ static void test_classify_100(void **state)
     run_job(e, &j, &g1);
     run_job(e, &j, &g2);
     assert_int_equal(g1.labels[0], g2.labels[0]);
-    assert_true(fabs(g1.confidence - g2.confidence) < 1e-9);
+    /* Same label, same confidence up to float rounding: attention sums over KV cells in cell
+     * order, and which free cells a job gets depends on what earlier jobs and prefix-cache
+     * spills left behind (a few ulp in the logits, ~1e-7 relative). */
+    if (fabs(g1.confidence - g2.confidence) > 1e-5 * g1.confidence)
+        fprintf(stderr, "confidence %.12f vs %.12f\n", g1.confidence, g2.confidence);
+    assert_true(fabs(g1.confidence - g2.confidence) <= 1e-5 * g1.confidence);
     coll_free(&g1);
     coll_free(&g2);
 }
@@ -1220,6 +1304,7 @@ int main(void)
         cmocka_unit_test(test_busy_and_destroy_pending),
         cmocka_unit_test(test_prefix_cache_identical),
         cmocka_unit_test(test_prefix_cache_eviction),
+        cmocka_unit_test(test_prefix_cache_spill),
         cmocka_unit_test(test_classify_100),
         cmocka_unit_test(test_classify_multi),
         cmocka_unit_test(test_extract_100),

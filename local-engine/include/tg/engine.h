@@ -50,6 +50,16 @@ struct tg_engine_params {
                                      0 = 64 */
     int32_t prefix_cache_entries; /* cached prompt prefixes (LRU); 0 = 8; -1 = no cache */
     int32_t prefix_cache_min_tokens; /* shortest prompt worth caching, tokens; 0 = 32 */
+    int64_t prefix_cache_spill_bytes; /* host memory for cached prefixes that no running job
+                                     shares, bytes. llama.cpp attends over every KV cell up
+                                     to the highest one in use, so an idle entry left in the
+                                     KV cache costs every decoded token a scan of its cells;
+                                     once jobs have decoded 64 tokens beside an idle entry it
+                                     is copied out (llama_state_seq_get_data) and copied
+                                     back on its next hit (bit-exact). 0 = half the
+                                     KV cache's size; -1 = never (entries stay in the KV
+                                     cache). Over the budget, the least recently used moved
+                                     entries are dropped. */
     int32_t embed_ctx;            /* longest embedding input, tokens; 0 = 512; -1 = no
                                      embedding context (TG_JOB_EMBED fails TG_UNSUPPORTED) */
     const char *backend_dir;      /* ggml backend libraries; NULL = build-time default
@@ -224,7 +234,10 @@ struct tg_engine_stats {
     uint64_t prefix_cache_hits;   /* jobs that reused >= 1 cached prompt token */
     uint64_t prefix_cache_misses; /* jobs that reused nothing */
     uint64_t prefix_cache_tokens; /* prompt tokens whose prefill was skipped */
-    int32_t prefix_cache_entries; /* prefixes held now */
+    int32_t prefix_cache_entries; /* prefixes held now (in the KV cache or moved out) */
+    uint64_t prefix_cache_spills;   /* idle entries copied out of the KV cache */
+    uint64_t prefix_cache_restores; /* hits on a moved-out entry (copied back) */
+    int64_t prefix_cache_spilled_bytes; /* host memory held by moved-out entries now */
 };
 
 /* A consistent snapshot of the counters. Thread-safe. */
