@@ -268,14 +268,25 @@ size_t tg_req_pending_out(struct tg_req *r)
 
 /* ---- client hang-up -------------------------------------------------------------------- */
 
+/* On the HTTPS listener (server.tls) a client that hangs up sends close_notify before its FIN:
+ * a TLS alert record (type 0x15) up to TLS 1.2; in TLS 1.3 an encrypted record of 19 bytes
+ * (2-byte alert, content type, 16-byte AEAD tag) that only its length tells apart. It means the
+ * client left, as an EOF does; no HTTP request starts with these bytes or is that short. */
+static bool is_tls_close_notify(const unsigned char *h, ssize_t n)
+{
+    if (h[0] == 0x15)
+        return true;
+    return n >= 5 && h[0] == 0x17 && h[1] == 0x03 && h[3] == 0x00 && h[4] == 0x13;
+}
+
 /* evhttp disables reading while a request is being handled, so a client that closes its
  * socket is not noticed until we write. Watch the socket ourselves: EOF means the client left. */
 static void on_closewatch(evutil_socket_t fd, short what, void *arg)
 {
     struct tg_req *r = arg;
-    char c;
-    ssize_t n = recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
-    if (n > 0)
+    unsigned char h[5];
+    ssize_t n = recv(fd, h, sizeof h, MSG_PEEK | MSG_DONTWAIT);
+    if (n > 0 && !is_tls_close_notify(h, n))
         return; /* a pipelined request: not ours to judge; stop watching (event is one-shot) */
     if (n == -1 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
         event_add(r->closewatch, NULL);

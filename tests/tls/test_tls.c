@@ -364,6 +364,7 @@ static bool write_config(const char *cert, const char *key)
              "  - {name: phi-3.5-mini, tier: local, target: engine}\n"
              "  - {name: gpt-fake, tier: remote, provider: fake, input_usd_per_mtok: 0.15, output_usd_per_mtok: 0.6}\n"
              "  - {name: gpt-dead, tier: remote, provider: fake, upstream_model: \"script:status=503\"}\n"
+             "  - {name: gpt-slow, tier: remote, provider: fake, upstream_model: \"script:delay_ms=4000\"}\n"
              "  - {name: gpt-trickle, tier: remote, provider: fake, upstream_model: \"script:chunk_delay_ms=300;chunks=6\"}\n"
              "aliases:\n  auto: {local: phi-3.5-mini, remote: gpt-fake}\n"
              "cache:\n  enabled: false\n",
@@ -719,6 +720,40 @@ static void test_slowloris_over_tls(void **state)
     assert_true(gw_alive());
 }
 
+/* A client that hangs up over TLS (close_notify, then FIN) while its request waits on a slow
+ * upstream: the gateway notices within the bound and cancels, as over plain HTTP. */
+static void test_client_hangup_cancels(void **state)
+{
+    /* TLS 1.3 encrypts the alert (it looks like a short application-data record), 1.2 does not */
+    const int versions[] = {TLS1_3_VERSION, TLS1_2_VERSION};
+    for (int v = 0; v < 2; v++) {
+        int before = count_in_log("client closed the connection");
+        struct tls_conn c;
+        assert_true(tls_open_max(&c, versions[v]));
+        const char *body = "{\"model\":\"gpt-slow\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}";
+        char req[512];
+        int n = snprintf(req, sizeof req,
+                         "POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\n"
+                         "Authorization: Bearer secret\r\nContent-Type: application/json\r\n"
+                         "Content-Length: %zu\r\n\r\n%s",
+                         strlen(body), body);
+        assert_true(SSL_write(c.ssl, req, n) == n);
+        usleep(500000); /* the request is in flight (the upstream answers after 4 s) */
+        SSL_shutdown(c.ssl); /* close_notify */
+        tls_close(&c);
+        bool seen = false;
+        for (int i = 0; i < 60 && !seen; i++) { /* 3 s, under the upstream's 4 s */
+            seen = count_in_log("client closed the connection") > before;
+            if (!seen)
+                usleep(50000);
+        }
+        if (!seen)
+            print_error("TLS version 0x%x: the hang-up was not noticed\n", (unsigned)versions[v]);
+        assert_true(seen);
+    }
+    assert_true(gw_alive());
+}
+
 /* SIGHUP with a new certificate at the same path: new connections see it, a connection opened
  * before keeps working; then a broken certificate: the reload is refused, the last good one
  * stays. */
@@ -903,6 +938,7 @@ int main(void)
         cmocka_unit_test(test_plain_http_refused),
         cmocka_unit_test(test_handshake_garbage),
         cmocka_unit_test(test_slowloris_over_tls),
+        cmocka_unit_test(test_client_hangup_cancels),
         cmocka_unit_test(test_sighup_reload),
         cmocka_unit_test(test_sighup_settings),
         cmocka_unit_test(test_openai_client),
