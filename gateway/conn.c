@@ -50,11 +50,57 @@ static void refuse(evutil_socket_t fd, short what, void *arg)
     bufferevent_decref(bev);
 }
 
+/* Connection records evhttp has released: drop our reference, which closes the socket. */
+static void reap_released(struct tg_worker *w)
+{
+    struct tg_conn **pp = &w->conns;
+    while (*pp != NULL) {
+        struct tg_conn *c = *pp;
+        bufferevent_data_cb readcb = NULL;
+        bufferevent_getcb(c->bev, &readcb, NULL, NULL, NULL);
+        if (readcb == NULL || bufferevent_getfd(c->bev) < 0) {
+            *pp = c->next;
+            bufferevent_decref(c->bev);
+            free(c);
+            w->n_conns--;
+            continue;
+        }
+        pp = &c->next;
+    }
+}
+
+/* A released connection keeps its socket open until our reference goes (BEV_OPT_CLOSE_ON_FREE).
+ * The deadline sweep runs up to once a second; with many short connections (Connection: close
+ * clients) that would hold thousands of finished sockets. So a connection arriving schedules a
+ * reap REAP_DELAY_MS later: one pass over the list, no syscalls except the closes themselves. */
+#define REAP_DELAY_MS 50
+
+static void on_reap(evutil_socket_t fd, short what, void *arg)
+{
+    reap_released(arg);
+}
+
+static void schedule_reap(struct tg_worker *w, struct event_base *base)
+{
+    if (w->reap == NULL)
+        w->reap = evtimer_new(base, on_reap, w);
+    if (w->reap != NULL && !evtimer_pending(w->reap, NULL)) {
+        struct timeval tv = {0, REAP_DELAY_MS * 1000};
+        evtimer_add(w->reap, &tv);
+    }
+}
+
 struct bufferevent *tg_conn_bevcb(struct event_base *base, void *arg)
 {
     struct tg_worker *w = arg;
-    struct bufferevent *bev = w->gw->tls != NULL ? tg_tls_bev_new(w->gw->tls, base)
-                                                 : bufferevent_socket_new(base, -1, 0);
+    /* BEV_OPT_CLOSE_ON_FREE: the socket is closed by the bufferevent when the last reference
+     * goes (ours, below, dropped by the sweep), after libevent has deleted its events. Without it
+     * evhttp closes the socket itself while our reference keeps the bufferevent's read event
+     * registered: with the epoll changelist (server.c) a new connection that got the same number
+     * was then never added to epoll. The TLS bufferevent is created the same way. */
+    struct bufferevent *bev = w->gw->tls != NULL
+                                  ? tg_tls_bev_new(w->gw->tls, base)
+                                  : bufferevent_socket_new(base, -1, BEV_OPT_CLOSE_ON_FREE);
     if (bev == NULL)
         return NULL;
     if (w->max_conns > 0 && w->n_conns >= w->max_conns) {
@@ -66,6 +112,7 @@ struct bufferevent *tg_conn_bevcb(struct event_base *base, void *arg)
             bufferevent_decref(bev);
         return bev;
     }
+    schedule_reap(w, base);
     struct tg_conn *c = calloc(1, sizeof *c);
     if (c != NULL) {
         c->bev = bev;
@@ -76,6 +123,24 @@ struct bufferevent *tg_conn_bevcb(struct event_base *base, void *arg)
         w->n_conns++;
     }
     return bev;
+}
+
+/* Write a reply evhttp has just queued on a plain-socket connection now, instead of in the next
+ * loop turn once epoll reports the socket writable. When it all went out, evhttp's "written"
+ * callback is run later in this same turn (deferred, as bufferevent_writecb would run it), so the
+ * write interest evhttp enabled is dropped again before libevent's changelist reaches epoll: per
+ * request one epoll_ctl and one loop turn fewer. Partial writes and errors are left to the
+ * bufferevent's normal write path. Not for TLS bufferevents (the bytes must go through SSL). */
+void tg_conn_write_now(struct bufferevent *bev)
+{
+    struct evbuffer *out = bufferevent_get_output(bev);
+    evutil_socket_t fd = bufferevent_getfd(bev);
+    if (fd < 0 || evbuffer_get_length(out) == 0)
+        return;
+    if (evbuffer_write(out, fd) <= 0)
+        return;
+    if (evbuffer_get_length(out) == 0)
+        bufferevent_trigger(bev, EV_WRITE, BEV_TRIG_DEFER_CALLBACKS);
 }
 
 static bool tcp_counters(evutil_socket_t fd, uint64_t *rx, uint64_t *tx)
@@ -134,6 +199,9 @@ void tg_conn_sweep(struct tg_worker *w, int header_timeout_ms, int read_timeout_
 
 void tg_conn_free_all(struct tg_worker *w)
 {
+    if (w->reap != NULL)
+        event_free(w->reap);
+    w->reap = NULL;
     while (w->conns != NULL) {
         struct tg_conn *c = w->conns;
         w->conns = c->next;

@@ -19,6 +19,8 @@
 #include "tg/json.h"
 #include "tg/log.h"
 
+void tg_conn_write_now(struct bufferevent *bev); /* conn.c */
+
 double tg_now_s(void)
 {
     struct timespec ts;
@@ -136,10 +138,22 @@ void tg_req_reply_raw(struct tg_req *r, int status, const char *text, size_t len
         struct evbuffer *out = evbuffer_new();
         if (out != NULL)
             evbuffer_add(out, text, len);
+        /* Plain sockets: the reply is written before we return (conn.c). The reference keeps the
+         * bufferevent valid across evhttp_send_reply. */
+        struct evhttp_connection *evcon = evhttp_request_get_connection(r->http);
+        struct bufferevent *bev = evcon != NULL && r->w->gw->tls == NULL
+                                      ? evhttp_connection_get_bufferevent(evcon)
+                                      : NULL;
+        if (bev != NULL)
+            bufferevent_incref(bev);
         evhttp_send_reply(r->http, status, reason_phrase(status), out);
         if (out != NULL)
             evbuffer_free(out);
         r->http = NULL;
+        if (bev != NULL) {
+            tg_conn_write_now(bev);
+            bufferevent_decref(bev);
+        }
     } else {
         tg_pipeline_finish_record(r);
     }

@@ -198,11 +198,19 @@ static int worker_init(struct tg_worker *w, struct tg_gateway *gw, const struct 
                        evutil_socket_t listen_fd)
 {
     w->gw = gw;
-    /* No EVENT_BASE_FLAG_EPOLL_USE_CHANGELIST: it halves epoll_ctl calls per request, but with
-     * evhttp closing a socket that still had a pending change, a new connection that got the same
-     * descriptor number in a later loop turn was never read ("Epoll MOD ... Bad file descriptor",
-     * then the request sat in the kernel until the header deadline dropped it). */
-    w->base = event_base_new();
+    /* The epoll changelist folds the enable/disable churn of evhttp's bufferevents within one
+     * loop turn into one epoll_ctl per socket. libevent's condition for it: a descriptor's events
+     * are deleted before the descriptor is closed (and none is dup()ed). Client sockets are closed
+     * by their bufferevent after its events are gone (BEV_OPT_CLOSE_ON_FREE, conn.c), upstream
+     * sockets by curl through our close callback after event_del (upstream.c). Before conn.c did
+     * that, evhttp closed sockets whose read event our reference still held, and a new connection
+     * that reused the number was never polled (tests/ecosystem test_back_to_back_connections). */
+    struct event_config *ec = event_config_new();
+    if (ec != NULL)
+        event_config_set_flag(ec, EVENT_BASE_FLAG_EPOLL_USE_CHANGELIST);
+    w->base = ec != NULL ? event_base_new_with_config(ec) : event_base_new();
+    if (ec != NULL)
+        event_config_free(ec);
     w->http = w->base != NULL ? evhttp_new(w->base) : NULL;
     if (w->http == NULL)
         return TG_NOMEM;

@@ -39,6 +39,7 @@ struct tg_worker {
     int n_conns;                      /* entries in conns */
     int max_conns;                    /* this thread's share of server.max_connections; 0 = no limit */
     struct event *sweep;              /* periodic deadline check */
+    struct event *reap;               /* conn.c: soon after accepts, close released sockets */
     struct event *drain_ev;           /* posted by the main thread on SIGTERM */
     uint64_t rng;                     /* request ids */
     struct tg_redis *redis;           /* Redis client (redis.enabled), see redis_glue.c */

@@ -54,7 +54,7 @@ metrics:
 
 
 def wrk_requests(url, seconds, conns):
-    out = subprocess.run(["wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "-s", f"{HERE}/post.lua", url],
+    out = subprocess.run(["wrk", "-t1", f"-c{conns}", f"-d{max(1, round(seconds))}s", "-s", f"{HERE}/post.lua", url],
                          capture_output=True, text=True, timeout=seconds + 30).stdout
     m = re.search(r"(\d+) requests in", out)
     bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)

@@ -47,7 +47,7 @@ struct tg_upstream_exec {
     struct tg_upstream_req *reqs; /* doubly linked, for destroy */
     size_t inflight;
     size_t n_active;     /* easy handles in the multi */
-    struct event *drain; /* zero timer: read completions produced by a kick */
+    struct event *drain; /* activated: read completions produced by a kick (this loop turn) */
     struct sock_ctx *socks;
     struct fd_slot *fds; /* indexed by descriptor number */
     size_t n_fds;
@@ -163,6 +163,16 @@ static void on_curl_timer(evutil_socket_t fd, short what, void *arg)
 static void on_drain(evutil_socket_t fd, short what, void *arg)
 {
     check_multi_info(arg);
+}
+
+/* Completions found by a kick are read in this same loop turn, right after the current callback
+ * (event_active, not a zero timer: a timer waits for the next turn's epoll_wait). With a fast
+ * provider the answer often arrives during the kick; replying in the turn that read the request
+ * lets libevent's changelist fold the client socket's read-disable and write-enable into one
+ * epoll_ctl, and saves a loop turn of latency. */
+static void drain_soon(struct tg_upstream_exec *ex)
+{
+    event_active(ex->drain, EV_TIMEOUT, 1);
 }
 
 static int curl_timer_cb(CURLM *multi, long timeout_ms, void *userp)
@@ -767,10 +777,8 @@ static int attempt_start(struct tg_upstream_req *rq)
         ex->in_multi = true;
         curl_multi_socket_action(ex->multi, CURL_SOCKET_TIMEOUT, 0, &running);
         ex->in_multi = false;
-        if ((size_t)running < ex->n_active) {
-            struct timeval zero = {0, 0};
-            evtimer_add(ex->drain, &zero);
-        }
+        if ((size_t)running < ex->n_active)
+            drain_soon(ex);
     }
     return TG_OK;
 }
@@ -1216,10 +1224,8 @@ void tg_upstream_resume(struct tg_upstream_req *req)
     ex->in_multi = true;
     curl_easy_pause(req->easy, CURLPAUSE_CONT);
     ex->in_multi = was;
-    if (!was) {
-        struct timeval zero = {0, 0};
-        evtimer_add(ex->drain, &zero); /* the transfer may have ended while delivering */
-    }
+    if (!was)
+        drain_soon(ex); /* the transfer may have ended while delivering */
 }
 
 void tg_upstream_cancel(struct tg_upstream_req *req)
