@@ -12,7 +12,9 @@
  * (4 x the transfers each I/O thread had at once, whatever N is). RSS: under 16 KiB per open
  * connection, and each later cycle's peak within 20 % of the first's (a per-connection leak of
  * ~1.6 KiB fails it; the slack is the upstream pool's buffers, which grow towards the curl bound
- * over cycles).
+ * over cycles). The RSS right after a close is printed, not asserted: the mass close leaves a
+ * transient of up to ~35 MiB that the next cycle's peak does not carry (measured over 6 cycles:
+ * peaks 78-83 MiB, right after the close 78-116 MiB, not monotonic).
  * The RSS checks are skipped in a TG_SANITIZE build (ASan's quarantine and shadow memory grow by
  * design); the figures are printed either way ("soak-conns:" lines).
  *
@@ -410,7 +412,6 @@ static void test_10k_keepalive(void **state)
     /* later cycles reuse what the first one grew: no per-connection leak */
     for (int k = 1; k < g_cycles; k++) {
         assert_true(cy[k].rss_peak_kb <= cy[0].rss_peak_kb + cy[0].rss_peak_kb / 5);
-        assert_true(cy[k].rss_after_kb <= cy[0].rss_after_kb + cy[0].rss_after_kb / 5);
     }
 #endif
     /* a clean exit after all that (under ASan: no leak reports either) */
