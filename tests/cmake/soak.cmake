@@ -1,5 +1,6 @@
 # soak: load and soak tests against the real tiergate (tests/soak).
 #   test_soak_conns  10,000 concurrent keep-alive connections (TG_SOAK_CONNS), fds and RSS after
+#   test_soak_backlog  requests waiting on a stopped tiergate are not dropped as slowloris
 #   test_soak_mixed  local + remote + cache hits + streams at a fixed rate, RSS/fd sampled to CSV;
 #                    60 s by default (30 s in a TG_SANITIZE build), TG_SOAK_SECONDS to change it
 # The 10-minute run is opt-in: `cmake --build build --target soak` (bench/RESULTS.md, "soak").
@@ -17,6 +18,11 @@ if(TG_SANITIZE)
   # RSS assertions are skipped under ASan (its quarantine grows by design); figures still printed
   target_compile_definitions(test_soak_conns PRIVATE TG_SOAK_SANITIZE=1)
 endif()
+
+# A backlogged I/O thread (tiergate SIGSTOPped with 2,000 requests waiting) is not a slowloris.
+tg_add_unit_test(test_soak_backlog SOURCES ${TG_TEST_DIR}/soak/test_soak_backlog.c
+  LIBS tg_soak_util LABELS "integration;load")
+add_dependencies(test_soak_backlog tiergate model-tiny tg-fake-upstream)
 
 tg_add_unit_test(test_soak_mixed SOURCES ${TG_TEST_DIR}/soak/test_soak_mixed.c
   LIBS tg_testlib tg_soak_util PkgConfig::JANSSON CURL::libcurl LABELS "integration;load")

@@ -220,7 +220,7 @@ static bool gw_ready(int port, int timeout_ms)
     return false;
 }
 
-bool soak_gw_start(struct soak_gw *g, int redis_port)
+bool soak_gw_start(struct soak_gw *g, int redis_port, int header_timeout_ms)
 {
     memset(g, 0, sizeof *g);
     g->redis_port = redis_port;
@@ -245,7 +245,9 @@ bool soak_gw_start(struct soak_gw *g, int redis_port)
     else
         snprintf(redis, sizeof redis, "redis:\n  enabled: false\ncache:\n  enabled: false\n");
     /* TG_SOAK_HEADER_TIMEOUT_MS reproduces the slowloris-sweep finding (test_soak_conns.c) */
-    long header_ms = soak_env_long("TG_SOAK_HEADER_TIMEOUT_MS", 10000, 100, 600000);
+    long header_ms = header_timeout_ms > 0
+                         ? header_timeout_ms
+                         : soak_env_long("TG_SOAK_HEADER_TIMEOUT_MS", 10000, 100, 600000);
     char cfg[4096];
     snprintf(cfg, sizeof cfg,
              "server:\n  listen: 127.0.0.1:%d\n  io_threads: 2\n  open_mode: false\n"

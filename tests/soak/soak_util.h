@@ -50,8 +50,9 @@ struct soak_gw {
     pid_t gw_pid, fake_pid;
     char log_path[128], fake_log_path[128];
 };
-/* false when either process does not come up (tiergate: /readyz 200) in time. */
-bool soak_gw_start(struct soak_gw *g, int redis_port);
+/* header_timeout_ms: server.header_timeout_ms, 0 = 10 s (or TG_SOAK_HEADER_TIMEOUT_MS).
+ * false when either process does not come up (tiergate: /readyz 200) in time. */
+bool soak_gw_start(struct soak_gw *g, int redis_port, int header_timeout_ms);
 /* SIGTERM to tiergate (bounded wait, then SIGKILL) and the fake; returns tiergate's waitpid
  * status (-1 when it was not running). */
 int soak_gw_stop(struct soak_gw *g);

@@ -364,7 +364,7 @@ static int setup(void **state)
     }
     /* tests/soak's standard set-up (soak_gw_start): remote tier on the fake upstream, tiny
      * engine, no Redis; the default header timeout (10 s), idle keep-alives kept 10 minutes. */
-    return soak_gw_start(&env, 0) ? 0 : -1;
+    return soak_gw_start(&env, 0, 0) ? 0 : -1;
 }
 
 static int teardown(void **state)

@@ -303,7 +303,7 @@ static int setup(void **state)
     signal(SIGPIPE, SIG_IGN);
     if (!tg_test_redis_start(&g_redis))
         return -1;
-    return soak_gw_start(&g_gw, g_redis.port) ? 0 : -1;
+    return soak_gw_start(&g_gw, g_redis.port, 0) ? 0 : -1;
 }
 
 static int teardown(void **state)
