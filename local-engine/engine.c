@@ -11,11 +11,13 @@
  * job shares would widen that range for all of them, so while jobs run such entries are
  * copied to host memory (llama_state_seq_get_data) and their cells freed ("spilled"); a
  * hit copies one back (llama_state_seq_set_data, bit-exact KV, so output stays identical
- * to a cold run) and the hit job shares its cells as before. Per cell, one token's scan
- * costs ~1/30..1/60 of the copy (heads x layers mask checks vs the cell's K/V bytes), so an
- * idle entry is spilled only once running jobs have decoded SPILL_AFTER_ROWS tokens beside
- * it (rent, then buy): a pipeline of short jobs (classify: a few tokens each) that keeps
- * hitting the same prefixes does not pay copies it would not earn back.
+ * to a cold run) and the hit job shares its cells as before. Per cell, one decoded token's
+ * scan costs ~1/100 (small, F16) to ~1/400 (Phi-3.5 shape, Q4_K_M) of copying the cell out,
+ * page faults included (bench-engine CPU per token with and without spilling, 1 thread), so
+ * an idle entry is spilled only once running jobs have decoded SPILL_AFTER_ROWS batch rows
+ * beside it (rent, then buy: never more than about twice the better choice in hindsight). A
+ * pipeline of short jobs (classify: a few tokens each) that keeps hitting the same prefixes
+ * does not pay copies it would not earn back.
  *
  * Locking: e->mu guards the queues, the job <-> slot assignment, cancel flags and the
  * counters. The scheduler thread never holds it while calling llama.cpp or a callback.
@@ -54,7 +56,7 @@
 #define MAX_STOP_BYTES 128
 #define MAX_INPUT_BYTES (64u << 20) /* formatted prompt; far above any n_ctx we can hold */
 #define DEFAULT_SEED 42u
-#define SPILL_AFTER_ROWS 64 /* batch rows decoded beside an idle entry before it is spilled */
+#define SPILL_AFTER_ROWS 256 /* batch rows decoded beside an idle entry before it is spilled */
 
 enum slot_state { SLOT_IDLE, SLOT_PREFILL, SLOT_GEN };
 
@@ -109,6 +111,7 @@ struct pcache_entry {
     uint64_t last_used;
     int32_t refs;   /* running slots that hit or made this entry (their cells overlap) */
     int64_t idle_rows; /* batch rows decoded while resident with refs == 0 */
+    bool idle_at_step; /* resident with refs == 0 when the current step began */
     uint8_t *blob;  /* spilled: the entry's KV (llama_state_seq_get_data); NULL = in KV */
     size_t blob_len;
 };
@@ -906,6 +909,16 @@ static void pcache_spill(struct tg_engine *e, struct pcache_entry *pe)
              pe->n, n);
 }
 
+/* Scheduler thread, before a step: which entries sit idle through it. An entry made or
+ * released during the step does not count that step's rows (its own prefill, say). */
+static void pcache_mark_idle(struct tg_engine *e)
+{
+    for (int32_t i = 0; i < e->n_pc; i++) {
+        struct pcache_entry *pe = &e->pc[i];
+        pe->idle_at_step = pe->tokens && !pe->blob && pe->refs == 0;
+    }
+}
+
 /* Scheduler thread, after a step of `rows` batch rows: spill the entries no running job
  * shares once they have sat beside SPILL_AFTER_ROWS decoded rows, so the KV range every step
  * attends over holds what running jobs use. */
@@ -921,6 +934,8 @@ static void pcache_spill_idle(struct tg_engine *e, int32_t rows)
             pe->idle_rows = 0;
             continue;
         }
+        if (!pe->idle_at_step)
+            continue;
         pe->idle_rows += rows;
         if (pe->idle_rows >= SPILL_AFTER_ROWS)
             pcache_spill(e, pe);
@@ -1664,6 +1679,7 @@ static void *engine_main(void *arg)
             embed_run(e, ej);
             job_free(ej);
         }
+        pcache_mark_idle(e);
         int32_t rows = step(e);
         /* After the step, not before: a hit job's first token does not wait for it. */
         pcache_spill_idle(e, rows);

@@ -799,7 +799,7 @@ static void prefix_spill_case(int64_t spill_bytes)
     p.n_ctx = 4096;
     p.n_slots = 2;
     p.n_threads = 1; /* 2 cores shared by many: a spinning 2nd thread only hurts */
-    p.prefix_cache_entries = 4;
+    p.prefix_cache_entries = 8; /* room for a's entry and every b's */
     p.prefix_cache_min_tokens = 16;
     p.prefix_cache_spill_bytes = spill_bytes;
     p.embed_ctx = -1;
@@ -808,7 +808,9 @@ static void prefix_spill_case(int64_t spill_bytes)
     assert_int_equal(tg_engine_create(&p, &warm, err, sizeof err), TG_OK);
     struct tg_engine *cold = make_engine(1, -1, 0);
 
-    /* Long enough (> SPILL_AFTER_ROWS tokens) that its prefill alone spills a's entry. */
+    /* The b jobs decode > SPILL_AFTER_ROWS (256) batch rows beside a's idle entry: four
+     * prompts of ~100 tokens that share no cacheable prefix (each starts with its own
+     * number), so each is prefilled in full. */
     static const char *OTHER_SYS =
         "You translate shipping notices into short plain summaries for a warehouse team, "
         "listing the parcel count, the carrier, the sender, the expected delivery day and "
@@ -816,18 +818,26 @@ static void prefix_spill_case(int64_t spill_bytes)
         "written, keep weights in the units given, and say plainly when a notice does not "
         "name a carrier or a delivery day instead of guessing one.";
     struct tg_chat_msg a[] = {{"system", LONG_SYS}, {"user", "Ticket 1: my invoice is wrong."}};
-    struct tg_chat_msg b[] = {{"system", OTHER_SYS}, {"user", "Two parcels, DHL, Friday."}};
     struct tg_chat_msg c[] = {{"system", LONG_SYS}, {"user", "Ticket 2: the app crashes."}};
-    struct tg_engine_job ja = user_job(a, 2, 8), jb = user_job(b, 2, 8), jc = user_job(c, 2, 24);
+    struct tg_engine_job ja = user_job(a, 2, 8), jc = user_job(c, 2, 24);
     struct coll w, k;
     run_job(warm, &ja, &w);
     coll_free(&w);
     struct tg_engine_stats st;
     tg_engine_stats(warm, &st);
     assert_int_equal(st.prefix_cache_spills, 0); /* nothing ran beside it: nothing moved */
-    run_job(warm, &jb, &w);                      /* a's entry is idle while b runs */
-    assert_int_equal(w.usage.cached_tokens, 0);
-    coll_free(&w);
+    int rows = 0;
+    for (int i = 0; i < 4; i++) { /* a's entry is idle while the b jobs run */
+        char sys[1024];
+        snprintf(sys, sizeof sys, "%d. %s", 17 + 13 * i, OTHER_SYS);
+        struct tg_chat_msg b[] = {{"system", sys}, {"user", "Two parcels, DHL, Friday."}};
+        struct tg_engine_job jb = user_job(b, 2, 8);
+        run_job(warm, &jb, &w);
+        assert_int_equal(w.usage.cached_tokens, 0);
+        rows += w.usage.prompt_tokens + w.usage.completion_tokens - 1;
+        coll_free(&w);
+    }
+    assert_true(rows > 256);
     tg_engine_stats(warm, &st);
     if (spill_bytes >= 0)
         assert_true(st.prefix_cache_spills >= 1 || spill_bytes == 1);

@@ -54,7 +54,7 @@ struct tg_engine_params {
                                      shares, bytes. llama.cpp attends over every KV cell up
                                      to the highest one in use, so an idle entry left in the
                                      KV cache costs every decoded token a scan of its cells;
-                                     once jobs have decoded 64 tokens beside an idle entry it
+                                     once jobs have decoded 256 tokens beside an idle entry it
                                      is copied out (llama_state_seq_get_data) and copied
                                      back on its next hit (bit-exact). 0 = half the
                                      KV cache's size; -1 = never (entries stay in the KV
