@@ -3,7 +3,7 @@
  * libevent 2.1's evhttp only has an inactivity timeout, which a client that trickles one byte at a
  * time never trips. We create each connection's bufferevent ourselves (evhttp_set_bevcb), keep an
  * extra reference to it, and sweep the list a few times a second:
- *   - evhttp released the bufferevent (its callbacks are cleared): drop our reference;
+ *   - evhttp released the bufferevent (all its callbacks cleared): drop our reference;
  *   - reading disabled: evhttp is handling a request on it (not the client's fault);
  *   - bytes arrived since the connection was last idle or answered, but no request completed
  *     within header_timeout_ms (read_timeout_ms once more than max_header_bytes arrived, i.e. in
@@ -38,16 +38,24 @@ struct tg_conn {
 
 double tg_now_s(void);
 
+/* evhttp has let the connection go: bufferevent_free() clears all three callbacks. The read
+ * callback alone says nothing: evhttp_write_buffer() sets it to NULL for as long as a reply is
+ * being written (a long SSE stream), while the event callback (evhttp_error_cb) stays. */
+static bool released(struct bufferevent *bev)
+{
+    bufferevent_event_cb eventcb = NULL;
+    bufferevent_getcb(bev, NULL, NULL, &eventcb, NULL);
+    return eventcb == NULL || bufferevent_getfd(bev) < 0;
+}
+
 /* Over server.max_connections: evhttp sets the socket on the bufferevent after the callback, so
  * the refusal happens on the next loop turn. The client sees the connection closed. */
 static void refuse(evutil_socket_t fd, short what, void *arg)
 {
     struct bufferevent *bev = arg;
-    bufferevent_data_cb readcb = NULL;
-    bufferevent_getcb(bev, &readcb, NULL, NULL, NULL);
     evutil_socket_t s = bufferevent_getfd(bev);
-    /* readcb NULL: evhttp already let it go, and its socket number may belong to another one. */
-    if (readcb != NULL && s >= 0 && shutdown(s, SHUT_RDWR) == -1 && errno != ENOTCONN)
+    /* Released: evhttp already let it go, and its socket number may belong to another one. */
+    if (!released(bev) && shutdown(s, SHUT_RDWR) == -1 && errno != ENOTCONN)
         tg_debug("shutdown: %s", strerror(errno));
     bufferevent_decref(bev);
 }
@@ -58,9 +66,7 @@ static void reap_released(struct tg_worker *w)
     struct tg_conn **pp = &w->conns;
     while (*pp != NULL) {
         struct tg_conn *c = *pp;
-        bufferevent_data_cb readcb = NULL;
-        bufferevent_getcb(c->bev, &readcb, NULL, NULL, NULL);
-        if (readcb == NULL || bufferevent_getfd(c->bev) < 0) {
+        if (released(c->bev)) {
             *pp = c->next;
             bufferevent_decref(c->bev);
             free(c);
@@ -164,10 +170,8 @@ void tg_conn_sweep(struct tg_worker *w, int header_timeout_ms, int read_timeout_
     struct tg_conn **pp = &w->conns;
     while (*pp != NULL) {
         struct tg_conn *c = *pp;
-        bufferevent_data_cb readcb = NULL;
-        bufferevent_getcb(c->bev, &readcb, NULL, NULL, NULL);
         evutil_socket_t fd = bufferevent_getfd(c->bev);
-        if (readcb == NULL || fd < 0) {
+        if (released(c->bev)) {
             /* evhttp is done with it (its fd is already closed by evhttp). */
             *pp = c->next;
             bufferevent_decref(c->bev);
