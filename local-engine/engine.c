@@ -17,7 +17,10 @@
  * an idle entry is spilled only once running jobs have decoded SPILL_AFTER_ROWS batch rows
  * beside it (rent, then buy: never more than about twice the better choice in hindsight). A
  * pipeline of short jobs (classify: a few tokens each) that keeps hitting the same prefixes
- * does not pay copies it would not earn back.
+ * does not pay copies it would not earn back. Off by default (prefix_cache_spill_bytes): it
+ * pays on the small model (a single stream beside 6 parked 1,233-token prefixes: +8..22 %
+ * CPU/token without it, ~0 with it) but not on the Phi-3.5 shape, where the parked cells
+ * cost ~0 and the copies +10 % (bench/RESULTS.md, "engine decode speed").
  *
  * Locking: e->mu guards the queues, the job <-> slot assignment, cancel flags and the
  * counters. The scheduler thread never holds it while calling llama.cpp or a callback.
@@ -143,7 +146,7 @@ struct tg_engine {
     struct pcache_entry *pc;
     int32_t n_pc;
     uint64_t pc_clock;
-    int64_t spill_budget; /* bytes; -1 = never spill; 0 = not yet sized (first spill) */
+    int64_t spill_budget; /* bytes; -1 = never spill (the default) */
     int64_t spill_bytes;  /* held by spilled entries (scheduler thread) */
 
     pthread_t thread;
@@ -883,8 +886,6 @@ static void pcache_spill(struct tg_engine *e, struct pcache_entry *pe)
         pcache_drop(e, pe);
         return;
     }
-    if (e->spill_budget == 0) /* half the KV cache, sized from the first entry's bytes/token */
-        e->spill_budget = (int64_t)((double)n / pe->n * e->n_ctx / 2);
     while (e->spill_bytes + (int64_t)n > e->spill_budget) {
         struct pcache_entry *lru = NULL;
         for (int32_t i = 0; i < e->n_pc; i++)
@@ -1834,7 +1835,7 @@ int tg_engine_create(const struct tg_engine_params *pin, struct tg_engine **out,
     e->n_slots = p.n_slots;
     e->n_batch = p.n_batch;
     e->n_pc = p.prefix_cache_entries;
-    e->spill_budget = p.prefix_cache_spill_bytes < 0 ? -1 : p.prefix_cache_spill_bytes;
+    e->spill_budget = p.prefix_cache_spill_bytes > 0 ? p.prefix_cache_spill_bytes : -1;
 
     struct llama_model_params mp = llama_model_default_params();
     mp.n_gpu_layers = p.n_gpu_layers;

@@ -161,7 +161,7 @@ int main(int argc, char **argv)
     int n_streams = 2;
     bool kv_split = false, verbose = false;
     int slots = 0; /* 0: the largest --streams */
-    long long spill_bytes = 0; /* prefix_cache_spill_bytes: 0 default, -1 never */
+    long long spill_bytes = 0; /* prefix_cache_spill_bytes: 0 = off (the default) */
     for (int i = 1; i + 1 < argc; i += 2) {
         const char *k = argv[i], *v = argv[i + 1];
         if (strcmp(k, "--kv-split") == 0)

@@ -790,8 +790,8 @@ static void test_prefix_cache_identical(void **state)
 
 /* An entry no running job shares is moved out of the KV cache while other jobs run (so the
  * attention range of their steps does not cover it) and copied back on a hit; the output
- * stays identical to a cold run. spill_bytes: the budget under test (0 default, 1 = too
- * small for any entry: dropped instead, -1 = never moved). */
+ * stays identical to a cold run. spill_bytes: the budget under test (1 GiB: moved out and
+ * back; 1 = too small for any entry: dropped instead; 0 = the default, off: never moved). */
 static void prefix_spill_case(int64_t spill_bytes)
 {
     struct tg_engine_params p = tg_engine_default_params();
@@ -839,14 +839,13 @@ static void prefix_spill_case(int64_t spill_bytes)
     }
     assert_true(rows > 256);
     tg_engine_stats(warm, &st);
-    if (spill_bytes >= 0)
-        assert_true(st.prefix_cache_spills >= 1 || spill_bytes == 1);
-    else
-        assert_int_equal(st.prefix_cache_spills, 0);
-    if (spill_bytes == 0)
+    if (spill_bytes > 1) {
+        assert_true(st.prefix_cache_spills >= 1);
         assert_true(st.prefix_cache_spilled_bytes > 0);
-    else
+    } else {
+        assert_int_equal(st.prefix_cache_spills, 0);
         assert_int_equal(st.prefix_cache_spilled_bytes, 0);
+    }
 
     run_job(warm, &jc, &w); /* shares a's system prompt */
     run_job(cold, &jc, &k);
@@ -858,7 +857,7 @@ static void prefix_spill_case(int64_t spill_bytes)
         assert_int_equal(st.prefix_cache_restores, 0);
     } else {
         assert_true(w.usage.cached_tokens > 40);
-        assert_int_equal(st.prefix_cache_restores, spill_bytes == 0 ? 1 : 0);
+        assert_int_equal(st.prefix_cache_restores, spill_bytes > 1 ? 1 : 0);
     }
     assert_int_equal(w.usage.completion_tokens, k.usage.completion_tokens);
     assert_int_equal(w.text.len, k.text.len);
@@ -872,9 +871,9 @@ static void prefix_spill_case(int64_t spill_bytes)
 static void test_prefix_cache_spill(void **state)
 {
     (void)state;
-    prefix_spill_case(0);
+    prefix_spill_case((int64_t)1 << 30);
     prefix_spill_case(1);
-    prefix_spill_case(-1);
+    prefix_spill_case(0);
 }
 
 /* Many distinct prompts through a small KV cache: cached prefixes are evicted instead of

@@ -51,15 +51,17 @@ struct tg_engine_params {
     int32_t prefix_cache_entries; /* cached prompt prefixes (LRU); 0 = 8; -1 = no cache */
     int32_t prefix_cache_min_tokens; /* shortest prompt worth caching, tokens; 0 = 32 */
     int64_t prefix_cache_spill_bytes; /* host memory for cached prefixes that no running job
-                                     shares, bytes. llama.cpp attends over every KV cell up
-                                     to the highest one in use, so an idle entry left in the
-                                     KV cache costs every decoded token a scan of its cells;
-                                     once jobs have decoded 256 tokens beside an idle entry it
-                                     is copied out (llama_state_seq_get_data) and copied
-                                     back on its next hit (bit-exact). 0 = half the
-                                     KV cache's size; -1 = never (entries stay in the KV
-                                     cache). Over the budget, the least recently used moved
-                                     entries are dropped. */
+                                     shares, bytes; 0 (default) or -1 = off: entries stay
+                                     in the KV cache. llama.cpp attends over every KV cell up
+                                     to the highest one in use, so an idle entry left there
+                                     costs every decoded token a (masked) scan of its cells;
+                                     with a budget, once jobs have decoded 256 tokens beside
+                                     an idle entry it is copied out (llama_state_seq_get_data)
+                                     and copied back on its next hit (bit-exact). Over the
+                                     budget, the least recently used moved entries are
+                                     dropped. Pays on small models with long parked
+                                     prefixes; on a 3.8 B Q4_K_M model the copies cost more
+                                     than the scans they save (bench/RESULTS.md). */
     int32_t embed_ctx;            /* longest embedding input, tokens; 0 = 512; -1 = no
                                      embedding context (TG_JOB_EMBED fails TG_UNSUPPORTED) */
     const char *backend_dir;      /* ggml backend libraries; NULL = build-time default
