@@ -35,7 +35,10 @@ struct done {
     long tokens;
     double last_ttft_ms, last_total_ms;
     double t_last_done;
+    double cpu_first_tok, cpu_done; /* process CPU ms at the first TOKEN event / at DONE */
 };
+
+static double cpu_ms(void);
 
 static double now_ms(void)
 {
@@ -47,9 +50,16 @@ static double now_ms(void)
 static void on_event(const struct tg_engine_event *ev, void *user)
 {
     struct done *d = user;
-    if (ev->type == TG_EV_TOKEN)
+    if (ev->type == TG_EV_TOKEN) { /* only streaming jobs (the single-stream phase) */
+        pthread_mutex_lock(&d->mu);
+        if (d->cpu_first_tok == 0)
+            d->cpu_first_tok = cpu_ms();
+        pthread_mutex_unlock(&d->mu);
         return;
+    }
+    double cpu_now = cpu_ms();
     pthread_mutex_lock(&d->mu);
+    d->cpu_done = cpu_now;
     if (ev->type == TG_EV_ERROR) {
         fprintf(stderr, "job %llu: %s: %s\n", (unsigned long long)ev->job_id,
                 tg_errname(ev->err), ev->message);
@@ -109,14 +119,16 @@ static double cpu_ms(void)
 }
 
 /* Median decode tok/s of one greedy stream, --reps times (a fresh short prompt each).
- * *cpu_per_tok gets this process's CPU ms per generated token over all reps (prefill
- * included): on a loaded machine it moves far less than wall-clock rates. */
+ * *cpu_per_tok gets this process's CPU ms per decoded token from the first streamed token
+ * to DONE (prefill excluded, like llama-bench tg), over all reps: on a loaded machine it
+ * moves far less than wall-clock rates. */
 static double single_stream(struct tg_engine *e, struct tg_engine_job *j, struct done *d,
                             int gen, int reps, double *cpu_per_tok)
 {
     double single[15];
-    double c0 = cpu_ms();
+    double cpu = 0;
     long toks = 0;
+    j->stream = true; /* TOKEN events mark where decoding starts */
     for (int r = 0; r < reps; r++) {
         char user[128];
         snprintf(user, sizeof user, "Write about %s.", TOPICS[r % 8]);
@@ -125,14 +137,19 @@ static double single_stream(struct tg_engine *e, struct tg_engine_job *j, struct
         j->n_messages = 1;
         j->max_tokens = gen;
         d->tokens = 0;
+        d->cpu_first_tok = 0;
         submit(e, j, d);
         wait_all(d);
         single[r] = (d->tokens - 1) * 1000.0 / (d->last_total_ms - d->last_ttft_ms);
-        toks += d->tokens;
+        if (d->cpu_first_tok > 0 && d->tokens > 1) {
+            cpu += d->cpu_done - d->cpu_first_tok;
+            toks += d->tokens - 1;
+        }
         if (d->tokens < gen)
             fprintf(stderr, "note: single stream stopped after %ld tokens\n", d->tokens);
     }
-    *cpu_per_tok = (cpu_ms() - c0) / (double)(toks > 0 ? toks : 1);
+    j->stream = false;
+    *cpu_per_tok = cpu / (double)(toks > 0 ? toks : 1);
     qsort(single, (size_t)reps, sizeof single[0], cmp_double);
     return single[reps / 2];
 }
