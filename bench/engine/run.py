@@ -19,8 +19,9 @@ sum(tokens_predicted) / wall time from the first request to the last reply.
 CPU per token, the figure to trust on a shared machine: with --threads 1 every tool computes on
 one thread, so its CPU time per generated token is the work it does, whatever share of a core
 the neighbours leave it (wall-clock rates swing +-25 % between rounds at load 5-10; CPU per
-token moves a few %). Measured as: bench-engine, its own process CPU around each phase
-(prompt prefill included, so it is slightly pessimistic for the engine); llama-server,
+token moves a few %). Measured as: bench-engine, its own process CPU from the first streamed
+token to DONE for the single stream (decode only, like llama-bench tg) and around the whole
+phase for K streams (their prefill included, as in the server's figure); llama-server,
 /proc/<pid>/stat user+system around the K-stream requests (HTTP threads included);
 llama-bench, the CPU of a -r <reps> run minus that of a -r 1 run, over the (reps-1)*gen tokens
 the difference decodes (load, repack and warm-up cancel). Ratios in the "cpu" column are
