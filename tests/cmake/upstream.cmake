@@ -1,7 +1,5 @@
-# upstream: the scriptable fake provider and the remote executor's tests.
-add_executable(tg-fake-upstream ${TG_TEST_DIR}/fake-upstream/fake_upstream.c)
-target_link_libraries(tg-fake-upstream PRIVATE PkgConfig::LIBEVENT PkgConfig::JANSSON Threads::Threads)
-tg_target_defaults(tg-fake-upstream)
+# upstream: the remote executor's tests (the fake provider, tg-fake-upstream, is defined in
+# tests/CMakeLists.txt before every part, so each part's `if(TARGET tg-fake-upstream)` sees it).
 
 tg_add_unit_test(test_upstream SOURCES ${TG_TEST_DIR}/upstream/test_upstream.c
   LIBS tg_gw_upstream tg_config tg_testlib PkgConfig::LIBEVENT LABELS integration)
