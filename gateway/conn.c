@@ -4,7 +4,8 @@
  * time never trips. We create each connection's bufferevent ourselves (evhttp_set_bevcb), keep an
  * extra reference to it, and sweep the list a few times a second:
  *   - evhttp released the bufferevent (all its callbacks cleared): drop our reference;
- *   - reading disabled: evhttp is handling a request on it (not the client's fault);
+ *   - reading disabled, or the read callback cleared while evhttp writes a reply: evhttp is
+ *     handling a request on it (not the client's fault);
  *   - bytes arrived since the connection was last idle or answered, but no request completed
  *     within header_timeout_ms (read_timeout_ms once more than max_header_bytes arrived, i.e. in
  *     the body): shut the socket down; evhttp sees EOF and frees the connection. Not while
@@ -12,6 +13,7 @@
  * Byte counts come from TCP_INFO (kernel counters), so nothing is added to the read path.
  */
 #include <errno.h>
+#include <stddef.h>
 #include <netinet/in.h>
 #include <stdlib.h>
 #include <string.h>
@@ -159,7 +161,10 @@ static bool tcp_counters(evutil_socket_t fd, uint64_t *rx, uint64_t *tx)
     if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &len) == -1)
         return false;
     *rx = ti.tcpi_bytes_received;
-    *tx = ti.tcpi_bytes_acked;
+    /* Bytes sent, not acknowledged: a reply counts when it is written, not when the client's
+     * (possibly delayed) ACK arrives. Kernels before 4.19 lack the field (shorter struct). */
+    bool has_sent = len >= offsetof(struct tcp_info, tcpi_bytes_sent) + sizeof ti.tcpi_bytes_sent;
+    *tx = has_sent ? ti.tcpi_bytes_sent : ti.tcpi_bytes_acked;
     return true;
 }
 
@@ -183,7 +188,11 @@ void tg_conn_sweep(struct tg_worker *w, int header_timeout_ms, int read_timeout_
         uint64_t rx = 0, tx = 0;
         if (!tcp_counters(fd, &rx, &tx))
             continue;
-        bool busy = (bufferevent_get_enabled(c->bev) & EV_READ) == 0;
+        /* Busy: evhttp is handling a request (reading disabled) or writing its reply (read
+         * callback cleared by evhttp_write_buffer): the server's turn, not the client's. */
+        bufferevent_data_cb readcb = NULL;
+        bufferevent_getcb(c->bev, &readcb, NULL, NULL, NULL);
+        bool busy = readcb == NULL || (bufferevent_get_enabled(c->bev) & EV_READ) == 0;
         if (busy || tx != c->tx_mark || rx == c->rx_mark) {
             c->mark_s = now;
             c->rx_mark = rx;
