@@ -62,21 +62,25 @@ static void refuse(evutil_socket_t fd, short what, void *arg)
     bufferevent_decref(bev);
 }
 
-/* Connection records evhttp has released: drop our reference, which closes the socket. */
+/* *pp is a record evhttp has released: unlink it and drop our reference, which closes the
+ * socket (BEV_OPT_CLOSE_ON_FREE). False, and nothing done, while evhttp still holds it. */
+static bool drop_if_released(struct tg_worker *w, struct tg_conn **pp)
+{
+    struct tg_conn *c = *pp;
+    if (!released(c->bev))
+        return false;
+    *pp = c->next;
+    bufferevent_decref(c->bev);
+    free(c);
+    w->n_conns--;
+    return true;
+}
+
 static void reap_released(struct tg_worker *w)
 {
-    struct tg_conn **pp = &w->conns;
-    while (*pp != NULL) {
-        struct tg_conn *c = *pp;
-        if (released(c->bev)) {
-            *pp = c->next;
-            bufferevent_decref(c->bev);
-            free(c);
-            w->n_conns--;
-            continue;
-        }
-        pp = &c->next;
-    }
+    for (struct tg_conn **pp = &w->conns; *pp != NULL;)
+        if (!drop_if_released(w, pp))
+            pp = &(*pp)->next;
 }
 
 /* A released connection keeps its socket open until our reference goes (BEV_OPT_CLOSE_ON_FREE).
@@ -174,16 +178,10 @@ void tg_conn_sweep(struct tg_worker *w, int header_timeout_ms, int read_timeout_
     double now = tg_now_s();
     struct tg_conn **pp = &w->conns;
     while (*pp != NULL) {
+        if (drop_if_released(w, pp))
+            continue;
         struct tg_conn *c = *pp;
         evutil_socket_t fd = bufferevent_getfd(c->bev);
-        if (released(c->bev)) {
-            /* evhttp is done with it (its fd is already closed by evhttp). */
-            *pp = c->next;
-            bufferevent_decref(c->bev);
-            free(c);
-            w->n_conns--;
-            continue;
-        }
         pp = &c->next;
         uint64_t rx = 0, tx = 0;
         if (!tcp_counters(fd, &rx, &tx))

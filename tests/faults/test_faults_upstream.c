@@ -32,7 +32,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -127,25 +126,6 @@ static const struct row ROWS[] = {
 
 /* ---- processes ---- */
 
-static pid_t spawn(char *const argv[], const char *log_path)
-{
-    pid_t parent = getpid();
-    pid_t pid = fork();
-    if (pid != 0)
-        return pid;
-    prctl(PR_SET_PDEATHSIG, SIGKILL); /* nothing left behind if the test dies */
-    if (getppid() != parent)
-        _exit(1);
-    int fd = open(log_path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    if (fd != -1) {
-        dup2(fd, 1);
-        dup2(fd, 2);
-        close(fd);
-    }
-    execv(argv[0], argv);
-    fprintf(stderr, "exec %s: %s\n", argv[0], strerror(errno));
-    _exit(127);
-}
 
 static int g_gw_port;
 static pid_t g_gw_pid;
@@ -875,7 +855,8 @@ static void test_upstream_faults(void **state)
         snprintf(port, sizeof port, "%d", g_fake_port[i]);
         snprintf(log, sizeof log, "/tmp/tg-faults-fake-%d.log", g_fake_port[i]);
         char *argv[] = {TG_FAKE_UPSTREAM, "--port", port, NULL};
-        g_fake_pid[i] = spawn(argv, log);
+        unlink(log);
+        g_fake_pid[i] = tg_test_spawn(argv, NULL, log);
         assert_true(g_fake_pid[i] > 0);
     }
     for (size_t i = 0; i <= N_ROWS; i++)
@@ -885,7 +866,8 @@ static void test_upstream_faults(void **state)
     assert_non_null(cfg);
     snprintf(g_gw_log, sizeof g_gw_log, "/tmp/tg-faults-gw-%d.log", g_gw_port);
     char *argv[] = {TIERGATE, "--config", cfg, NULL};
-    g_gw_pid = spawn(argv, g_gw_log);
+    unlink(g_gw_log);
+    g_gw_pid = tg_test_spawn(argv, NULL, g_gw_log);
     bool ready = false;
     for (int i = 0; i < 600 && !ready; i++) {
         struct tg_test_response r;

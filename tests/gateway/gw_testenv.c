@@ -6,7 +6,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
 #include <unistd.h>
 
 #ifndef TG_FAKE_UPSTREAM
@@ -16,27 +15,6 @@
 /* sha256("secret") */
 #define KEY_SHA "2bb80d537b1da3e38bd30361aa855686bde0eacd7162fef6a25fe97bf527a25b"
 
-/* tg_test_spawn, plus: the child dies with the test process, so a test killed by a ctest timeout
- * or aborted by a failed assertion leaves no tiergate / fake upstream behind. */
-static pid_t spawn(char *const argv[], const char *log_path)
-{
-    pid_t parent = getpid();
-    pid_t pid = fork();
-    if (pid != 0)
-        return pid;
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
-    if (getppid() != parent)
-        _exit(1); /* the parent is already gone */
-    int fd = open(log_path, O_WRONLY | O_CREAT | O_APPEND, 0644);
-    if (fd != -1) {
-        dup2(fd, 1);
-        dup2(fd, 2);
-        close(fd);
-    }
-    execv(argv[0], argv);
-    fprintf(stderr, "exec %s: %s\n", argv[0], strerror(errno));
-    _exit(127);
-}
 
 bool gw_env_start(struct gw_env *e, const char *extra_server, const char *extra_local,
                   const char *extra_top)
@@ -59,7 +37,7 @@ bool gw_env_start_opts(struct gw_env *e, const struct gw_env_opts *o)
     char fport[16];
     snprintf(fport, sizeof fport, "%d", e->fake_port);
     char *fargv[] = {TG_FAKE_UPSTREAM, "--port", fport, NULL};
-    e->fake_pid = spawn(fargv, e->fake_log_path);
+    e->fake_pid = tg_test_spawn(fargv, NULL, e->fake_log_path);
     if (!tg_test_wait_port(e->fake_port, 10000))
         return false;
 
@@ -110,7 +88,7 @@ bool gw_env_start_opts(struct gw_env *e, const struct gw_env_opts *o)
     const char *path = tg_test_write_temp("routes.yaml", cfg);
     snprintf(e->cfg_path, sizeof e->cfg_path, "%s", path);
     char *argv[] = {TIERGATE, "--config", (char *)path, NULL};
-    e->gw_pid = spawn(argv, e->log_path);
+    e->gw_pid = tg_test_spawn(argv, NULL, e->log_path);
     if (!tg_test_wait_port(e->port, 30000))
         return false;
     char url[128];

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -34,9 +35,15 @@ int tg_test_free_port(void)
 
 pid_t tg_test_spawn(char *const argv[], const char *const envp_extra[], const char *log_path)
 {
+    pid_t parent = getpid();
     pid_t pid = fork();
     if (pid != 0)
         return pid;
+    /* The child dies with the test process: a ctest timeout or a failed assertion leaves no
+     * tiergate / fake upstream / redis-server behind. */
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() != parent)
+        _exit(1); /* the parent is already gone */
     if (log_path != NULL) {
         int fd = open(log_path, O_WRONLY | O_CREAT | O_APPEND, 0644);
         if (fd != -1) {
@@ -47,7 +54,7 @@ pid_t tg_test_spawn(char *const argv[], const char *const envp_extra[], const ch
     }
     for (size_t i = 0; envp_extra != NULL && envp_extra[i] != NULL; i++)
         putenv((char *)envp_extra[i]);
-    execv(argv[0], argv);
+    execvp(argv[0], argv);
     fprintf(stderr, "exec %s: %s\n", argv[0], strerror(errno));
     _exit(127);
 }

@@ -11,8 +11,10 @@
 /* A TCP port on 127.0.0.1 that was free a moment ago (bind to 0, read, close). */
 int tg_test_free_port(void);
 
-/* fork+exec argv (argv[0] is a path); stdout+stderr appended to log_path (NULL = inherit).
- * envp_extra: NULL-terminated "K=V" strings added to the child's environment (may be NULL). */
+/* fork+exec argv (argv[0] a path, or a name looked up in PATH); stdout+stderr appended to
+ * log_path (NULL = inherit). envp_extra: NULL-terminated "K=V" strings added to the child's
+ * environment (may be NULL). The child is killed when the test process dies (PR_SET_PDEATHSIG;
+ * spawn from the main thread: the signal follows the thread that forked). */
 pid_t tg_test_spawn(char *const argv[], const char *const envp_extra[], const char *log_path);
 
 /* Wait until 127.0.0.1:port accepts a connection; true on success within timeout_ms. */

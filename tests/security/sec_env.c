@@ -11,7 +11,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -155,31 +154,15 @@ int sec_echo_calls(struct sec_env *e)
 
 /* ---- processes ---- */
 
-/* The child dies with the test (a ctest timeout or a failed assertion leaves nothing behind). */
+/* Provider keys and the webhook secret reach the gateway through the environment, as in
+ * production (routes.yaml says ${...}). */
+static const char *const g_secret_env[] = {
+    "TG_SEC_FAKE_KEY=" SEC_PROVIDER_KEY, "TG_SEC_ECHO_KEY=" SEC_ECHO_KEY,
+    "TG_SEC_ECHO_ANT_KEY=" SEC_ECHO_ANT_KEY, "TG_SEC_HOOK_SECRET=" SEC_HOOK_SECRET, NULL};
+
 static pid_t spawn(char *const argv[], const char *log_path)
 {
-    pid_t parent = getpid();
-    pid_t pid = fork();
-    if (pid != 0)
-        return pid;
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
-    if (getppid() != parent)
-        _exit(1);
-    /* provider keys and the webhook secret reach the gateway through the environment, as in
-     * production (routes.yaml says ${...}) */
-    setenv("TG_SEC_FAKE_KEY", SEC_PROVIDER_KEY, 1);
-    setenv("TG_SEC_ECHO_KEY", SEC_ECHO_KEY, 1);
-    setenv("TG_SEC_ECHO_ANT_KEY", SEC_ECHO_ANT_KEY, 1);
-    setenv("TG_SEC_HOOK_SECRET", SEC_HOOK_SECRET, 1);
-    int fd = open(log_path, O_WRONLY | O_CREAT | O_APPEND, 0644);
-    if (fd != -1) {
-        dup2(fd, 1);
-        dup2(fd, 2);
-        close(fd);
-    }
-    execv(argv[0], argv);
-    fprintf(stderr, "exec %s: %s\n", argv[0], strerror(errno));
-    _exit(127);
+    return tg_test_spawn(argv, g_secret_env, log_path);
 }
 
 static void sha256_hex(const char *s, char out[65])

@@ -9,7 +9,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
@@ -161,25 +160,6 @@ double soak_now_s(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
-pid_t soak_spawn(char *const argv[], const char *log_path)
-{
-    pid_t parent = getpid();
-    pid_t pid = fork();
-    if (pid != 0)
-        return pid;
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
-    if (getppid() != parent)
-        _exit(1); /* the parent is already gone */
-    int fd = open(log_path, O_WRONLY | O_CREAT | O_APPEND, 0644);
-    if (fd != -1) {
-        dup2(fd, 1);
-        dup2(fd, 2);
-        close(fd);
-    }
-    execv(argv[0], argv);
-    fprintf(stderr, "exec %s: %s\n", argv[0], strerror(errno));
-    _exit(127);
-}
 
 long soak_env_long(const char *name, long def, long lo, long hi)
 {
@@ -229,7 +209,7 @@ bool soak_gw_start(struct soak_gw *g, int redis_port, int header_timeout_ms)
     char fport[16];
     snprintf(fport, sizeof fport, "%d", g->fake_port);
     char *fargv[] = {TG_FAKE_UPSTREAM, "--port", fport, "--no-record", NULL};
-    g->fake_pid = soak_spawn(fargv, g->fake_log_path);
+    g->fake_pid = tg_test_spawn(fargv, NULL, g->fake_log_path);
     if (g->fake_pid < 0 || !tg_test_wait_port(g->fake_port, 10000))
         return false;
 
@@ -268,7 +248,7 @@ bool soak_gw_start(struct soak_gw *g, int redis_port, int header_timeout_ms)
     if (path == NULL)
         return false;
     char *argv[] = {TIERGATE, "--config", (char *)path, NULL};
-    g->gw_pid = soak_spawn(argv, g->log_path);
+    g->gw_pid = tg_test_spawn(argv, NULL, g->log_path);
     if (g->gw_pid < 0 || !tg_test_wait_port(g->port, 30000) || !gw_ready(g->port, 60000))
         return false;
     usleep(300000); /* Redis connections come up in the background */

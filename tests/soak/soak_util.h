@@ -32,7 +32,6 @@ double soak_now_s(void);
 
 /* fork+exec argv with stdout/stderr appended to log_path; the child gets SIGKILL when this
  * process dies (a test killed by its ctest timeout leaves nothing behind). -1 on fork failure. */
-pid_t soak_spawn(char *const argv[], const char *log_path);
 
 /* An integer from the environment (decimal), def when unset or not a number in [lo, hi]. */
 long soak_env_long(const char *name, long def, long lo, long hi);
@@ -44,7 +43,7 @@ long soak_env_long(const char *name, long def, long lo, long hi);
  * slots) with 2 I/O threads, the API key "secret", idle keep-alives kept 10 minutes, log level
  * warn and the default header timeout (10 s; TG_SOAK_HEADER_TIMEOUT_MS overrides it). With
  * redis_port > 0 Redis and the response cache are on; otherwise both are off. Both processes
- * die with this one (soak_spawn). */
+ * die with this one (tg_test_spawn). */
 struct soak_gw {
     int port, fake_port, redis_port;
     pid_t gw_pid, fake_pid;

@@ -25,7 +25,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -66,33 +65,13 @@ static struct {
 
 /* ---- processes and files ---------------------------------------------------------------- */
 
-/* fork+exec; the child dies with the test process (a ctest timeout leaves nothing behind). */
-static pid_t spawn(char *const argv[], const char *log_path)
-{
-    pid_t parent = getpid();
-    pid_t pid = fork();
-    if (pid != 0)
-        return pid;
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
-    if (getppid() != parent)
-        _exit(1);
-    int fd = open(log_path != NULL ? log_path : "/dev/null", O_WRONLY | O_CREAT | O_APPEND, 0644);
-    if (fd != -1) {
-        dup2(fd, 1);
-        dup2(fd, 2);
-        close(fd);
-    }
-    execvp(argv[0], argv);
-    fprintf(stderr, "exec %s: %s\n", argv[0], strerror(errno));
-    _exit(127);
-}
 
 /* Run a command to completion (bounded: openssl finishes in well under a second). */
 static bool run_cmd(char *const argv[])
 {
     char log[160];
     snprintf(log, sizeof log, "%s/openssl.log", E.dir);
-    pid_t pid = spawn(argv, log);
+    pid_t pid = tg_test_spawn(argv, NULL, log);
     int st = 0;
     if (pid == -1 || waitpid(pid, &st, 0) == -1)
         return false;
@@ -402,7 +381,7 @@ static int setup(void **state)
     char fport[16];
     snprintf(fport, sizeof fport, "%d", E.fake_port);
     char *fargv[] = {TG_FAKE_UPSTREAM, "--port", fport, NULL};
-    E.fake_pid = spawn(fargv, E.fake_log);
+    E.fake_pid = tg_test_spawn(fargv, NULL, E.fake_log);
     if (!tg_test_wait_port(E.fake_port, 10000))
         return -1;
     E.port = tg_test_free_port();
@@ -410,7 +389,7 @@ static int setup(void **state)
     if (!write_config(E.cert, E.key))
         return -1;
     char *argv[] = {TIERGATE, "--config", E.cfg, NULL};
-    E.gw_pid = spawn(argv, E.log);
+    E.gw_pid = tg_test_spawn(argv, NULL, E.log);
     if (!tg_test_wait_port(E.port, 30000))
         return -1;
     for (int i = 0; i < 600; i++) {
