@@ -142,65 +142,15 @@ static double now_s(void)
 
 /* ---- HTTP ---- */
 
-struct grow {
-    char *p;
-    size_t n;
-};
-
-static size_t on_data(char *ptr, size_t size, size_t nmemb, void *ud)
-{
-    struct grow *g = ud;
-    size_t n = size * nmemb;
-    char *q = realloc(g->p, g->n + n + 1);
-    if (q == NULL)
-        return 0;
-    memcpy(q + g->n, ptr, n);
-    g->n += n;
-    q[g->n] = '\0';
-    g->p = q;
-    return n;
-}
-
 /* One request with a bound (the "never a hang" check). Returns 0 when a response arrived; -1 and
  * *timed_out on a transport error / the bound. */
 static int http(const char *method, int port, const char *path, const char *body, long timeout_ms,
                 struct tg_test_response *out, bool *timed_out)
 {
-    memset(out, 0, sizeof *out);
-    if (timed_out != NULL)
-        *timed_out = false;
     char url[256];
     snprintf(url, sizeof url, "http://127.0.0.1:%d%s", port, path);
-    CURL *c = curl_easy_init();
-    if (c == NULL)
-        return -1;
-    struct grow b = {0}, h = {0};
-    struct curl_slist *hl = curl_slist_append(NULL, AUTH);
-    hl = curl_slist_append(hl, "Content-Type: application/json");
-    curl_easy_setopt(c, CURLOPT_URL, url);
-    curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
-    curl_easy_setopt(c, CURLOPT_HTTPHEADER, hl);
-    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_data);
-    curl_easy_setopt(c, CURLOPT_WRITEDATA, &b);
-    curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, on_data);
-    curl_easy_setopt(c, CURLOPT_HEADERDATA, &h);
-    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, timeout_ms);
-    curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
-    if (body != NULL) {
-        curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
-        curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, (long)strlen(body));
-    }
-    CURLcode rc = curl_easy_perform(c);
-    if (rc == CURLE_OK)
-        curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &out->status);
-    if (rc == CURLE_OPERATION_TIMEDOUT && timed_out != NULL)
-        *timed_out = true;
-    out->body = b.p != NULL ? b.p : calloc(1, 1);
-    out->body_len = b.n;
-    out->headers = h.p != NULL ? h.p : calloc(1, 1);
-    curl_slist_free_all(hl);
-    curl_easy_cleanup(c);
-    return rc == CURLE_OK ? 0 : -1;
+    const char *const h[] = {AUTH, "Content-Type: application/json", NULL};
+    return tg_test_http_bounded(method, url, h, body, timeout_ms, out, timed_out);
 }
 
 /* ---- metrics ---- */

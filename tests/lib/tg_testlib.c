@@ -173,17 +173,15 @@ static size_t on_data(char *ptr, size_t size, size_t nmemb, void *ud)
     return n;
 }
 
-int tg_test_http(const char *method, const char *url, const char *const *headers, const char *body,
-                 struct tg_test_response *out)
-{
-    return tg_test_http_watch(method, url, headers, body, NULL, NULL, NULL, out);
-}
 
-int tg_test_http_watch(const char *method, const char *url, const char *const *headers,
-                       const char *body, const char *match, void (*on_match)(void *user),
-                       void *user, struct tg_test_response *out)
+static int http_request(const char *method, const char *url, const char *const *headers,
+                        const char *body, long timeout_ms, const char *match,
+                        void (*on_match)(void *user), void *user, struct tg_test_response *out,
+                        bool *timed_out)
 {
     memset(out, 0, sizeof *out);
+    if (timed_out != NULL)
+        *timed_out = false;
     CURL *c = curl_easy_init();
     if (c == NULL)
         return -1;
@@ -199,7 +197,7 @@ int tg_test_http_watch(const char *method, const char *url, const char *const *h
     curl_easy_setopt(c, CURLOPT_WRITEDATA, &b);
     curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, on_data);
     curl_easy_setopt(c, CURLOPT_HEADERDATA, &h);
-    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, 120000L);
+    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, timeout_ms);
     curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
     if (body != NULL) {
         curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
@@ -208,12 +206,34 @@ int tg_test_http_watch(const char *method, const char *url, const char *const *h
     CURLcode rc = curl_easy_perform(c);
     if (rc == CURLE_OK)
         curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &out->status);
+    if (rc == CURLE_OPERATION_TIMEDOUT && timed_out != NULL)
+        *timed_out = true;
     out->body = b.p != NULL ? b.p : calloc(1, 1);
     out->body_len = b.n;
     out->headers = h.p != NULL ? h.p : calloc(1, 1);
     curl_slist_free_all(hl);
     curl_easy_cleanup(c);
     return rc == CURLE_OK ? 0 : -1;
+}
+
+int tg_test_http(const char *method, const char *url, const char *const *headers, const char *body,
+                 struct tg_test_response *out)
+{
+    return http_request(method, url, headers, body, 120000L, NULL, NULL, NULL, out, NULL);
+}
+
+int tg_test_http_bounded(const char *method, const char *url, const char *const *headers,
+                         const char *body, long timeout_ms, struct tg_test_response *out,
+                         bool *timed_out)
+{
+    return http_request(method, url, headers, body, timeout_ms, NULL, NULL, NULL, out, timed_out);
+}
+
+int tg_test_http_watch(const char *method, const char *url, const char *const *headers,
+                       const char *body, const char *match, void (*on_match)(void *user),
+                       void *user, struct tg_test_response *out)
+{
+    return http_request(method, url, headers, body, 120000L, match, on_match, user, out, NULL);
 }
 
 void tg_test_response_free(struct tg_test_response *r)

@@ -46,6 +46,11 @@ struct tg_test_response {
  * Returns 0 when a response arrived (any status). Free with tg_test_response_free. */
 int tg_test_http(const char *method, const char *url, const char *const *headers, const char *body,
                  struct tg_test_response *out);
+/* tg_test_http with its own bound (tg_test_http allows 120 s): -1 and *timed_out (may be NULL)
+ * set when the whole exchange did not finish within timeout_ms. */
+int tg_test_http_bounded(const char *method, const char *url, const char *const *headers,
+                         const char *body, long timeout_ms, struct tg_test_response *out,
+                         bool *timed_out);
 /* tg_test_http that calls on_match(user) once, from inside the transfer, the first time the body
  * received so far contains match: a test can act mid-response (kill a process once a stream has
  * produced its first token). */
