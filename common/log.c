@@ -141,6 +141,43 @@ static bool redact_markers(char *s)
     return any;
 }
 
+/* Credentials recognised by their shape, wherever they appear (a client that sends its key as a
+ * model name, in a prompt field, in a URL): the prefixes providers issue keys with, followed by
+ * at least KEY_SHAPE_MIN key characters. OpenAI "sk-" / "sk-proj-", Anthropic "sk-ant-",
+ * OpenRouter "sk-or-", Groq "gsk_", xAI "xai-", Google "AIza". */
+#define KEY_SHAPE_MIN 16
+static bool is_key_char(char c)
+{
+    return isalnum((unsigned char)c) || c == '-' || c == '_';
+}
+
+static bool redact_key_shapes(char *s)
+{
+    static const char *prefixes[] = {"sk-", "gsk_", "xai-", "AIza"};
+    bool any = false;
+    for (size_t m = 0; m < sizeof prefixes / sizeof prefixes[0]; m++) {
+        size_t pl = strlen(prefixes[m]);
+        char *p = s;
+        while ((p = strstr(p, prefixes[m])) != NULL) {
+            if (p > s && is_key_char(p[-1])) { /* inside a longer word: "task-…", "disk-…" */
+                p += pl;
+                continue;
+            }
+            size_t len = pl;
+            while (is_key_char(p[len]))
+                len++;
+            if (len - pl >= KEY_SHAPE_MIN) {
+                mask_at(s, (size_t)(p - s), len);
+                any = true;
+                p += 4;
+            } else {
+                p += len;
+            }
+        }
+    }
+    return any;
+}
+
 /* URL user info: "scheme://user:password@host" → "scheme://user:****@host". */
 static bool redact_userinfo(char *s)
 {
@@ -209,6 +246,7 @@ bool tg_log_redact(char *s)
     }
     any |= redact_markers(s);
     any |= redact_userinfo(s);
+    any |= redact_key_shapes(s);
     return any;
 }
 

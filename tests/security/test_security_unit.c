@@ -55,6 +55,13 @@ static void test_redact_table(void **state)
         {"password=hunter2&x=1", "password=****&x=1"},
         {"Bearer ****", "Bearer ****"}, /* already masked: unchanged */
         {"the short word stays", "the short word stays"},
+        /* key-shaped words, registered or not, in any field */
+        {"unknown model 'sk-proj-AbCdEf0123456789_xyz'", "unknown model '****'"},
+        {"model=sk-ant-api03-aaaaaaaaaaaaaaaaaaaa end", "model=**** end"},
+        {"gsk_0123456789abcdefABCD and xai-0123456789abcdefABCD", "**** and ****"},
+        {"AIzaSyA0123456789abcdefgh", "****"},
+        {"sk-short stays; task-0123456789abcdefghij stays",
+         "sk-short stays; task-0123456789abcdefghij stays"},
     };
     for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++) {
         char buf[256];

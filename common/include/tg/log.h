@@ -34,7 +34,10 @@ void tg_logv(enum tg_log_level level, const char *fmt, va_list ap);
 /* Redaction. Registered secrets (provider keys, the Redis password, the webhook secret: the
  * config loader registers them) are replaced by "****" wherever they occur in a log line; so is
  * the credential after "Bearer " and after "x-api-key:" / "api-key:" / "password=" (any case),
- * which covers client API keys and a provider that echoes our headers back.
+ * which covers client API keys and a provider that echoes our headers back; and so is any
+ * word shaped like a provider key ("sk-", "gsk_", "xai-", "AIza" followed by at least 16 key
+ * characters [A-Za-z0-9_-]), so a key a client sends in the wrong field (as a model name, in a
+ * body) is not written either.
  *
  * tg_log_add_secret copies s; secrets shorter than TG_LOG_SECRET_MIN bytes are ignored (they
  * would redact ordinary words). At most 64 are kept: beyond that the oldest is forgotten (the
