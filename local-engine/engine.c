@@ -1,6 +1,13 @@
 /* The local engine: one llama_context, one scheduler thread, continuous batching over
- * n_slots sequences, chunked prefill, LRU prefix cache on a unified KV cache, grammar-
- * constrained classify/extract, pooled embeddings on a second context.
+ * n_slots sequences, chunked prefill, an LRU prefix cache, grammar-constrained
+ * classify/extract, pooled embeddings on a second context.
+ *
+ * Two KV layouts (tg_engine_params.kv_split). Split: one KV stream of n_ctx / n_slots cells
+ * per slot, as llama-server runs with -np N; each stream attends over its own cells only, so
+ * with 8 streams it decodes 1.04-1.06x llama-server where unified manages 0.95-0.98x (the
+ * masked scan of the other streams' cells in CPU attention; bench/RESULTS.md). Its prefix
+ * cache keeps prompts in the slots and in host memory ("prefix cache, kv_split" below).
+ * Unified, described next: any job may use all n_ctx cells.
  *
  * Sequence ids: slot i decodes on seq i; prefix-cache entry j holds its prompt KV on seq
  * n_slots + j. With kv_unified=true a seq_cp only tags cells with another sequence id, so a
@@ -105,6 +112,12 @@ struct slot {
     llama_token_data *cand; /* n_vocab candidates, reused every step */
     struct pcache_entry *pc_src;  /* entry this job hit (a ref held), NULL = none */
     struct pcache_entry *pc_made; /* entry made from this job's prompt (a ref held) */
+    /* kv_split: the prompt tokens whose KV this slot's sequence kept from its last job
+     * (a slot-resident prefix-cache entry; n_kept 0 = none). Scheduler thread only. */
+    llama_token *kept;
+    int32_t n_kept;
+    int32_t cap_kept;
+    uint64_t kept_used; /* pc_clock when it was last made or hit */
 };
 
 struct pcache_entry {
@@ -144,9 +157,11 @@ struct tg_engine {
     struct slot slots[MAX_SLOTS];
     int32_t n_slots;
     struct pcache_entry *pc;
-    int32_t n_pc;
+    int32_t n_pc;   /* entries in pc[]: with kv_split, host-memory entries only */
+    bool pc_on;     /* prefix cache enabled (prefix_cache_entries > 0) */
+    bool split;     /* kv_split: one KV stream per slot, prefixes kept in slots + host */
     uint64_t pc_clock;
-    int64_t spill_budget; /* bytes; -1 = never spill (the default) */
+    int64_t spill_budget; /* bytes; -1 = never spill (unified default) */
     int64_t spill_bytes;  /* held by spilled entries (scheduler thread) */
 
     pthread_t thread;
@@ -402,10 +417,16 @@ static int tokenize(const struct tg_engine *e, const char *text, bool parse_spec
     }
     if (n < 0 || n > limit) {
         free(toks);
-        errf(err, errlen, "%s is %d tokens but the %s holds at most %d tokens (n_ctx %d)", what,
-             n < 0 ? -n : n, strcmp(what, "embedding input") == 0 ? "embedding context"
-                                                                   : "context",
-             limit, strcmp(what, "embedding input") == 0 ? e->embed_ctx : e->n_ctx);
+        bool emb = strcmp(what, "embedding input") == 0;
+        if (!emb && e->split)
+            errf(err, errlen,
+                 "%s is %d tokens but one slot's context holds at most %d tokens (kv_split: "
+                 "n_ctx %d over %d slots, %d cells each)",
+                 what, n < 0 ? -n : n, limit, e->n_ctx, e->n_slots, e->n_ctx_seq);
+        else
+            errf(err, errlen, "%s is %d tokens but the %s holds at most %d tokens (n_ctx %d)",
+                 what, n < 0 ? -n : n, emb ? "embedding context" : "context", limit,
+                 emb ? e->embed_ctx : e->n_ctx);
         return TG_CONTEXT;
     }
     if (n == 0) {
@@ -1013,7 +1034,7 @@ static void pcache_drop(struct tg_engine *e, struct pcache_entry *pe)
         pe->blob = NULL;
         spill_account(e, -(int64_t)pe->blob_len, false, false);
         pe->blob_len = 0;
-    } else {
+    } else if (pe->seq >= 0) {
         llama_memory_seq_rm(e->mem, pe->seq, -1, -1);
     }
     if (pe->tokens)
@@ -1085,13 +1106,204 @@ static bool pcache_evict_lru(struct tg_engine *e)
     return true;
 }
 
+/* ---------------------------------------------------------------- prefix cache, kv_split
+ *
+ * With kv_split every slot's sequence is its own KV stream, and llama_memory_seq_cp between
+ * streams copies the whole destination stream's buffers (llama-kv-cache.cpp seq_cp), so
+ * entries cannot live on sequences of their own as in unified mode. Instead, like
+ * llama-server with -np N: a finished job's slot keeps its prompt's KV (slot-resident
+ * entry), a new job goes to the idle slot whose kept prompt shares the longest prefix with
+ * it and prefills the rest only; when a slot is taken for an unrelated prompt its kept KV is
+ * copied to host memory first (llama_state_seq_get_data, as --cache-ram does) and restored
+ * into whichever slot a later hit gets (llama_state_seq_set_data, bit-exact). A kept prefix
+ * costs running jobs nothing: each stream attends over its own cells only. */
+
+static void slot_kept_clear(struct tg_engine *e, struct slot *s)
+{
+    if (s->n_kept > 0)
+        atomic_fetch_sub(&e->pc_entries, 1);
+    s->n_kept = 0;
+}
+
+/* Scheduler thread: slot s keeps the first n tokens of toks as its resident entry (its KV
+ * beyond them is removed); n below the minimum keeps nothing. */
+static void slot_keep(struct tg_engine *e, struct slot *s, const llama_token *toks, int32_t n)
+{
+    slot_kept_clear(e, s);
+    if (!e->pc_on || n < e->p.prefix_cache_min_tokens) {
+        llama_memory_seq_rm(e->mem, s->seq, -1, -1);
+        return;
+    }
+    if (n > s->cap_kept) {
+        llama_token *k = realloc(s->kept, sizeof *k * (size_t)n);
+        if (!k) { /* caching is an optimisation; skip it */
+            llama_memory_seq_rm(e->mem, s->seq, -1, -1);
+            return;
+        }
+        s->kept = k;
+        s->cap_kept = n;
+    }
+    memmove(s->kept, toks, sizeof *toks * (size_t)n);
+    s->n_kept = n;
+    s->kept_used = ++e->pc_clock;
+    atomic_fetch_add(&e->pc_entries, 1);
+    llama_memory_seq_rm(e->mem, s->seq, n, -1);
+}
+
+/* Scheduler thread: the job about to start on a slot (under e->mu, called by engine_main).
+ * Picks the idle slot whose kept prompt shares the longest prefix with j (at least the
+ * minimum), else an empty one, else the least recently used. */
+static struct slot *split_pick_slot(struct tg_engine *e, const struct job *j)
+{
+    struct slot *best = NULL, *lru = NULL;
+    int32_t best_l = 0;
+    for (int32_t i = 0; i < e->n_slots; i++) {
+        struct slot *s = &e->slots[i];
+        if (s->job)
+            continue;
+        int32_t l = s->n_kept > 0 ? common_prefix(s->kept, s->n_kept, j->tokens, j->n_tokens)
+                                  : 0;
+        if (l > best_l) {
+            best_l = l;
+            best = s;
+        }
+        if (!lru || (lru->n_kept > 0 && (s->n_kept == 0 || s->kept_used < lru->kept_used)))
+            lru = s;
+    }
+    return best && best_l >= e->p.prefix_cache_min_tokens ? best : lru;
+}
+
+/* Scheduler thread: copy the slot's kept prompt to a host-memory entry (unless one already
+ * covers it or there is no budget), then empty the slot's sequence. pin: an entry that must
+ * survive (the one about to be restored); NULL = none. */
+static void split_spill_kept(struct tg_engine *e, struct slot *s, struct pcache_entry *pin)
+{
+    if (s->n_kept > 0 && e->spill_budget > 0 && e->n_pc > 0) {
+        struct pcache_entry *target = NULL;
+        bool covered = false;
+        for (int32_t i = 0; i < e->n_pc && !covered && !target; i++) {
+            struct pcache_entry *pe = &e->pc[i];
+            if (!pe->tokens)
+                continue;
+            int32_t l = common_prefix(pe->tokens, pe->n, s->kept, s->n_kept);
+            if (l == s->n_kept)
+                covered = true; /* already there (as this or a longer prompt) */
+            else if (l == pe->n && pe != pin)
+                target = pe; /* the kept prompt extends this entry: replace it */
+        }
+        size_t n = covered ? 0
+                           : llama_state_seq_get_size_ext(e->ctx, s->seq,
+                                                          LLAMA_STATE_SEQ_FLAGS_NONE);
+        if (n > 0 && (int64_t)n <= e->spill_budget) {
+            if (target)
+                pcache_drop(e, target);
+            /* Least recently used entries go until it fits and an entry is free. */
+            for (;;) {
+                struct pcache_entry *lru = NULL, *empty = NULL;
+                for (int32_t i = 0; i < e->n_pc; i++) {
+                    struct pcache_entry *pe = &e->pc[i];
+                    if (!pe->tokens)
+                        empty = empty ? empty : pe;
+                    else if (pe != pin && (!lru || pe->last_used < lru->last_used))
+                        lru = pe;
+                }
+                if (empty && e->spill_bytes + (int64_t)n <= e->spill_budget) {
+                    target = empty;
+                    break;
+                }
+                if (!lru) {
+                    target = NULL;
+                    break;
+                }
+                pcache_drop(e, lru);
+            }
+            llama_token *toks = target ? malloc(sizeof *toks * (size_t)s->n_kept) : NULL;
+            uint8_t *blob = toks ? malloc(n) : NULL;
+            if (blob && llama_state_seq_get_data_ext(e->ctx, blob, n, s->seq,
+                                                     LLAMA_STATE_SEQ_FLAGS_NONE) == n) {
+                memcpy(toks, s->kept, sizeof *toks * (size_t)s->n_kept);
+                target->tokens = toks;
+                target->n = s->n_kept;
+                target->blob = blob;
+                target->blob_len = n;
+                target->last_used = s->kept_used;
+                atomic_fetch_add(&e->pc_entries, 1);
+                spill_account(e, (int64_t)n, true, false);
+                tg_debug("engine: slot %d's prefix of %d tokens copied to host memory "
+                         "(%zu bytes)", s->seq, s->n_kept, n);
+            } else {
+                free(toks);
+                free(blob);
+            }
+        }
+    }
+    slot_kept_clear(e, s);
+    llama_memory_seq_rm(e->mem, s->seq, -1, -1);
+}
+
+/* Scheduler thread, slot_start with kv_split: reuse the slot's kept prefix, or a longer one
+ * from host memory restored into the slot. Returns the prompt tokens reused. */
+static int32_t split_lookup(struct tg_engine *e, struct slot *s)
+{
+    struct job *j = s->job;
+    int32_t lim = j->n_tokens - 1; /* the last prompt token is always decoded */
+    int32_t l = s->n_kept > 0 ? common_prefix(s->kept, s->n_kept, j->tokens, j->n_tokens) : 0;
+    if (l > lim)
+        l = lim;
+    struct pcache_entry *he = NULL;
+    int32_t h = 0;
+    for (int32_t i = 0; i < e->n_pc; i++) {
+        struct pcache_entry *pe = &e->pc[i];
+        if (!pe->tokens)
+            continue;
+        int32_t c = common_prefix(pe->tokens, pe->n, j->tokens, j->n_tokens);
+        if (c > h) {
+            h = c;
+            he = pe;
+        }
+    }
+    if (h > lim)
+        h = lim;
+    if (!e->pc_on || (l < e->p.prefix_cache_min_tokens && h < e->p.prefix_cache_min_tokens)) {
+        split_spill_kept(e, s, NULL);
+        return 0;
+    }
+    if (l >= h) {
+        s->kept_used = ++e->pc_clock;
+        slot_kept_clear(e, s); /* the running job owns the sequence now */
+        llama_memory_seq_rm(e->mem, s->seq, l, -1);
+        return l;
+    }
+    he->last_used = ++e->pc_clock;
+    split_spill_kept(e, s, he);
+    size_t got = llama_state_seq_set_data_ext(e->ctx, he->blob, he->blob_len, s->seq,
+                                              LLAMA_STATE_SEQ_FLAGS_NONE);
+    if (got == 0) {
+        tg_debug("engine: could not restore a cached prefix of %d tokens; dropped", he->n);
+        pcache_drop(e, he);
+        llama_memory_seq_rm(e->mem, s->seq, -1, -1);
+        return 0;
+    }
+    llama_memory_seq_rm(e->mem, s->seq, h, -1);
+    spill_account(e, 0, false, true);
+    return h;
+}
+
 /* ---------------------------------------------------------------- scheduler */
 
 /* Free the slot and count the job as done, before its final event goes out (so stats read
- * from a callback or right after it are current). The caller delivers and frees the job. */
-static struct job *slot_detach(struct tg_engine *e, struct slot *s)
+ * from a callback or right after it are current). The caller delivers and frees the job.
+ * keep (kv_split): the slot keeps the KV of the job's prompt as a prefix-cache entry; a job
+ * that failed keeps nothing (its KV may be partial). */
+static struct job *slot_detach(struct tg_engine *e, struct slot *s, bool keep)
 {
-    llama_memory_seq_rm(e->mem, s->seq, -1, -1);
+    if (e->split && keep) {
+        int32_t n = s->n_past < s->job->n_tokens ? s->n_past : s->job->n_tokens;
+        slot_keep(e, s, s->job->tokens, n);
+    } else {
+        slot_kept_clear(e, s);
+        llama_memory_seq_rm(e->mem, s->seq, -1, -1);
+    }
     slot_set_ref(&s->pc_src, NULL);
     slot_set_ref(&s->pc_made, NULL);
     struct job *j = s->job;
@@ -1121,7 +1333,7 @@ static void fill_usage(const struct slot *s, struct tg_engine_usage *u)
 
 static void slot_fail(struct tg_engine *e, struct slot *s, int err, const char *msg)
 {
-    struct job *j = slot_detach(e, s);
+    struct job *j = slot_detach(e, s, false);
     deliver_error(j, err, "%s", msg);
     job_free(j);
 }
@@ -1186,7 +1398,7 @@ static void slot_finish(struct tg_engine *e, struct slot *s, const char *reason)
         ev.label_idx = idx32;
         ev.n_label_idx = n_idx;
         ev.confidence = exp(s->logp);
-        slot_detach(e, s);
+        slot_detach(e, s, true);
         j->cb(&ev, j->user);
         job_free(j);
         return;
@@ -1201,7 +1413,7 @@ static void slot_finish(struct tg_engine *e, struct slot *s, const char *reason)
             return;
         }
     }
-    slot_detach(e, s);
+    slot_detach(e, s, true);
     j->cb(&ev, j->user);
     job_free(j);
 }
@@ -1219,14 +1431,18 @@ static void slot_start(struct tg_engine *e, struct slot *s)
     s->t_first_ms = 0;
     s->t_start_ms = now_ms();
     tg_buf_reset(&s->out);
-    llama_memory_seq_rm(e->mem, s->seq, -1, -1);
-    s->cached = e->n_pc > 0 ? pcache_lookup(e, s) : 0;
+    if (e->split) {
+        s->cached = split_lookup(e, s);
+    } else {
+        llama_memory_seq_rm(e->mem, s->seq, -1, -1);
+        s->cached = e->n_pc > 0 ? pcache_lookup(e, s) : 0;
+    }
     s->n_past = s->cached;
     pthread_mutex_lock(&e->mu);
     if (s->cached > 0) {
         e->pc_hits++;
         e->pc_tokens += (uint64_t)s->cached;
-    } else if (e->n_pc > 0) {
+    } else if (e->pc_on) {
         e->pc_misses++;
     }
     pthread_mutex_unlock(&e->mu);
@@ -1557,7 +1773,7 @@ static int32_t step(struct tg_engine *e)
         if (!s->job || s->n_in_batch == 0)
             continue;
         s->n_past += s->n_in_batch;
-        if (s->state == SLOT_PREFILL && s->n_past == s->job->n_tokens)
+        if (s->state == SLOT_PREFILL && s->n_past == s->job->n_tokens && !e->split)
             pcache_insert(e, s);
         if (s->batch_idx < 0)
             continue; /* prompt chunk without its last token yet */
@@ -1655,6 +1871,13 @@ static void *engine_main(void *arg)
             if (s->job)
                 continue;
             struct job *j = e->q_head;
+            if (e->split && e->pc_on) {
+                /* The idle slot that already holds its prefix; slot i, if passed over,
+                 * is looked at again. */
+                s = split_pick_slot(e, j);
+                if (s != &e->slots[i])
+                    i--;
+            }
             e->q_head = j->next;
             if (!e->q_head)
                 e->q_tail = NULL;
@@ -1695,6 +1918,7 @@ static void engine_free(struct tg_engine *e)
 {
     for (int32_t i = 0; i < MAX_SLOTS; i++) {
         free(e->slots[i].cand);
+        free(e->slots[i].kept);
         tg_buf_free(&e->slots[i].out);
     }
     if (e->pc) {
@@ -1738,6 +1962,9 @@ static void fill_info(struct tg_engine *e)
     in->n_params = llama_model_n_params(e->model);
     in->model_bytes = llama_model_size(e->model);
     in->n_ctx = e->n_ctx;
+    in->n_ctx_seq = e->n_ctx_seq;
+    in->kv_split = e->split;
+    in->prefix_cache_spill_bytes = e->spill_budget > 0 ? e->spill_budget : 0;
     in->n_ctx_train = llama_model_n_ctx_train(e->model);
     in->n_slots = e->n_slots;
     in->n_embd = llama_model_n_embd(e->model);
@@ -1777,8 +2004,11 @@ int tg_engine_create(const struct tg_engine_params *pin, struct tg_engine **out,
         p.queue_max = d.queue_max;
     if (p.prefix_cache_entries == 0)
         p.prefix_cache_entries = d.prefix_cache_entries;
-    if (p.prefix_cache_entries < 0 || p.kv_split)
-        p.prefix_cache_entries = 0; /* cross-stream copies are whole-buffer only */
+    if (p.prefix_cache_entries < 0)
+        p.prefix_cache_entries = 0;
+    /* Sequences: one per slot, plus (unified) one per prefix-cache entry; with kv_split the
+     * entries live in the slots' own streams and in host memory. */
+    int32_t n_seqs = p.n_slots + (p.kv_split ? 0 : p.prefix_cache_entries);
     if (p.prefix_cache_min_tokens <= 0)
         p.prefix_cache_min_tokens = d.prefix_cache_min_tokens;
     if (p.embed_ctx == 0)
@@ -1791,15 +2021,16 @@ int tg_engine_create(const struct tg_engine_params *pin, struct tg_engine **out,
      * row per sequence (GGML_ASSERT in output_reserve otherwise). */
     if (p.n_batch > p.n_ctx)
         p.n_batch = p.n_ctx; /* llama.cpp clamps it the same way */
-    if (p.n_batch > 0 && p.n_batch < p.n_slots + p.prefix_cache_entries)
-        p.n_batch = p.n_slots + p.prefix_cache_entries;
+    if (p.n_batch > 0 && p.n_batch < n_seqs)
+        p.n_batch = n_seqs;
     enum ggml_type kvt;
     if (p.n_slots < 1 || p.n_slots > MAX_SLOTS || p.n_ctx < 16 || p.n_batch < 1 ||
-        p.n_ctx < p.n_slots + p.prefix_cache_entries ||
+        p.n_ctx < n_seqs || p.prefix_cache_spill_bytes < -1 ||
         p.queue_max < 0 || p.prefix_cache_entries > 256 - MAX_SLOTS || p.embed_ctx < -1) {
         errf(err, errlen,
              "engine: bad parameters (n_slots 1..%d, n_ctx >= 16 and >= n_slots + "
-             "prefix_cache_entries, n_batch >= 1, prefix_cache_entries <= %d)",
+             "prefix_cache_entries, n_batch >= 1, prefix_cache_entries <= %d, "
+             "prefix_cache_spill_bytes >= -1)",
              MAX_SLOTS, 256 - MAX_SLOTS);
         return TG_INVAL;
     }
@@ -1835,6 +2066,8 @@ int tg_engine_create(const struct tg_engine_params *pin, struct tg_engine **out,
     e->n_slots = p.n_slots;
     e->n_batch = p.n_batch;
     e->n_pc = p.prefix_cache_entries;
+    e->pc_on = e->n_pc > 0;
+    e->split = p.kv_split;
     e->spill_budget = p.prefix_cache_spill_bytes > 0 ? p.prefix_cache_spill_bytes : -1;
 
     struct llama_model_params mp = llama_model_default_params();
@@ -1878,7 +2111,7 @@ int tg_engine_create(const struct tg_engine_params *pin, struct tg_engine **out,
     cp.n_ctx = (uint32_t)p.n_ctx;
     cp.n_batch = (uint32_t)p.n_batch;
     cp.n_ubatch = (uint32_t)p.n_batch;
-    cp.n_seq_max = (uint32_t)(p.n_slots + e->n_pc);
+    cp.n_seq_max = (uint32_t)n_seqs;
     cp.n_threads = p.n_threads;
     cp.n_threads_batch = p.n_threads;
     /* Unified: prefix copies are metadata only and a job may use all of n_ctx. Split: each
@@ -1892,13 +2125,30 @@ int tg_engine_create(const struct tg_engine_params *pin, struct tg_engine **out,
     e->ctx = llama_init_from_model(e->model, cp);
     if (!e->ctx) {
         errf(err, errlen, "engine: could not create a context (n_ctx %d, %d sequences)%s%s",
-             p.n_ctx, p.n_slots + e->n_pc, tls_llama_err[0] ? ": " : "", tls_llama_err);
+             p.n_ctx, n_seqs, tls_llama_err[0] ? ": " : "", tls_llama_err);
         engine_free(e);
         return TG_MODEL;
     }
     e->mem = llama_get_memory(e->ctx);
     e->n_ctx = (int32_t)llama_n_ctx(e->ctx);
     e->n_ctx_seq = (int32_t)llama_n_ctx_seq(e->ctx); /* n_ctx, or its per-slot slice */
+    if (e->split && p.prefix_cache_spill_bytes == 0) {
+        /* Split mode's default host budget: as many bytes as the KV cache itself, i.e. room
+         * for about as many prefixes again as the slots hold. A copy costs about as much
+         * as the slot's own prefill of a few dozen tokens and is made only when a slot is
+         * taken for an unrelated prompt, so it is cheap where prefixes repeat and it bounds
+         * the process to at most twice the KV memory the operator already sized. */
+        int32_t n_layer = llama_model_n_layer(e->model);
+        int32_t n_head = llama_model_n_head(e->model);
+        int32_t n_head_kv = llama_model_n_head_kv(e->model);
+        int64_t n_embd_kv = n_head > 0 ? (int64_t)llama_model_n_embd(e->model) / n_head *
+                                             (n_head_kv > 0 ? n_head_kv : n_head)
+                                       : llama_model_n_embd(e->model);
+        int64_t per_cell = (int64_t)n_layer * 2 * (int64_t)ggml_row_size(kvt, n_embd_kv);
+        e->spill_budget = per_cell * e->n_ctx;
+        if (e->spill_budget <= 0)
+            e->spill_budget = -1;
+    }
     e->batch = llama_batch_init(p.n_batch, 0, 1);
 
     if (p.embed_ctx > 0) {
@@ -1930,7 +2180,7 @@ int tg_engine_create(const struct tg_engine_params *pin, struct tg_engine **out,
         if (!e->pc)
             goto nomem;
         for (int32_t i = 0; i < e->n_pc; i++)
-            e->pc[i].seq = e->n_slots + i;
+            e->pc[i].seq = e->split ? -1 : e->n_slots + i; /* split: host memory only */
     }
     for (int32_t i = 0; i < e->n_slots; i++) {
         struct slot *s = &e->slots[i];

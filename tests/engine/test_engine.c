@@ -130,6 +130,55 @@ static void coll_wait_tokens(struct coll *c, int n)
 
 /* ---------------------------------------------------------------- helpers */
 
+/* Tests that run in both KV layouts get their layout as their state from a per-test setup
+ * (cmocka's initial_state would lose to the group's shared engine). */
+static bool KV_UNIFIED = false, KV_SPLIT = true;
+static int kv_unified_setup(void **state)
+{
+    *state = &KV_UNIFIED;
+    return 0;
+}
+static int kv_split_setup(void **state)
+{
+    *state = &KV_SPLIT;
+    return 0;
+}
+#define BOTH_KV(f)                                                                          \
+    {#f "_unified", f, kv_unified_setup, NULL, NULL},                                       \
+    {                                                                                       \
+        #f "_kv_split", f, kv_split_setup, NULL, NULL                                       \
+    }
+
+static bool kv_split_of(void **state)
+{
+    return *state && *(const bool *)*state;
+}
+
+/* kv_split with n_ctx 4096 gives each slot 4096 / slots cells. */
+static struct tg_engine *make_engine_kv(int32_t slots, int32_t pc_entries, int32_t pc_min,
+                                        bool split, int64_t spill_bytes)
+{
+    struct tg_engine_params p = tg_engine_default_params();
+    p.model_path = TG_TINY_MODEL;
+    p.n_ctx = 4096;
+    p.n_slots = slots;
+    p.n_threads = 1; /* 2 cores shared by many: a spinning 2nd thread only hurts */
+    p.queue_max = 256;
+    p.prefix_cache_entries = pc_entries;
+    p.prefix_cache_min_tokens = pc_min;
+    p.prefix_cache_spill_bytes = spill_bytes;
+    p.kv_split = split;
+    p.embed_ctx = -1;
+    struct tg_engine *e = NULL;
+    char err[256] = "";
+    int rc = tg_engine_create(&p, &e, err, sizeof err);
+    if (rc != TG_OK)
+        fprintf(stderr, "create: %s\n", err);
+    assert_int_equal(rc, TG_OK);
+    assert_non_null(e);
+    return e;
+}
+
 static struct tg_engine *make_engine(int32_t slots, int32_t pc_entries, int32_t pc_min)
 {
     struct tg_engine_params p = tg_engine_default_params();
@@ -301,7 +350,8 @@ static void test_kv_quant(void **state)
 }
 
 /* Split KV: every slot has its own n_ctx / n_slots cells; batching gives the same greedy
- * tokens; a prompt bigger than one slice is TG_CONTEXT; no prefix cache. */
+ * tokens; a prompt bigger than one slice is TG_CONTEXT naming both sizes; jobs that start
+ * together share no cached prefix, and each slot then keeps its prompt. */
 static void test_kv_split(void **state)
 {
     (void)state;
@@ -333,7 +383,7 @@ static void test_kv_split(void **state)
     struct tg_engine_stats st;
     tg_engine_stats(e, &st);
     assert_int_equal(st.prefix_cache_hits, 0);
-    assert_int_equal(st.prefix_cache_entries, 0);
+    assert_int_equal(st.prefix_cache_entries, 4); /* one kept prompt per slot */
 
     struct tg_buf b;
     tg_buf_init(&b, 0);
@@ -344,6 +394,7 @@ static void test_kv_split(void **state)
     assert_int_equal(tg_engine_submit(e, &jb, on_event, NULL, NULL, err, sizeof err),
                      TG_CONTEXT);
     assert_non_null(strstr(err, "at most 255 tokens"));
+    assert_non_null(strstr(err, "n_ctx 1024 over 4 slots"));
     tg_buf_free(&b);
     for (int k = 0; k < 4; k++)
         coll_free(&c[k]);
@@ -509,18 +560,21 @@ static void test_bad_jobs(void **state)
     assert_int_equal(tg_engine_submit(e, NULL, on_event, NULL, NULL, err, sizeof err), TG_INVAL);
 }
 
+/* Both layouts: the message names the prompt's tokens and the context it must fit (with
+ * kv_split, one slot's share of n_ctx, and n_ctx itself). */
 static void test_overlong_prompt(void **state)
 {
+    bool split = kv_split_of(state);
     struct tg_engine_params p = tg_engine_default_params();
     p.model_path = TG_TINY_MODEL;
     p.n_ctx = 256;
+    p.kv_split = split;
     p.n_slots = 2;
     p.n_threads = 1; /* 2 cores shared by many: a spinning 2nd thread only hurts */
     p.embed_ctx = 64;
     struct tg_engine *e = NULL;
     char err[512] = "";
     assert_int_equal(tg_engine_create(&p, &e, err, sizeof err), TG_OK);
-    (void)state;
     struct tg_buf b;
     tg_buf_init(&b, 0);
     for (int i = 0; i < 200; i++)
@@ -538,6 +592,27 @@ static void test_overlong_prompt(void **state)
     assert_non_null(strstr(err, "prompt is "));
     long n_prompt = strtol(strstr(err, "prompt is ") + strlen("prompt is "), NULL, 10);
     assert_true(n_prompt > in.n_ctx);
+    char limit[64];
+    snprintf(limit, sizeof limit, "holds at most %d tokens", in.n_ctx_seq - 1);
+    assert_non_null(strstr(err, limit));
+    assert_int_equal(in.n_ctx_seq, split ? in.n_ctx / 2 : in.n_ctx);
+    assert_int_equal(in.kv_split, split);
+    if (split) { /* a prompt that fits n_ctx but not one slot's share */
+        struct tg_buf mid;
+        tg_buf_init(&mid, 0);
+        long reps = 200L * (in.n_ctx + in.n_ctx_seq) / 2 / n_prompt; /* ~192 tokens */
+        for (long i = 0; i < reps; i++)
+            tg_buf_append_str(&mid, "alpha beta gamma ");
+        struct tg_chat_msg mm[] = {{"user", mid.data}};
+        struct tg_engine_job jm = user_job(mm, 1, 8);
+        assert_int_equal(tg_engine_submit(e, &jm, on_event, NULL, NULL, err, sizeof err),
+                         TG_CONTEXT);
+        n_prompt = strtol(strstr(err, "prompt is ") + strlen("prompt is "), NULL, 10);
+        assert_true(n_prompt < in.n_ctx && n_prompt >= in.n_ctx_seq);
+        assert_non_null(strstr(err, "one slot's context"));
+        assert_non_null(strstr(err, nctx));
+        tg_buf_free(&mid);
+    }
 
     struct tg_engine_job ej;
     memset(&ej, 0, sizeof ej);
@@ -750,10 +825,12 @@ static void test_busy_and_destroy_pending(void **state)
 
 /* ---------------------------------------------------------------- prefix cache */
 
+/* Both layouts. With kv_split the third prompt finds the second one's prompt in the slot
+ * (the first one's was cut back to the shared system prompt when the second one hit it). */
 static void test_prefix_cache_identical(void **state)
 {
-    (void)state;
-    struct tg_engine *warm = make_engine(2, 4, 16);
+    bool split = kv_split_of(state);
+    struct tg_engine *warm = make_engine_kv(2, 4, 16, split, 0);
     struct tg_engine *cold = make_engine(2, -1, 0);
     const char *asks[3] = {"Ticket 1: my invoice is wrong.", "Ticket 2: the app crashes.",
                            "Ticket 1: my invoice is wrong."};
@@ -770,7 +847,7 @@ static void test_prefix_cache_identical(void **state)
             assert_int_equal(w.usage.cached_tokens, 0);
         else
             assert_true(w.usage.cached_tokens > 40); /* the whole system prompt at least */
-        if (i == 2) /* same prompt again: all but the last token */
+        if (i == 2 && !split) /* same prompt again: all but the last token */
             assert_int_equal(w.usage.cached_tokens, w.usage.prompt_tokens - 1);
         assert_int_equal(w.usage.completion_tokens, c.usage.completion_tokens);
         assert_int_equal(w.text.len, c.text.len);
@@ -788,12 +865,17 @@ static void test_prefix_cache_identical(void **state)
     tg_engine_destroy(cold);
 }
 
-/* An entry no running job shares is moved out of the KV cache while other jobs run (so the
- * attention range of their steps does not cover it) and copied back on a hit; the output
+/* Unified: an entry no running job shares is moved out of the KV cache while other jobs run
+ * (so the attention range of their steps does not cover it) and copied back on a hit.
+ * kv_split: a slot's kept prompt is copied to host memory when the slot is taken for an
+ * unrelated prompt and restored into whichever slot the hit gets. Either way the output
  * stays identical to a cold run. spill_bytes: the budget under test (1 GiB: moved out and
- * back; 1 = too small for any entry: dropped instead; 0 = the default, off: never moved). */
-static void prefix_spill_case(int64_t spill_bytes)
+ * back; 1 = too small for any entry: dropped instead; 0 = the default: off when unified (the
+ * entry stays in the KV cache), the KV cache's size with kv_split; -1 = off). */
+static void prefix_spill_case(bool split, int64_t spill_bytes)
 {
+    bool moves = spill_bytes > 1 || (split && spill_bytes == 0);
+    bool hit = moves || (!split && spill_bytes <= 0);
     struct tg_engine_params p = tg_engine_default_params();
     p.model_path = TG_TINY_MODEL;
     p.n_ctx = 4096;
@@ -802,6 +884,7 @@ static void prefix_spill_case(int64_t spill_bytes)
     p.prefix_cache_entries = 8; /* room for a's entry and every b's */
     p.prefix_cache_min_tokens = 16;
     p.prefix_cache_spill_bytes = spill_bytes;
+    p.kv_split = split;
     p.embed_ctx = -1;
     struct tg_engine *warm = NULL;
     char err[256] = "";
@@ -839,7 +922,7 @@ static void prefix_spill_case(int64_t spill_bytes)
     }
     assert_true(rows > 256);
     tg_engine_stats(warm, &st);
-    if (spill_bytes > 1) {
+    if (moves) {
         assert_true(st.prefix_cache_spills >= 1);
         assert_true(st.prefix_cache_spilled_bytes > 0);
     } else {
@@ -852,13 +935,17 @@ static void prefix_spill_case(int64_t spill_bytes)
     assert_int_equal(w.type, TG_EV_DONE);
     assert_int_equal(k.type, TG_EV_DONE);
     tg_engine_stats(warm, &st);
-    if (spill_bytes == 1) { /* no room to keep it: dropped, so a miss */
+    if (!hit) { /* no room to keep it: dropped, so a miss */
         assert_int_equal(w.usage.cached_tokens, 0);
         assert_int_equal(st.prefix_cache_restores, 0);
     } else {
         assert_true(w.usage.cached_tokens > 40);
-        assert_int_equal(st.prefix_cache_restores, spill_bytes > 1 ? 1 : 0);
+        assert_int_equal(st.prefix_cache_restores, moves ? 1 : 0);
     }
+    struct tg_engine_info in;
+    tg_engine_info(warm, &in);
+    assert_true(in.prefix_cache_spill_bytes == 0 || st.prefix_cache_spilled_bytes <=
+                                                        in.prefix_cache_spill_bytes);
     assert_int_equal(w.usage.completion_tokens, k.usage.completion_tokens);
     assert_int_equal(w.text.len, k.text.len);
     assert_memory_equal(w.text.data, k.text.data, k.text.len);
@@ -870,20 +957,24 @@ static void prefix_spill_case(int64_t spill_bytes)
 
 static void test_prefix_cache_spill(void **state)
 {
-    (void)state;
-    prefix_spill_case((int64_t)1 << 30);
-    prefix_spill_case(1);
-    prefix_spill_case(0);
+    bool split = kv_split_of(state);
+    prefix_spill_case(split, (int64_t)1 << 30);
+    prefix_spill_case(split, 1);
+    prefix_spill_case(split, 0);
+    if (split)
+        prefix_spill_case(split, -1);
 }
 
 /* Many distinct prompts through a small KV cache: cached prefixes are evicted instead of
- * failing jobs. */
+ * failing jobs (unified); with kv_split each slot's share holds its job and its kept
+ * prefix, which the next job cuts back to the shared part. */
 static void test_prefix_cache_eviction(void **state)
 {
-    (void)state;
+    bool split = kv_split_of(state);
     struct tg_engine_params p = tg_engine_default_params();
     p.model_path = TG_TINY_MODEL;
-    p.n_ctx = 256;
+    p.n_ctx = split ? 512 : 256;
+    p.kv_split = split;
     p.n_slots = 2;
     p.n_threads = 1; /* 2 cores shared by many: a spinning 2nd thread only hurts */
     p.prefix_cache_entries = 8;
@@ -906,6 +997,150 @@ static void test_prefix_cache_eviction(void **state)
     struct tg_engine_stats st;
     tg_engine_stats(e, &st);
     assert_int_equal(st.prefix_cache_hits, 11);
+    tg_engine_destroy(e);
+}
+
+/* Both layouts: prompts with distinct prefixes through one slot and two entries; the least
+ * recently used entry goes (unified: by count; kv_split: host entries by count and by
+ * bytes), a hit on a surviving one equals a cold run. */
+static void test_prefix_cache_lru(void **state)
+{
+    bool split = kv_split_of(state);
+    static const char *SYS =
+        "You sort warehouse notices for a logistics team. Read the notice and state the "
+        "parcel count, the carrier and the delivery day in one short line, quoting "
+        "reference numbers exactly and never guessing what the notice does not say.";
+    char sys[4][512];
+    struct tg_chat_msg m[4][2];
+    struct tg_engine_job jobs[4];
+    for (int i = 0; i < 4; i++) {
+        snprintf(sys[i], sizeof sys[i], "%d. %s", 21 + 11 * i, SYS);
+        m[i][0] = (struct tg_chat_msg){"system", sys[i]};
+        m[i][1] = (struct tg_chat_msg){"user", "Three parcels, UPS, Monday."};
+        jobs[i] = user_job(m[i], 2, 12);
+    }
+    struct tg_engine *cold = make_engine(1, -1, 0);
+    struct tg_engine *warm = make_engine_kv(1, 2, 16, split, (int64_t)1 << 30);
+    struct coll w, k;
+    for (int i = 0; i < 3; i++) { /* P0 P1 P2: P0 is the least recently used */
+        run_job(warm, &jobs[i], &w);
+        assert_int_equal(w.usage.cached_tokens, 0);
+        coll_free(&w);
+    }
+    struct tg_engine_stats st;
+    tg_engine_stats(warm, &st);
+    assert_true(st.prefix_cache_entries <= 3); /* 2 entries (+ the slot's own, split) */
+    run_job(warm, &jobs[1], &w); /* P1 survived */
+    run_job(cold, &jobs[1], &k);
+    assert_int_equal(w.usage.cached_tokens, w.usage.prompt_tokens - 1);
+    assert_int_equal(w.text.len, k.text.len);
+    assert_memory_equal(w.text.data, k.text.data, k.text.len);
+    coll_free(&w);
+    coll_free(&k);
+    run_job(warm, &jobs[0], &w); /* P0 was evicted */
+    assert_int_equal(w.usage.cached_tokens, 0);
+    coll_free(&w);
+    tg_engine_stats(warm, &st);
+    if (split) {
+        assert_int_equal(st.prefix_cache_restores, 1);
+        /* By bytes: a budget for one entry and a half keeps only the newest copy. */
+        int64_t one = st.prefix_cache_spilled_bytes / 2;
+        assert_true(one > 0);
+        tg_engine_destroy(warm);
+        warm = make_engine_kv(1, 8, 16, true, one + one / 2);
+        for (int i = 0; i < 3; i++) { /* host: P0, then P1 replaces it */
+            run_job(warm, &jobs[i], &w);
+            coll_free(&w);
+        }
+        tg_engine_stats(warm, &st);
+        assert_true(st.prefix_cache_spilled_bytes <= one + one / 2);
+        assert_int_equal(st.prefix_cache_spills, 2);
+        run_job(warm, &jobs[1], &w); /* the newest copy: a hit */
+        assert_int_equal(w.usage.cached_tokens, w.usage.prompt_tokens - 1);
+        coll_free(&w);
+        run_job(warm, &jobs[0], &w); /* dropped for the budget: a miss */
+        assert_int_equal(w.usage.cached_tokens, 0);
+        coll_free(&w);
+    }
+    tg_engine_destroy(warm);
+    tg_engine_destroy(cold);
+}
+
+/* Both layouts: a job that hit the cache is cancelled mid-generation; later hits on the
+ * same prefix (and on its own prompt) still equal a cold run. */
+static void test_prefix_cache_cancel_hit(void **state)
+{
+    bool split = kv_split_of(state);
+    struct tg_engine *warm = make_engine_kv(1, 4, 16, split, 0);
+    struct tg_engine *cold = make_engine(1, -1, 0);
+    struct tg_chat_msg a[] = {{"system", LONG_SYS}, {"user", "Ticket 1: my invoice is wrong."}};
+    struct tg_chat_msg b[] = {{"system", LONG_SYS}, {"user", "Ticket 2: the app crashes."}};
+    struct tg_chat_msg c[] = {{"system", LONG_SYS}, {"user", "Ticket 3: where is my order?"}};
+    struct tg_engine_job ja = user_job(a, 2, 8), jb = user_job(b, 2, 0), jc = user_job(c, 2, 24);
+    jb.stream = true;
+    jb.temperature = 1.0f;
+    struct coll w, k;
+    run_job(warm, &ja, &w);
+    coll_free(&w);
+    uint64_t id;
+    coll_init(&w);
+    submit_ok(warm, &jb, &w, &id);
+    coll_wait_tokens(&w, 2);
+    assert_int_equal(tg_engine_cancel(warm, id), TG_OK);
+    coll_wait(&w);
+    assert_string_equal(w.finish, "cancelled");
+    assert_true(w.usage.cached_tokens > 40);
+    coll_free(&w);
+    struct tg_engine_job jobs[2] = {jc, jb};
+    jobs[1].stream = false;
+    jobs[1].temperature = 0;
+    jobs[1].max_tokens = 24;
+    for (int i = 0; i < 2; i++) {
+        run_job(warm, &jobs[i], &w);
+        run_job(cold, &jobs[i], &k);
+        assert_int_equal(w.type, TG_EV_DONE);
+        assert_true(w.usage.cached_tokens > 40);
+        assert_int_equal(w.text.len, k.text.len);
+        assert_memory_equal(w.text.data, k.text.data, k.text.len);
+        coll_free(&w);
+        coll_free(&k);
+    }
+    tg_engine_destroy(warm);
+    tg_engine_destroy(cold);
+}
+
+/* Both layouts: 8 concurrent jobs sharing a system prompt, twice; the second round hits the
+ * cache (kv_split: every job finds its own earlier prompt in a slot) and gives the same
+ * tokens as the first, cold one. */
+static void test_prefix_cache_concurrent8(void **state)
+{
+    bool split = kv_split_of(state);
+    struct tg_engine *e = make_engine_kv(8, 8, 16, split, 0);
+    struct coll c[2][8];
+    struct tg_chat_msg m[8][2];
+    for (int r = 0; r < 2; r++) {
+        for (int i = 0; i < 8; i++) {
+            m[i][0] = (struct tg_chat_msg){"system", LONG_SYS};
+            m[i][1] = (struct tg_chat_msg){"user", USERS[i]};
+            struct tg_engine_job j = user_job(m[i], 2, 16);
+            coll_init(&c[r][i]);
+            submit_ok(e, &j, &c[r][i], NULL);
+        }
+        for (int i = 0; i < 8; i++) {
+            coll_wait(&c[r][i]);
+            assert_int_equal(c[r][i].type, TG_EV_DONE);
+            if (r == 1)
+                assert_true(c[r][i].usage.cached_tokens > 40);
+        }
+    }
+    for (int i = 0; i < 8; i++) {
+        assert_int_equal(c[1][i].text.len, c[0][i].text.len);
+        assert_memory_equal(c[1][i].text.data, c[0][i].text.data, c[0][i].text.len);
+        if (split) /* its own prompt, all but the last token */
+            assert_int_equal(c[1][i].usage.cached_tokens, c[1][i].usage.prompt_tokens - 1);
+        coll_free(&c[0][i]);
+        coll_free(&c[1][i]);
+    }
     tg_engine_destroy(e);
 }
 
@@ -1305,15 +1540,18 @@ int main(void)
         cmocka_unit_test(test_stop_string),
         cmocka_unit_test(test_raw_grammar),
         cmocka_unit_test(test_bad_jobs),
-        cmocka_unit_test(test_overlong_prompt),
+        BOTH_KV(test_overlong_prompt),
         cmocka_unit_test(test_batch_identical_and_concurrent),
         cmocka_unit_test(test_cancel_frees_slot),
         cmocka_unit_test(test_chunked_prefill),
         cmocka_unit_test(test_kv_full),
         cmocka_unit_test(test_busy_and_destroy_pending),
-        cmocka_unit_test(test_prefix_cache_identical),
-        cmocka_unit_test(test_prefix_cache_eviction),
-        cmocka_unit_test(test_prefix_cache_spill),
+        BOTH_KV(test_prefix_cache_identical),
+        BOTH_KV(test_prefix_cache_eviction),
+        BOTH_KV(test_prefix_cache_spill),
+        BOTH_KV(test_prefix_cache_lru),
+        BOTH_KV(test_prefix_cache_cancel_hit),
+        BOTH_KV(test_prefix_cache_concurrent8),
         cmocka_unit_test(test_classify_100),
         cmocka_unit_test(test_classify_multi),
         cmocka_unit_test(test_extract_100),

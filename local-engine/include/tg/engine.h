@@ -3,9 +3,9 @@
  * One engine = one loaded GGUF model + one llama_context with n_slots sequences decoded
  * together (continuous batching: jobs join and leave between decode steps; long prompts are
  * prefilled in chunks of n_batch tokens so running streams keep flowing), a bounded queue in
- * front of the slots, an LRU prefix cache of prompt KV (reused through llama_memory_seq_cp on
- * a unified KV cache, so a hit gives the same tokens as a cold run), and a small second
- * context for pooled embeddings.
+ * front of the slots, an LRU prefix cache of prompt KV (a hit gives the same tokens as a cold
+ * run; see kv_split for the two layouts), and a small second context for pooled
+ * embeddings.
  *
  * Threads
  *   - tg_engine_create() starts one scheduler thread; every llama.cpp call on the context
@@ -48,11 +48,20 @@ struct tg_engine_params {
                                      prefix_cache_entries if smaller */
     int32_t queue_max;            /* jobs waiting for a slot before submit says TG_BUSY;
                                      0 = 64 */
-    int32_t prefix_cache_entries; /* cached prompt prefixes (LRU); 0 = 8; -1 = no cache */
+    int32_t prefix_cache_entries; /* cached prompt prefixes (LRU); 0 = 8; -1 = no cache.
+                                     kv_split: entries in host memory, beside the one
+                                     prompt each idle slot keeps */
     int32_t prefix_cache_min_tokens; /* shortest prompt worth caching, tokens; 0 = 32 */
-    int64_t prefix_cache_spill_bytes; /* host memory for cached prefixes that no running job
-                                     shares, bytes; 0 (default) or -1 = off: entries stay
-                                     in the KV cache. llama.cpp attends over every KV cell up
+    int64_t prefix_cache_spill_bytes; /* host memory for cached prefixes, bytes; -1 = none.
+                                     kv_split: 0 (default) = as many bytes as the KV cache
+                                     (tg_engine_info says how many): a slot taken for an
+                                     unrelated prompt first copies the prompt it kept here
+                                     (llama_state_seq_get_data), and a later hit restores
+                                     it into its slot (bit-exact); over the budget or
+                                     prefix_cache_entries, least recently used first.
+                                     Unified: for prefixes no running job shares; 0
+                                     (default) = off: entries stay in the KV cache.
+                                     llama.cpp attends over every KV cell up
                                      to the highest one in use, so an idle entry left there
                                      costs every decoded token a (masked) scan of its cells;
                                      with a budget, once jobs have decoded 256 tokens beside
@@ -66,11 +75,18 @@ struct tg_engine_params {
                                      embedding context (TG_JOB_EMBED fails TG_UNSUPPORTED) */
     const char *backend_dir;      /* ggml backend libraries; NULL = build-time default
                                      (TG_LLAMA_BACKEND_DIR), "" = statically linked */
-    bool kv_split;                /* false (default): one unified KV cache; any job may use
-                                     all n_ctx cells; prefix cache on. true: each slot gets
-                                     its own n_ctx / n_slots cells (a job's prompt + output
-                                     must fit there) and attends over them only, which is
-                                     faster with many concurrent streams; no prefix cache. */
+    bool kv_split;                /* false: one unified KV cache; any job may use all n_ctx
+                                     cells; prefix-cache entries are extra sequences sharing
+                                     cells with the jobs that hit them (llama_memory_seq_cp).
+                                     true: each slot gets its own n_ctx / n_slots cells (a
+                                     job's prompt + output must fit there, else TG_CONTEXT
+                                     naming both sizes) and attends over them only, which is
+                                     faster with many concurrent streams (llama-server's
+                                     layout with -np N). Prefix cache as llama-server's:
+                                     an idle slot keeps its last prompt's KV, a job goes to
+                                     the idle slot sharing the longest prefix with it and
+                                     prefills the rest, and prompts beyond the slots live in
+                                     host memory (prefix_cache_spill_bytes). */
     /* Model-load progress, 0.0 .. 1.0, called on the thread that calls tg_engine_create
      * (llama.cpp's progress_callback); NULL = none. For progress bars on large models. */
     void (*load_progress)(float progress, void *user);
@@ -102,6 +118,10 @@ struct tg_engine_info {
     uint64_t n_params;     /* parameters */
     uint64_t model_bytes;  /* size of the weights, bytes */
     int32_t n_ctx;         /* KV cells actually allocated */
+    int32_t n_ctx_seq;     /* KV cells one job may use: n_ctx, or n_ctx / n_slots with
+                              kv_split (a prompt + output must fit there) */
+    bool kv_split;
+    int64_t prefix_cache_spill_bytes; /* host-memory budget in effect, bytes; 0 = none */
     int32_t n_ctx_train;   /* context length the model was trained for */
     int32_t n_slots;
     int32_t n_embd;        /* embedding vector length (TG_JOB_EMBED) */
