@@ -2,22 +2,37 @@
 """bench/gateway: tiergate's remote-tier overhead against the fake upstream, in one run.
 
 Starts tg-fake-upstream (no recording), tiergate (remote tier only: no model, no Redis, cache
-off) and, when installed, the Portkey gateway (@portkey-ai/gateway from npm) on free ports, then:
+off), when installed the Portkey gateway (@portkey-ai/gateway from npm) and, when installed,
+reference reverse proxies in front of the same fake (--refs, default nginx,haproxy):
 
-  1. idle RSS of tiergate (no model loaded)
-  2. fixed-rate latency (tg-loadgen, open loop) at --rate req/s: direct vs through tiergate,
-     alternating, --reps times; added latency = tiergate - direct per percentile (median of reps)
-  3. the same at --portkey-rate (a rate Portkey sustains here) for direct, tiergate and Portkey
-  4. closed-loop throughput with wrk (-t1 -c32): direct, tiergate, Portkey
-  5. RSS of tiergate holding 10,000 idle keep-alive connections
+  nginx         1 worker, no master, upstream keepalive pool (64), HTTP/1.1 to the fake, no access log
+  haproxy-http  mode http, nbthread 1, http-reuse always (pooled server connections)
+  haproxy-tcp   mode tcp, nbthread 1: bytes relayed, no HTTP parsing, one server connection per
+                client connection: the cost of the extra hop alone (the L4 floor)
 
-  python3 bench/gateway/run.py --build build-upstream [--portkey /tmp/portkey/node_modules/...]
+all on free ports and run as the current user, then:
 
-Prints a Markdown section (for bench/RESULTS.md) and writes the raw JSON next to it.
+  1. idle RSS of tiergate (no model loaded) and of each reference proxy
+  2. fixed-rate latency (tg-loadgen, open loop) at --rate req/s: direct, through tiergate and
+     through each reference, alternating, --reps times; added latency = proxy - direct per
+     percentile (median of reps); CPU per request of each process (utime+stime / requests sent)
+  3. the same at --portkey-rate (a rate Portkey sustains here), Portkey included
+  4. one connection, closed loop (wrk -c1): every request alone in the pipeline
+  5. closed-loop throughput with wrk (-t1 -c32): every target, share of direct
+  6. RSS of tiergate holding --idle-conns idle keep-alive connections
+
+  sh bench/gateway/install-refs.sh        # nginx-light + haproxy (apt), Portkey (npm, /tmp/upstream-portkey)
+  python3 bench/gateway/run.py --build build --nice -20 --rt [--refs nginx,haproxy | --refs none]
+
+A reference that is not installed (or does not start) is skipped with a note. Prints Markdown
+tables (for bench/RESULTS.md) ending in "tiergate / reference" ratios and the issue's targets
+checked for tiergate and for each reference, and writes the raw JSON next to them.
 """
 import argparse
 import json
+import math
 import os
+import shutil
 import signal
 import socket
 import statistics
@@ -67,10 +82,11 @@ def cpu_s(pid):
 
 
 def measured(pids, fn):
-    """Run fn() and add the CPU microseconds per successful request each pid spent."""
+    """Run fn() and add the CPU microseconds per request each pid spent (requests = sent_total)."""
     before = {k: cpu_s(p) for k, p in pids.items()}
     r = fn()
-    r["cpu_us_per_req"] = {k: round((cpu_s(p) - before[k]) * 1e6 / r["sent_total"], 1) for k, p in pids.items()}
+    n = max(1, r.get("sent_total") or 0)
+    r["cpu_us_per_req"] = {k: round((cpu_s(p) - before[k]) * 1e6 / n, 1) for k, p in pids.items()}
     return r
 
 
@@ -80,7 +96,11 @@ RT = {"on": False}
 def set_rt(pids, on):
     """SCHED_FIFO (on) or back to SCHED_OTHER for every thread of the server processes."""
     for pid in pids:
-        for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue  # a process that died: its absence shows up as failed runs
+        for tid in tids:
             try:
                 if on:
                     os.sched_setscheduler(int(tid), os.SCHED_FIFO, os.sched_param(10))
@@ -99,8 +119,12 @@ def loadgen(build, url, rate, duration, warmup, headers=(), conns=32):
     if RT["on"]:
         cmd = ["chrt", "-f", "10"] + cmd
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + warmup + 60)
-    r = json.loads(out.stdout.strip().splitlines()[-1])
+    lines = out.stdout.strip().splitlines()
+    if out.returncode != 0 or not lines:
+        raise RuntimeError(f"tg-loadgen {url} exited {out.returncode}: {out.stderr.strip()[-300:]}")
+    r = json.loads(lines[-1])
     r["sent_total"] = r["sent"]  # everything sent, warm-up included
+    r["failed"] = r.get("errors", 0) + r.get("non2xx", 0)
     return r
 
 
@@ -118,16 +142,173 @@ def wrk(url, seconds, extra_headers="", conns=32):
         env["EXTRA_HEADERS"] = extra_headers
     out = subprocess.run(["wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--latency", "-s", f"{HERE}/post.lua", url],
                          capture_output=True, text=True, env=env, timeout=seconds + 30)
-    r = {"rps": None, "errors": 0, "raw": out.stdout}
+    r = {"rps": None, "errors": 0, "failed": 0, "sent_total": 0, "raw": out.stdout}
     for line in out.stdout.splitlines():
         t = line.split()
         if line.startswith("Requests/sec:"):
             r["rps"] = float(t[1])
         elif len(t) == 2 and t[0] in ("50%", "90%", "99%"):
             r["p" + t[0][:-1]] = us(t[1])
+        elif " requests in " in line:
+            r["sent_total"] = int(t[0])
         if "Non-2xx" in line or "Socket errors" in line:
             r["errors"] += 1
+            r["failed"] += sum(int(x.rstrip(",")) for x in t if x.rstrip(",").isdigit())
+    if r["rps"] is None:
+        raise RuntimeError(f"wrk {url}: no result: {out.stdout.strip()[-300:]} {out.stderr.strip()[-300:]}")
     return r
+
+
+def attempt(fn):
+    """fn() or {"error": why}: one failed reference run must not lose the rest of the benchmark."""
+    try:
+        return fn()
+    except (RuntimeError, ValueError, KeyError, subprocess.TimeoutExpired) as e:
+        print(f"note: run failed: {e}", file=sys.stderr)
+        return {"error": str(e)}
+
+
+# ---- reference proxies -------------------------------------------------------------------------
+
+REF_NAMES = ("nginx", "haproxy-http", "haproxy-tcp")
+
+
+def nginx_conf(d, port, fport):
+    # The upstream pool mirrors what tiergate does with libcurl: persistent HTTP/1.1 connections to
+    # the provider. keepalive_requests/timeouts raised so neither side ever recycles a connection
+    # mid-run (tiergate's and the fake's keep-alive do not expire either).
+    return f"""# written by bench/gateway/run.py
+daemon off;
+master_process off;
+worker_processes 1;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{
+    worker_connections 4096;
+}}
+http {{
+    access_log off;
+    client_body_temp_path {d}/body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    keepalive_requests 10000000;
+    keepalive_timeout 300s;
+    upstream fake {{
+        server 127.0.0.1:{fport};
+        keepalive 64;
+        keepalive_requests 10000000;
+        keepalive_timeout 300s;
+    }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass http://fake;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }}
+    }}
+}}
+"""
+
+
+def haproxy_conf(port, fport, mode):
+    reuse = "    http-reuse always\n" if mode == "http" else ""
+    return f"""# written by bench/gateway/run.py
+global
+    nbthread 1
+    maxconn 4096
+defaults
+    mode {mode}
+    timeout connect 5s
+    timeout client 300s
+    timeout server 300s
+    timeout http-keep-alive 300s
+frontend fe
+    bind 127.0.0.1:{port}
+    default_backend fake
+backend fake
+{reuse}    server fake 127.0.0.1:{fport}
+"""
+
+
+def ref_command(name, work, port, fport):
+    """(argv, version text) for a reference proxy, or (None, why not) when it is not installed."""
+    if name == "nginx":
+        exe = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
+        if not exe:
+            return None, "nginx not installed (sh bench/gateway/install-refs.sh)"
+        d = f"{work}/nginx"
+        os.makedirs(d, exist_ok=True)
+        with open(f"{d}/nginx.conf", "w") as f:
+            f.write(nginx_conf(d, port, fport))
+        ver = subprocess.run([exe, "-v"], capture_output=True, text=True).stderr.strip()
+        # -e: the startup error log too (the compiled-in default may not be writable)
+        return [exe, "-p", f"{d}/", "-c", f"{d}/nginx.conf", "-e", f"{d}/error.log"], ver
+    exe = shutil.which("haproxy") or ("/usr/sbin/haproxy" if os.path.exists("/usr/sbin/haproxy") else None)
+    if not exe:
+        return None, "haproxy not installed (sh bench/gateway/install-refs.sh)"
+    mode = name.split("-")[1]
+    cfg = f"{work}/{name}.cfg"
+    with open(cfg, "w") as f:
+        f.write(haproxy_conf(port, fport, mode))
+    ver = subprocess.run([exe, "-v"], capture_output=True, text=True).stdout.splitlines()[0]
+    return [exe, "-db", "-f", cfg], ver  # -db: foreground, one process
+
+
+def parse_refs(text):
+    out = []
+    for t in (x.strip() for x in text.split(",")):
+        if t in ("", "none"):
+            continue
+        if t == "haproxy":
+            out += ["haproxy-http", "haproxy-tcp"]
+        elif t in REF_NAMES:
+            out.append(t)
+        else:
+            sys.exit(f"--refs: unknown reference {t!r} (nginx, haproxy, haproxy-http, haproxy-tcp, none)")
+    return [n for n in REF_NAMES if n in out]
+
+
+def forwards(url, headers=()):
+    """One request: (HTTP status, response headers + body) -- the target really reaches the fake."""
+    cmd = ["curl", "-s", "-m", "10", "-D", "-", url, "-H", "Content-Type: application/json",
+           "-H", "Authorization: Bearer sk-bench", "-d", BODY]
+    for h in headers:
+        cmd += ["-H", h]
+    out = subprocess.run(cmd, capture_output=True, text=True).stdout
+    status = out.split(None, 2)[1] if out.startswith("HTTP/") else "none"
+    return status, out
+
+
+# ---- output ------------------------------------------------------------------------------------
+
+def fmt(v, nd=0):
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    return f"{v:,.{nd}f}".replace(",", " ")
+
+
+def signed(v):
+    return "–" if v is None else (("+" if v >= 0 else "−") + fmt(abs(v)))
+
+
+def ratio(a, b):
+    """a / b as 'N.Nx', or n/a when b is not a positive measurement (noise can make it <= 0)."""
+    if a is None or b is None or b <= 0:
+        return "n/a"
+    return f"{a / b:.1f}x"
+
+
+def ok_runs(runs):
+    return [r for r in runs if not r.get("error")]
+
+
+def med(runs, get):
+    vals = [get(r) for r in ok_runs(runs)]
+    vals = [v for v in vals if v is not None]
+    return statistics.median(vals) if vals else None
 
 
 def main():
@@ -137,26 +318,37 @@ def main():
     ap.add_argument("--duration", type=float, default=10)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--io-threads", type=int, default=1)
-    ap.add_argument("--portkey", default="/tmp/upstream-portkey/node_modules/@portkey-ai/gateway/build/start-server.js")
+    ap.add_argument("--portkey", default="/tmp/upstream-portkey/node_modules/@portkey-ai/gateway/build/start-server.js",
+                    help="Portkey's start-server.js (bench/gateway/install-refs.sh puts it there); skipped if absent")
     ap.add_argument("--portkey-rate", type=int, default=200)
+    ap.add_argument("--refs", default="nginx,haproxy",
+                    help="reference proxies measured beside tiergate: nginx, haproxy (= haproxy-http + "
+                         "haproxy-tcp), haproxy-http, haproxy-tcp, or none; those not installed are skipped")
     ap.add_argument("--idle-conns", type=int, default=10000)
     ap.add_argument("--out", default=None)
     ap.add_argument("--rt", action="store_true",
                     help="fixed-rate phases (paced, < 1 core in all) under SCHED_FIFO: load generator, "
-                         "fake, tiergate and Portkey then run when they are ready instead of queueing "
-                         "behind a shared VM's other work; closed-loop phases stay SCHED_OTHER")
+                         "fake, tiergate, the reference proxies and Portkey then run when they are ready "
+                         "instead of queueing behind a shared VM's other work; closed-loop phases stay "
+                         "SCHED_OTHER")
     ap.add_argument("--nice", type=int, default=None,
                     help="run everything at this nice value (e.g. -20 on a shared VM: the other "
                          "tenants' builds then take CPU only when the benchmark leaves it idle)")
     a = ap.parse_args()
+    want_refs = parse_refs(a.refs)
     if a.nice is not None:
         os.setpriority(os.PRIO_PROCESS, 0, a.nice)  # inherited by every process started below
     build = os.path.abspath(a.build)
     work = tempfile.mkdtemp(prefix="tg-bench-gw-")
     procs = []
-    res = {"rate": a.rate, "duration_s": a.duration, "reps": a.reps, "io_threads": a.io_threads, "nice": a.nice,
-           "rt": a.rt,
-           "loadavg_before": open("/proc/loadavg").read().split()[:3]}
+    res = {"argv": sys.argv[1:], "rate": a.rate, "duration_s": a.duration, "reps": a.reps,
+           "io_threads": a.io_threads, "nice": a.nice, "rt": a.rt,
+           "started_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+           "loadavg_before": open("/proc/loadavg").read().split()[:3], "refs": {}, "notes": []}
+
+    def note(text):
+        res["notes"].append(text)
+        print(f"note: {text}", file=sys.stderr)
 
     def start(cmd, log, **kw):
         p = subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT, **kw)
@@ -165,7 +357,7 @@ def main():
 
     try:
         fport, tport, pport = free_port(), free_port(), free_port()
-        start([f"{build}/tests/tg-fake-upstream", "--port", str(fport), "--no-record"], f"{work}/fake.log")
+        fake = start([f"{build}/tests/tg-fake-upstream", "--port", str(fport), "--no-record"], f"{work}/fake.log")
         cfg = f"""server:
   listen: 127.0.0.1:{tport}
   io_threads: {a.io_threads}
@@ -194,15 +386,41 @@ metrics:
         with open(f"{work}/routes.yaml", "w") as f:
             f.write(cfg)
         tg = start([f"{build}/gateway/tiergate", "--config", f"{work}/routes.yaml"], f"{work}/tiergate.log")
-        have_portkey = os.path.exists(a.portkey)
-        if have_portkey:
-            start(["node", a.portkey, f"--port={pport}", "--headless"], f"{work}/portkey.log",
-                  cwd=os.path.dirname(a.portkey))
+        pk_proc = None
+        if os.path.exists(a.portkey):
+            pk_proc = start(["node", a.portkey, f"--port={pport}", "--headless"], f"{work}/portkey.log",
+                            cwd=os.path.dirname(a.portkey))
+        else:
+            note(f"Portkey not found at {a.portkey}: skipped (sh bench/gateway/install-refs.sh installs it)")
+        refs = {}  # name -> (process, url)
+        for name in want_refs:
+            port = free_port()
+            cmd, ver = ref_command(name, work, port, fport)
+            if cmd is None:
+                note(f"{name}: skipped, {ver}")
+                continue
+            refs[name] = (start(cmd, f"{work}/{name}.log"), f"http://127.0.0.1:{port}/v1/chat/completions", port)
+            res["refs"][name] = {"version": ver, "cmd": " ".join(cmd)}
         assert wait_port(fport) and wait_port(tport), "fake upstream or tiergate did not start"
-        if have_portkey and not wait_port(pport, 40):
-            have_portkey = False
+        if pk_proc and not wait_port(pport, 40):
+            note(f"Portkey did not listen within 40 s: skipped (log {work}/portkey.log)")
+            pk_proc = None
+        for name in list(refs):
+            p, url, port = refs[name]
+            status, out = "none", ""
+            if wait_port(port, 10):
+                status, out = forwards(url)
+            if status != "200" or '"choices"' not in out:
+                log = open(f"{work}/{name}.log").read()[-400:]
+                note(f"{name}: skipped, it did not forward a chat request (HTTP {status}); log: {log!r}")
+                p.terminate()
+                del refs[name], res["refs"][name]
         time.sleep(1.0)
         res["tiergate_idle_rss_kb"] = rss_kb(tg.pid)
+        for name, (p, _, _) in refs.items():
+            res["refs"][name]["idle_rss_kb"] = rss_kb(p.pid)
+        if pk_proc:
+            res["portkey_idle_rss_kb"] = rss_kb(pk_proc.pid)
 
         direct = f"http://127.0.0.1:{fport}/v1/chat/completions"
         through = f"http://127.0.0.1:{tport}/v1/chat/completions"
@@ -210,27 +428,34 @@ metrics:
         pk_headers = ["x-portkey-provider: openai", f"x-portkey-custom-host: http://127.0.0.1:{fport}/v1"]
 
         # sanity: tiergate really forwards to the fake upstream
-        chk = subprocess.run(["curl", "-s", "-D", "-", "-o", "/dev/null", through, "-H", "Content-Type: application/json",
-                              "-d", BODY], capture_output=True, text=True).stdout.lower()
-        assert "x-tiergate-tier: remote" in chk, chk
+        status, chk = forwards(through)
+        assert status == "200" and "x-tiergate-tier: remote" in chk.lower(), chk
 
-        pids = {"fake": procs[0].pid, "tiergate": tg.pid}
-        if have_portkey:
-            pids["portkey"] = procs[2].pid
+        pids = {"fake": fake.pid, "tiergate": tg.pid}
+        for name, (p, _, _) in refs.items():
+            pids[name] = p.pid
+        if pk_proc:
+            pids["portkey"] = pk_proc.pid
+        # (name, url, headers) in the order each phase visits them
+        targets = [("direct", direct, ()), ("tiergate", through, ())] + [(n, refs[n][1], ()) for n in refs]
+        res["targets"] = [t[0] for t in targets]
+
         RT["on"] = a.rt
         if a.rt:
             set_rt(pids.values(), True)
-        runs = {"direct": [], "tiergate": []}
-        for _ in range(a.reps):
-            runs["direct"].append(measured(pids, lambda: loadgen(build, direct, a.rate, a.duration, 1)))
-            runs["tiergate"].append(measured(pids, lambda: loadgen(build, through, a.rate, a.duration, 1)))
+        runs = {t[0]: [] for t in targets}
+        for _ in range(a.reps):  # alternating, so that drift in the machine's state hits every target alike
+            for name, url, hdr in targets:
+                runs[name].append(attempt(lambda: measured(pids, lambda: loadgen(build, url, a.rate, a.duration, 1,
+                                                                                   hdr))))
         res["fixed_rate"] = runs
 
-        low = {"direct": measured(pids, lambda: loadgen(build, direct, a.portkey_rate, a.duration, 1, conns=16)),
-               "tiergate": measured(pids, lambda: loadgen(build, through, a.portkey_rate, a.duration, 1, conns=16))}
-        if have_portkey:
-            low["portkey"] = measured(pids, lambda: loadgen(build, pk, a.portkey_rate, a.duration, 2, pk_headers,
-                                                            conns=16))
+        low = {}
+        low_targets = targets + ([("portkey", pk, pk_headers)] if pk_proc else [])
+        for name, url, hdr in low_targets:
+            warm = 2 if name == "portkey" else 1
+            low[name] = attempt(lambda: measured(pids, lambda: loadgen(build, url, a.portkey_rate, a.duration, warm,
+                                                                       hdr, conns=16)))
         res["low_rate"] = low
         if a.rt:
             set_rt(pids.values(), False)
@@ -240,17 +465,19 @@ metrics:
         # view of the per-request overhead on a shared machine)
         seq = {}
         for _ in range(a.reps):
-            for name, url in (("direct", direct), ("tiergate", through)):
-                seq.setdefault(name, []).append(wrk(url, 5, conns=1))
-        if have_portkey:
-            seq["portkey"] = [wrk(pk, 5, "|".join(pk_headers), conns=1)]
-        res["sequential"] = {k: [{x: r.get(x) for x in ("rps", "p50", "p90", "p99")} for r in v]
+            for name, url, hdr in targets:
+                seq.setdefault(name, []).append(attempt(lambda: wrk(url, 5, conns=1)))
+        if pk_proc:
+            seq["portkey"] = [attempt(lambda: wrk(pk, 5, "|".join(pk_headers), conns=1))]
+        res["sequential"] = {k: [{x: r.get(x) for x in ("rps", "p50", "p90", "p99", "failed", "error")} for r in v]
                              for k, v in seq.items()}
 
-        thr = {"direct": wrk(direct, 10), "tiergate": wrk(through, 10)}
-        if have_portkey:
-            thr["portkey"] = wrk(pk, 10, "|".join(pk_headers))
-        res["throughput"] = {k: v["rps"] for k, v in thr.items()}
+        thr = {}
+        for name, url, hdr in low_targets:
+            thr[name] = attempt(lambda: measured(pids, lambda: wrk(url, 10, "|".join(hdr))))
+        res["throughput"] = {k: v.get("rps") for k, v in thr.items()}
+        res["throughput_detail"] = {k: {x: v.get(x) for x in ("rps", "p50", "p99", "sent_total", "failed",
+                                                              "cpu_us_per_req", "error")} for k, v in thr.items()}
 
         idle = subprocess.Popen([f"{build}/bench/gateway/tg-loadgen", "--idle-conns", str(a.idle_conns), "--url",
                                  f"http://127.0.0.1:{tport}/v1/models", "--hold", "20"],
@@ -261,61 +488,163 @@ metrics:
         res["tiergate_rss_idle_conns_kb"] = rss_kb(tg.pid)
         idle.send_signal(signal.SIGTERM)
         idle.wait()
+        for name, (p, _, _) in refs.items():
+            if p.poll() is not None:
+                note(f"{name} exited during the run (status {p.returncode}); log {work}/{name}.log")
     finally:
         for p in procs:
-            p.send_signal(signal.SIGTERM)
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
         for p in procs:
             try:
                 p.wait(10)
             except subprocess.TimeoutExpired:
                 p.kill()
-
-    def med(name, key, pctl):
-        return statistics.median(r[key][pctl] for r in res["fixed_rate"][name])
+    res["loadavg_after"] = open("/proc/loadavg").read().split()[:3]
 
     out = a.out or os.path.join(work, "results.json")
     with open(out, "w") as f:
         json.dump(res, f, indent=1)
+    report(res, a, out)
+    return 0
+
+
+def report(res, a, out):
+    fr, low, seq, thr = res["fixed_rate"], res["low_rate"], res["sequential"], res["throughput"]
+    names = res["targets"]
+    proxies = [n for n in names if n != "direct"]
+    refs = [n for n in proxies if n != "tiergate"]
     print(f"raw results: {out}\n")
-    print(f"| measure ({a.rate} req/s fixed rate, {a.duration:.0f} s x {a.reps}, medians) | direct | via tiergate | added |")
-    print("|---|---|---|---|")
-    for key in ("service_us", "corrected_us"):
-        for p in ("p50", "p90", "p99"):
-            d, t = med("direct", key, p), med("tiergate", key, p)
-            print(f"| {key[:-3]} latency {p} (µs) | {d:.0f} | {t:.0f} | {t - d:.0f} |")
-    tcpu = statistics.median(r["cpu_us_per_req"]["tiergate"] for r in res["fixed_rate"]["tiergate"])
-    fcpu = statistics.median(r["cpu_us_per_req"]["fake"] for r in res["fixed_rate"]["direct"])
-    print(f"| CPU per request (µs, user+sys) | fake {fcpu:.0f} | tiergate {tcpu:.0f} | |")
-    print(f"| achieved rate (req/s) | {statistics.median(r['achieved_rate'] for r in res['fixed_rate']['direct']):.0f} "
-          f"| {statistics.median(r['achieved_rate'] for r in res['fixed_rate']['tiergate']):.0f} | |")
+    print(f"Run {res['started_utc']}: `python3 bench/gateway/run.py {' '.join(res['argv'])}`; load average "
+          f"{' / '.join(res['loadavg_before'])} before, {' / '.join(res['loadavg_after'])} after (1/5/15 min).")
+    for n in refs:
+        print(f"- {n}: {res['refs'][n]['version']}")
+    for t in res["notes"]:
+        print(f"- note: {t}")
+    print("\nadded = through the proxy minus direct to the fake, same percentile; CPU/req = utime+stime of the "
+          "process / requests sent in that run (the fake's own CPU in a separate column).\n")
+
+    def fixed(name, key, pct):
+        return med(fr[name], lambda r: r[key][pct])
+
+    def cpu(runs, who):
+        return med(runs, lambda r: r["cpu_us_per_req"].get(who))
+
+    print(f"| {a.rate} req/s fixed rate, 32 conns ({a.duration:.0f} s × {a.reps}, medians) | service p50 | p90 | p99 "
+          f"| added p50 | added p90 | added p99 | corrected p50 / p99 | proxy CPU/req (µs) | fake CPU/req (µs) "
+          f"| achieved req/s | failed |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    added = {}
+    for n in names:
+        p = {q: fixed(n, "service_us", q) for q in ("p50", "p90", "p99")}
+        d = {q: fixed("direct", "service_us", q) for q in ("p50", "p90", "p99")}
+        added[n] = {q: (p[q] - d[q] if p[q] is not None and d[q] is not None else None) for q in p}
+        failed = sum(r.get("failed", 0) for r in ok_runs(fr[n]))
+        errs = len(fr[n]) - len(ok_runs(fr[n]))
+        print(f"| {n} | {fmt(p['p50'])} | {fmt(p['p90'])} | {fmt(p['p99'])} "
+              + ("| | | " if n == "direct" else
+                 f"| **{signed(added[n]['p50'])}** | {signed(added[n]['p90'])} | **{signed(added[n]['p99'])}** ")
+              + f"| {fmt(fixed(n, 'corrected_us', 'p50'))} / {fmt(fixed(n, 'corrected_us', 'p99'))} "
+              f"| {'' if n == 'direct' else fmt(cpu(fr[n], n))} | {fmt(cpu(fr[n], 'fake'))} "
+              f"| {fmt(med(fr[n], lambda r: r['achieved_rate']))} | {failed}{f' ({errs} runs failed)' if errs else ''} |")
     print()
-    print(f"| at {a.portkey_rate} req/s (service latency, µs) | p50 | p99 | added p50 | added p99 | gateway CPU/req (µs) |")
+
+    print(f"| {a.portkey_rate} req/s fixed rate, 16 conns (service latency, µs) | p50 | p99 | added p50 | added p99 "
+          f"| proxy CPU/req (µs) |")
     print("|---|---|---|---|---|---|")
-    ld = res["low_rate"]["direct"]["service_us"]
-    for name, r in res["low_rate"].items():
+    ld = None if low["direct"].get("error") else low["direct"].get("service_us")
+    low_added = {}
+    for n, r in low.items():
+        if r.get("error"):
+            print(f"| {n} | failed: {r['error'][:60]} | | | | |")
+            continue
         s = r["service_us"]
-        cpu = r["cpu_us_per_req"].get(name, 0) if name != "direct" else 0
-        print(f"| {name} | {s['p50']:.0f} | {s['p99']:.0f} | {s['p50'] - ld['p50']:.0f} | {s['p99'] - ld['p99']:.0f} "
-              f"| {cpu:.0f} |")
+        if ld and n != "direct":
+            low_added[n] = (s["p50"] - ld["p50"], s["p99"] - ld["p99"])
+        ad = low_added.get(n)
+        print(f"| {n} | {fmt(s['p50'])} | {fmt(s['p99'])} | {signed(ad[0]) if ad else ''} | {signed(ad[1]) if ad else ''} "
+              f"| {'' if n == 'direct' else fmt(r['cpu_us_per_req'].get(n))} |")
     print()
-    print("| one connection, closed loop (wrk -c1 5 s, median of reps) | p50 (µs) | p99 (µs) | req/s |")
-    print("|---|---|---|---|")
-    for name, v in res["sequential"].items():
-        print(f"| {name} | {statistics.median(r['p50'] for r in v):.0f} | {statistics.median(r['p99'] for r in v):.0f} "
-              f"| {statistics.median(r['rps'] for r in v):.0f} |")
+
+    print(f"| one connection, closed loop (wrk -t1 -c1 5 s, median of {a.reps}) | p50 (µs) | p99 (µs) | added p50 | req/s |")
+    print("|---|---|---|---|---|")
+    seq_p50 = {n: med(v, lambda r: r["p50"]) for n, v in seq.items()}
+    for n, v in seq.items():
+        ad = None if n == "direct" or seq_p50[n] is None or seq_p50.get("direct") is None else seq_p50[n] - seq_p50["direct"]
+        print(f"| {n} | {fmt(seq_p50[n])} | {fmt(med(v, lambda r: r['p99']))} | {'' if n == 'direct' else signed(ad)} "
+              f"| {fmt(med(v, lambda r: r['rps']))} |")
+    seq_added = {n: seq_p50[n] - seq_p50["direct"] for n in seq
+                 if n != "direct" and seq_p50[n] is not None and seq_p50.get("direct") is not None}
     print()
-    t = res["throughput"]
-    print("| wrk -t1 -c32 10 s | req/s | vs direct |")
-    print("|---|---|---|")
-    for name, rps in t.items():
-        print(f"| {name} | {rps:.0f} | {100.0 * rps / t['direct']:.0f}% |")
+
+    det = res["throughput_detail"]
+    print("| closed-loop throughput (wrk -t1 -c32 10 s, not RT) | req/s | vs direct | p50 / p99 (µs) | proxy CPU/req (µs) "
+          "| fake CPU/req (µs) | failed |")
+    print("|---|---|---|---|---|---|---|")
+    share = {}
+    for n, rps in thr.items():
+        dd = det[n]
+        if rps is None:
+            print(f"| {n} | failed: {(dd.get('error') or '')[:60]} | | | | | |")
+            continue
+        share[n] = 100.0 * rps / thr["direct"] if thr.get("direct") else None
+        c = dd.get("cpu_us_per_req") or {}
+        print(f"| {n} | {fmt(rps)} | {fmt(share[n])} % | {fmt(dd.get('p50'))} / {fmt(dd.get('p99'))} "
+              f"| {'' if n == 'direct' else fmt(c.get(n))} | {fmt(c.get('fake'))} | {dd.get('failed', 0)} |")
     print()
-    print(f"| memory | RSS |")
+
+    print("| memory (VmRSS) | |")
     print("|---|---|")
     print(f"| tiergate idle, no model | {res['tiergate_idle_rss_kb'] / 1024:.1f} MiB |")
+    for n in refs:
+        print(f"| {n} idle | {res['refs'][n]['idle_rss_kb'] / 1024:.1f} MiB |")
+    if "portkey_idle_rss_kb" in res:
+        print(f"| portkey (node) idle | {res['portkey_idle_rss_kb'] / 1024:.1f} MiB |")
     print(f"| tiergate with {res['idle_conns'].get('idle_connections')} idle keep-alive connections | "
           f"{res['tiergate_rss_idle_conns_kb'] / 1024:.1f} MiB |")
-    return 0
+    print()
+
+    if refs:
+        cpu5k = {n: cpu(fr[n], n) for n in proxies}
+        print("| tiergate / reference (> 1: tiergate costs more) | " + " | ".join(f"tiergate / {n}" for n in refs) + " |")
+        print("|---|" + "---|" * len(refs))
+        rows = [
+            (f"added p50 at {a.rate} req/s", lambda n: ratio(added["tiergate"]["p50"], added[n]["p50"])),
+            (f"added p99 at {a.rate} req/s", lambda n: ratio(added["tiergate"]["p99"], added[n]["p99"])),
+            (f"added p50 at {a.portkey_rate} req/s",
+             lambda n: ratio((low_added.get("tiergate") or (None,))[0], (low_added.get(n) or (None,))[0])),
+            ("added p50, one connection", lambda n: ratio(seq_added.get("tiergate"), seq_added.get(n))),
+            (f"proxy CPU per request at {a.rate} req/s", lambda n: ratio(cpu5k["tiergate"], cpu5k[n])),
+            ("wrk -c32 throughput (tiergate's req/s / the reference's)",
+             lambda n: ratio(thr.get("tiergate"), thr.get(n))),
+            ("idle RSS", lambda n: ratio(res["tiergate_idle_rss_kb"], res["refs"][n]["idle_rss_kb"])),
+        ]
+        for label, f in rows:
+            print(f"| {label} | " + " | ".join(f(n) for n in refs) + " |")
+        print()
+
+    def mark(v, ok):
+        return "–" if v is None else ("✓" if ok(v) else "✗")
+
+    pk_low = (low_added.get("portkey") or (None,))[0]
+    pk_seq = seq_added.get("portkey")
+    print("| issue 4 target, applied to each proxy in this run | " + " | ".join(proxies) + " |")
+    print("|---|" + "---|" * len(proxies))
+    print(f"| added p50 ≤ 50 µs at {a.rate} req/s | "
+          + " | ".join(f"{signed(added[n]['p50'])} {mark(added[n]['p50'], lambda v: v <= 50)}" for n in proxies) + " |")
+    print(f"| added p99 ≤ 300 µs at {a.rate} req/s | "
+          + " | ".join(f"{signed(added[n]['p99'])} {mark(added[n]['p99'], lambda v: v <= 300)}" for n in proxies) + " |")
+    print("| throughput ≥ 50 % of direct (wrk -c32) | "
+          + " | ".join(f"{fmt(share.get(n))} % {mark(share.get(n), lambda v: v >= 50)}" for n in proxies) + " |")
+    if pk_low is not None:
+        print(f"| Portkey's added p50 / this one's ≥ 10x at {a.portkey_rate} req/s | "
+              + " | ".join(f"{ratio(pk_low, (low_added.get(n) or (None,))[0])} "
+                           f"{mark((low_added.get(n) or (None,))[0], lambda v: v > 0 and pk_low / v >= 10)}"
+                           for n in proxies) + " |")
+    if pk_seq is not None:
+        print("| Portkey's added p50 / this one's ≥ 10x, one connection | "
+              + " | ".join(f"{ratio(pk_seq, seq_added.get(n))} "
+                           f"{mark(seq_added.get(n), lambda v: v > 0 and pk_seq / v >= 10)}" for n in proxies) + " |")
 
 
 if __name__ == "__main__":
