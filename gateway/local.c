@@ -264,6 +264,11 @@ static void *local_thread_main(void *arg)
         ep.queue_max = cfg->local.queue_max;
         ep.prefix_cache_entries =
             cfg->local.prefix_cache_entries > 0 ? cfg->local.prefix_cache_entries : -1;
+        ep.kv_split = cfg->local.kv_split;
+        /* config: -1 = the engine's default (0 there), 0 = none (-1 there) */
+        ep.prefix_cache_spill_bytes = cfg->local.prefix_cache_spill_bytes < 0   ? 0
+                                      : cfg->local.prefix_cache_spill_bytes == 0 ? -1
+                                                                                : cfg->local.prefix_cache_spill_bytes;
         struct stat st;
         int last_pct = -1;
         if (stat(cfg->local.model, &st) == 0 && st.st_size > (256 << 20)) {

@@ -17,6 +17,8 @@
 #include "tg/yaml.h"
 
 #define KEYS(...) ((const char *const[]){__VA_ARGS__, NULL})
+/* local.kv_split's default: see docs/config.md and bench/RESULTS.md (engsplit) */
+#define TG_CFG_KV_SPLIT false
 
 
 /* Relative paths in the file resolve against the file's directory, so `tiergate --config
@@ -330,8 +332,8 @@ static bool load_local(struct tg_yreader *r, const struct tg_ynode *n, struct tg
     struct tg_cfg_local *l = &c->local;
     if (!(tg_yr_map(r, n, "local",
                     KEYS("enabled", "model", "slots", "context", "threads", "gpu_layers",
-                         "kv_cache_type", "queue_max", "prefix_cache_entries",
-                         "price_per_mtok_usd", "workers")) &&
+                         "kv_cache_type", "queue_max", "prefix_cache_entries", "kv_split",
+                         "prefix_cache_spill_bytes", "price_per_mtok_usd", "workers")) &&
           tg_yr_bool(r, n, "enabled", &l->enabled) &&
           read_int(r, n, "slots", 1, 256, &l->slots) &&
           read_int(r, n, "context", 256, 1 << 20, &l->context) &&
@@ -339,6 +341,9 @@ static bool load_local(struct tg_yreader *r, const struct tg_ynode *n, struct tg
           read_int(r, n, "gpu_layers", 0, 1000, &l->gpu_layers) &&
           read_int(r, n, "queue_max", 0, 1000000, &l->queue_max) &&
           read_int(r, n, "prefix_cache_entries", 0, 100000, &l->prefix_cache_entries) &&
+          tg_yr_bool(r, n, "kv_split", &l->kv_split) &&
+          tg_yr_int(r, n, "prefix_cache_spill_bytes", -1, INT64_C(1) << 40,
+                    &l->prefix_cache_spill_bytes) &&
           tg_yr_num(r, n, "price_per_mtok_usd", 0, 1e6, &l->price_per_mtok_usd) &&
           read_str_list(r, n, "workers", &l->workers, &l->n_workers)))
         return false;
@@ -607,7 +612,8 @@ static void set_defaults(struct tg_config *c)
                                      .limits_fail_open = true};
     c->local = (struct tg_cfg_local){.enabled = true, .slots = 4, .context = 8192, .threads = 0,
                                      .kv_cache_type = strdup("f16"), .queue_max = 64,
-                                     .prefix_cache_entries = 16};
+                                     .prefix_cache_entries = 16, .kv_split = TG_CFG_KV_SPLIT,
+                                     .prefix_cache_spill_bytes = -1};
     c->cache = (struct tg_cfg_cache){.enabled = true, .ttl_s = 86400, .max_entry_bytes = 1u << 20};
     c->jobs = (struct tg_cfg_jobs){.result_ttl_s = 86400, .webhook_retries = 5, .claim_idle_ms = 30000};
 }
@@ -839,11 +845,21 @@ void tg_config_print(const struct tg_config *c, FILE *o)
             c->redis.enabled ? "true" : "false", rurl, c->redis.connect_timeout_ms,
             c->redis.command_timeout_ms, c->redis.limits_fail_open ? "open" : "closed");
     const struct tg_cfg_local *l = &c->local;
+    char kv_note[64] = "", spill[96];
+    if (l->kv_split)
+        snprintf(kv_note, sizeof kv_note, "  # %d tokens per slot", l->context / l->slots);
+    if (l->prefix_cache_spill_bytes < 0)
+        snprintf(spill, sizeof spill, "-1  # auto: %s",
+                 l->kv_split ? "as many bytes as the KV cache" : "none (unified KV)");
+    else
+        snprintf(spill, sizeof spill, "%lld", (long long)l->prefix_cache_spill_bytes);
     fprintf(o, "local:\n  enabled: %s\n  model: %s\n  slots: %d\n  context: %d\n  threads: %d\n"
                "  gpu_layers: %d\n  kv_cache_type: %s\n  queue_max: %d\n  prefix_cache_entries: %d\n"
+               "  kv_split: %s%s\n  prefix_cache_spill_bytes: %s\n"
                "  price_per_mtok_usd: %g\n  workers:%s\n",
             l->enabled ? "true" : "false", l->model ? l->model : "null", l->slots, l->context,
             l->threads, l->gpu_layers, l->kv_cache_type, l->queue_max, l->prefix_cache_entries,
+            l->kv_split ? "true" : "false", kv_note, spill,
             l->price_per_mtok_usd, l->n_workers ? "" : " []");
     for (size_t i = 0; i < l->n_workers; i++)
         fprintf(o, "    - %s\n", l->workers[i]);

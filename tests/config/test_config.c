@@ -51,6 +51,12 @@ static const struct bad_case bad_cases[] = {
     {"server:\n  open_mode: yes\nmodels: [{name: a, tier: local}]\n", "2: open_mode must be true or false"},
     {MIN_OK "local:\n  slots: 0\n", "8: slots must be between 1 and 256 (got 0)"},
     {MIN_OK "local:\n  kv_cache_type: f8\n", "8: kv_cache_type must be one of f16|q8_0|q4_0 (got 'f8')"},
+    {MIN_OK "local:\n  kv_split: sometimes\n", "8: kv_split must be true or false"},
+    {MIN_OK "local:\n  slots: 4\n  prefix_cache_spill_bytes: -2\n",
+     "9: prefix_cache_spill_bytes must be between -1 and 1099511627776 (got -2)"},
+    {MIN_OK "local:\n  prefix_cache_spill_bytes: lots\n", "8: prefix_cache_spill_bytes must be an integer"},
+    {MIN_OK "local:\n  kv_split: true\n  slots: 8\n  context: 256\n",
+     "10: context (256 tokens) is too small for 8 slots"},
     {MIN_OK "local:\n  workers: [\"http://x\"]\n",
      "8: worker address must be ipc://, tcp:// or inproc:// (got 'http://x')"},
     {MIN_OK "providers:\n  oai:\n    kind: opennai\n    base_url: http://x\n",
@@ -79,6 +85,45 @@ static const struct bad_case bad_cases[] = {
     {MIN_OK "metrics:\n  reference_model: gpt-9\n", "8: reference_model 'gpt-9' is not a defined model"},
     {"- just\n- a list\n", "1: the top level must be a mapping, not a list"},
 };
+
+/* local.kv_split and local.prefix_cache_spill_bytes: defaults, explicit values, and what
+ * `tiergate check` prints (tg_config_print; its output loads again). */
+static void test_local_engine_keys(void **state)
+{
+    (void)state;
+    struct tg_config *cfg = NULL;
+    char err[1024] = "";
+    const char *path = write_file("local.yaml", MIN_OK "local:\n  slots: 8\n  context: 8192\n");
+    assert_int_equal(tg_config_load(path, &cfg, err, sizeof err), TG_OK);
+    const struct tg_cfg_local *dl = &cfg->local;
+    assert_int_equal(dl->prefix_cache_spill_bytes, -1);
+    tg_config_unref(cfg);
+    for (int v = 0; v < 2; v++) {
+        char yaml[512];
+        snprintf(yaml, sizeof yaml,
+                 MIN_OK "local:\n  slots: 8\n  context: 8192\n  kv_split: %s\n"
+                        "  prefix_cache_spill_bytes: %s\n",
+                 v ? "true" : "false", v ? "0" : "268435456");
+        path = write_file("local.yaml", yaml);
+        cfg = NULL;
+        assert_int_equal(tg_config_load(path, &cfg, err, sizeof err), TG_OK);
+        const struct tg_cfg_local *l = &cfg->local;
+        assert_int_equal(l->kv_split, v == 1);
+        assert_int_equal(l->prefix_cache_spill_bytes, v ? 0 : 268435456);
+        char *out = NULL;
+        size_t out_len = 0;
+        FILE *f = open_memstream(&out, &out_len);
+        assert_non_null(f);
+        tg_config_print(cfg, f);
+        fclose(f);
+        assert_non_null(strstr(out, v ? "  kv_split: true  # 1024 tokens per slot\n"
+                                      : "  kv_split: false\n"));
+        assert_non_null(strstr(out, v ? "  prefix_cache_spill_bytes: 0\n"
+                                      : "  prefix_cache_spill_bytes: 268435456\n"));
+        free(out);
+        tg_config_unref(cfg);
+    }
+}
 
 static void test_bad_files(void **state)
 {
@@ -220,6 +265,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_bad_files),
+        cmocka_unit_test(test_local_engine_keys),
         cmocka_unit_test(test_reference_config),
         cmocka_unit_test(test_env_interpolation),
         cmocka_unit_test(test_keys_and_refs),

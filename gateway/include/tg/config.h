@@ -85,6 +85,10 @@ struct tg_cfg_local {
     char *kv_cache_type;       /* f16|q8_0|q4_0 */
     int queue_max;             /* jobs waiting for a slot before the engine answers busy */
     int prefix_cache_entries;  /* LRU size of cached prompt prefixes; 0 disables */
+    bool kv_split;             /* per-slot KV streams of context / slots tokens (llama-server's
+                                  -np layout); false = one KV cache any job may fill */
+    int64_t prefix_cache_spill_bytes; /* host memory for cached prefixes, bytes; 0 = none;
+                                  -1 (the default) = the engine's (tg/engine.h) */
     double price_per_mtok_usd; /* cost of local tokens (power, hardware) per 1M tokens */
     char **workers;            /* nng URLs of engine workers; none = the embedded engine */
     size_t n_workers;
