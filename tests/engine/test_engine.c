@@ -1480,6 +1480,7 @@ static void test_kv_full(void **state)
     p.n_ctx = 256;
     p.n_slots = 2;
     p.n_threads = 1;
+    p.kv_split = false; /* one cache both jobs fill (split: each stops at its own share) */
     p.prefix_cache_entries = -1;
     p.embed_ctx = -1;
     struct tg_engine *e = NULL;

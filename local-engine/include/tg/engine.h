@@ -35,8 +35,10 @@ struct tg_engine;
 /* Creation parameters, by value. Start from tg_engine_default_params(). */
 struct tg_engine_params {
     const char *model_path;       /* GGUF file; required; copied */
-    int32_t n_ctx;                /* KV cache cells shared by all slots and the prefix cache
-                                     (tokens); 0 = 4096. One job's prompt + output must fit. */
+    int32_t n_ctx;                /* KV cache cells (tokens); 0 = 4096. With kv_split (the
+                                     default) each slot gets n_ctx / n_slots of them and one
+                                     job's prompt + output must fit there; unified, the
+                                     slots and the prefix cache share all n_ctx. */
     int32_t n_slots;              /* sequences decoded together; 0 = 4; max 64 */
     int32_t n_threads;            /* CPU threads for decode and prefill; 0 = online cores */
     int32_t n_gpu_layers;         /* layers offloaded to a GPU backend; 0 = CPU only,
@@ -75,7 +77,8 @@ struct tg_engine_params {
                                      embedding context (TG_JOB_EMBED fails TG_UNSUPPORTED) */
     const char *backend_dir;      /* ggml backend libraries; NULL = build-time default
                                      (TG_LLAMA_BACKEND_DIR), "" = statically linked */
-    bool kv_split;                /* false: one unified KV cache; any job may use all n_ctx
+    bool kv_split;                /* true (default) or false.
+                                     false: one unified KV cache; any job may use all n_ctx
                                      cells; prefix-cache entries are extra sequences sharing
                                      cells with the jobs that hit them (llama_memory_seq_cp).
                                      true: each slot gets its own n_ctx / n_slots cells (a
