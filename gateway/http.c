@@ -13,6 +13,7 @@
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
 
+#include "metrics.h"
 #include "pipeline.h"
 #include "redis_glue.h"
 #include "tg/err.h"
@@ -104,6 +105,18 @@ static void finish(struct tg_req *r)
     tg_req_maybe_free(r);
 }
 
+/* tiergate_gateway_overhead_seconds for a request answered with what a remote call returned:
+ * our time before the upstream request was written plus after its response was complete, up to
+ * now (the reply handed to the kernel, or queued on a TLS connection). Not for requests that ran
+ * on the local engine first (escalations): their first half would include the engine's work. */
+static void record_overhead(struct tg_req *r)
+{
+    if (r->t_up_sent <= 0 || r->t_up_done <= 0 || r->escalated || r->t_up_done < r->t_up_sent)
+        return;
+    double now = tg_now_s();
+    tg_metrics_gateway_overhead((r->t_up_sent - r->t_start) + (now - r->t_up_done));
+}
+
 void tg_req_reply_json(struct tg_req *r, int status, json_t *body)
 {
     if (r->replied) {
@@ -154,6 +167,7 @@ void tg_req_reply_raw(struct tg_req *r, int status, const char *text, size_t len
             tg_conn_write_now(bev);
             bufferevent_decref(bev);
         }
+        record_overhead(r);
     } else {
         tg_pipeline_finish_record(r);
     }

@@ -47,6 +47,9 @@ struct tg_req {
     const struct tg_cfg_key *key;      /* NULL in open mode */
     char id[64];                       /* request id */
     double t_start, t_first;           /* monotonic seconds; t_first = first answer byte */
+    /* Remote tier, for tiergate_gateway_overhead_seconds (monotonic seconds, 0 = not yet): the
+     * first upstream request written, and the last upstream response complete. */
+    double t_up_sent, t_up_done;
 
     /* parsed request */
     enum tg_gw_endpoint ep;

@@ -191,6 +191,7 @@ static void on_complete_impl(void *user, const struct tg_upstream_result *res)
     r->up_active = false;
     r->up = NULL;
     take_stats(r, &res->stats);
+    r->t_up_done = res->stats.complete_s;
     if (res->served != NULL)
         r->model_served = res->served->name;
     r->prompt_tokens = res->usage.prompt_tokens > 0 ? res->usage.prompt_tokens : 0;
@@ -263,6 +264,7 @@ static void on_error_impl(void *user, const struct tg_upstream_error *e)
     r->up_active = false;
     r->up = NULL;
     take_stats(r, &e->stats);
+    r->t_up_done = e->stats.complete_s;
     if (e->last_target != NULL)
         r->model_served = e->last_target->name;
     if (r->replied || r->client_gone) {
@@ -358,6 +360,10 @@ void tg_remote_run(struct tg_req *r)
         return;
     }
     r->up_active = true;
+    /* A pooled connection has the request written by now (the executor kicks curl inside
+     * tg_upstream_start); a new one is still connecting, which is waiting, not our work. */
+    if (r->t_up_sent <= 0)
+        r->t_up_sent = tg_now_s();
     if (r->closewatch == NULL)
         tg_req_watch_client(r);
 }

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -72,6 +73,39 @@ def loadgen_requests(build, url, rate, seconds, conns):
     return r["sent"]
 
 
+def user_s(pid):
+    """user CPU seconds of a process (its threads): the part allocator and parsing changes move;
+    the kernel's TCP work on both sockets is the rest."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) / os.sysconf("SC_CLK_TCK")
+
+
+def overhead_buckets(port):
+    """tiergate_gateway_overhead_seconds from /metrics: [(le, cumulative count)], +Inf last."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    out = []
+    for m in re.finditer(r'^tiergate_gateway_overhead_seconds_bucket\{le="([^"]+)"\} (\d+)$', text, re.M):
+        out.append((float(m.group(1)), int(m.group(2))))
+    return out
+
+
+def bucket_quantile(q, before, after):
+    """histogram_quantile() over the buckets observed between two scrapes (linear in a bucket)."""
+    cum = [(le, a - b) for (le, a), (_, b) in zip(after, before)]
+    total = cum[-1][1] if cum else 0
+    if total == 0:
+        return None
+    rank, prev_le, prev_c = q * total, 0.0, 0
+    for le, c in cum:
+        if c >= rank:
+            if le == float("inf"):
+                return prev_le
+            return prev_le + (le - prev_le) * (rank - prev_c) / max(1, c - prev_c)
+        prev_le, prev_c = le, c
+    return prev_le
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--build", default=os.path.join(gwrun.ROOT, "build"))
@@ -82,6 +116,10 @@ def main():
                     help="open loop at this rate with tg-loadgen (as run.py's 5 000 req/s phase) instead of wrk")
     ap.add_argument("--syscalls", action="store_true",
                     help="one more run with tiergate's syscalls per request counted (perf stat)")
+    ap.add_argument("--env", action="append", default=[], metavar="K=V",
+                    help="extra environment for tiergate only (e.g. LD_PRELOAD=... to try an allocator)")
+    ap.add_argument("--perf", metavar="FILE",
+                    help="one more run under `perf record --call-graph dwarf` on tiergate, written to FILE (perf report -i FILE)")
     a = ap.parse_args()
     build = os.path.abspath(a.build)
     work = tempfile.mkdtemp(prefix="tg-bench-cpu-")
@@ -93,7 +131,9 @@ def main():
         procs.append(fake)
         with open(f"{work}/routes.yaml", "w") as f:
             f.write(config(tport, fport))
-        tg = subprocess.Popen([f"{build}/gateway/tiergate", "--config", f"{work}/routes.yaml"],
+        env = dict(os.environ)
+        env.update(kv.split("=", 1) for kv in a.env)
+        tg = subprocess.Popen([f"{build}/gateway/tiergate", "--config", f"{work}/routes.yaml"], env=env,
                               stdout=open(f"{work}/tiergate.log", "w"), stderr=subprocess.STDOUT)
         procs.append(tg)
         assert gwrun.wait_port(fport) and gwrun.wait_port(tport), "fake upstream or tiergate did not start"
@@ -106,16 +146,27 @@ def main():
             how = f"wrk -t1 -c{a.conns}"
         drive(1)  # warm: connections to the fake, caches
         rows = []
+        ob = overhead_buckets(tport)
         for _ in range(a.reps):
-            t0, f0 = gwrun.cpu_s(tg.pid), gwrun.cpu_s(fake.pid)
+            t0, f0, u0 = gwrun.cpu_s(tg.pid), gwrun.cpu_s(fake.pid), user_s(tg.pid)
             n = drive(a.seconds)
-            t1, f1 = gwrun.cpu_s(tg.pid), gwrun.cpu_s(fake.pid)
-            rows.append((n / a.seconds, (t1 - t0) * 1e6 / n, (f1 - f0) * 1e6 / n))
+            t1, f1, u1 = gwrun.cpu_s(tg.pid), gwrun.cpu_s(fake.pid), user_s(tg.pid)
+            rows.append((n / a.seconds, (t1 - t0) * 1e6 / n, (f1 - f0) * 1e6 / n, (u1 - u0) * 1e6 / n))
         print(f"load average {open('/proc/loadavg').read().split()[0]}; {how} for {a.seconds}s, {a.reps} runs")
-        for rps, t, f in rows:
-            print(f"  {rps:9.0f} req/s   tiergate {t:6.1f} us CPU/req   fake {f:5.1f} us CPU/req")
+        for rps, t, f, u in rows:
+            print(f"  {rps:9.0f} req/s   tiergate {t:6.1f} us CPU/req ({u:5.1f} user)   fake {f:5.1f} us CPU/req")
         ts = sorted(r[1] for r in rows)
-        print(f"median tiergate CPU/req {ts[len(ts) // 2]:.1f} us")
+        us = sorted(r[3] for r in rows)
+        print(f"median tiergate CPU/req {ts[len(ts) // 2]:.1f} us ({us[len(us) // 2]:.1f} us user)")
+        oa = overhead_buckets(tport)
+        if oa and ob:
+            n = oa[-1][1] - ob[-1][1]
+            p50, p99 = bucket_quantile(0.5, ob, oa), bucket_quantile(0.99, ob, oa)
+            if p50 is not None:
+                print(f"in-process overhead (tiergate_gateway_overhead_seconds, {n} requests): "
+                      f"p50 {p50 * 1e6:.1f} us  p99 {p99 * 1e6:.1f} us")
+        else:
+            print("in-process overhead: this tiergate has no tiergate_gateway_overhead_seconds")
         if a.syscalls:
             # syscall tracepoints counted in the kernel (perf stat): no slow-down, unlike strace
             names = ["epoll_ctl", "epoll_wait", "poll", "ioctl", "readv", "recvfrom", "writev", "sendto",
@@ -133,6 +184,14 @@ def main():
                 if len(t) > 2 and t[0].replace(".", "").isdigit():
                     name = t[2].split(":")[-1].replace("sys_enter_", "").replace("sys_enter", "all syscalls")
                     print(f"  {name:14s} {float(t[0]) / n:6.2f}")
+        if a.perf:
+            ps = subprocess.Popen(["perf", "record", "--call-graph", "dwarf,16384", "-F", "2000", "-p", str(tg.pid), "-o", a.perf],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(0.5)
+            n = drive(a.seconds)
+            ps.send_signal(signal.SIGINT)
+            ps.wait()
+            print(f"perf profile of {n} requests in {a.perf}")
     finally:
         for p in procs:
             p.terminate()

@@ -41,6 +41,8 @@
  *   bad_requests_total{reason}                           counter
  *   tenant_requests_total{tenant}, tenant_cost_usd_total{tenant}   counters (allow-listed tenants)
  *   usage_ledger_errors_total{kind=unavailable|refused|lost}  records /v1/usage (Redis) missed
+ *   gateway_overhead_seconds                             histogram (5 µs .. 100 ms buckets): tiergate's
+ *       own time per proxied remote request, provider wait excluded (tg_metrics_gateway_overhead)
  *   circuit_state{target}                                gauge: 0 closed, 1 half-open, 2 open
  *   engine_slots_busy, engine_queue_depth, engine_tokens_per_second, inflight_requests  gauges
  *   build_info{version}                                  gauge, always 1
@@ -101,6 +103,12 @@ void tg_metrics_bad_request(const char *reason);
  * ("timeout", "connect", "http_5xx", "http_429", "reset", "parse", "circuit_open"). */
 void tg_metrics_upstream_error(const char *target, const char *kind);
 void tg_metrics_upstream_duration(const char *target, double seconds);
+
+/* One proxied remote request's time inside the gateway, in seconds: from the request parsed to
+ * the upstream request written, plus from the upstream response complete to the reply written
+ * (the wait for the provider, retries and backoff excluded). Thread-safe; ignored before init and
+ * for negative or non-finite values. */
+void tg_metrics_gateway_overhead(double seconds);
 
 /* Gauges read at scrape time. The callback fills what it knows; fields left at their initial
  * values (-1) are not exported. Runs on the thread that renders; must not call tg_metrics_*. */

@@ -131,6 +131,9 @@ struct tg_upstream_stats {
     const char *fallback_reason; /* short code of the first fallback ("timeout", "http_503",
                                     "connect", "circuit_open", "disabled", ...), NULL if none */
     double upstream_s;           /* wall time from start to the end, seconds */
+    double complete_s;           /* CLOCK_MONOTONIC seconds when the loop woke for the event that
+                                    completed the last attempt (its response's last bytes read),
+                                    0 if no attempt completed */
 };
 
 struct tg_upstream_result {

@@ -593,6 +593,101 @@ static void test_slowloris(void **state)
     assert_true(dropped);
 }
 
+/* A sample line's value in a /metrics text ("name{labels} value" or "name value"); -1 if absent. */
+static double metric_value(const char *text, const char *series)
+{
+    size_t n = strlen(series);
+    for (const char *p = text; p != NULL && *p != '\0';) {
+        if (strncmp(p, series, n) == 0 && p[n] == ' ')
+            return strtod(p + n + 1, NULL);
+        p = strchr(p, '\n');
+        if (p != NULL)
+            p++;
+    }
+    return -1;
+}
+
+struct overhead_snap {
+    double count, sum;
+};
+
+static double mono_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* n chat requests to gpt-fake, one after another; the seconds they took as the client saw them
+ * (request written to reply read: an upper bound for anything the gateway measures inside). */
+static double remote_chats(int n)
+{
+    const char *body = "{\"model\":\"gpt-fake\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}";
+    double total = 0;
+    for (int i = 0; i < n; i++) {
+        struct tg_test_response r;
+        double t0 = mono_now();
+        assert_int_equal(gw_post(&env, "/v1/chat/completions", body, NULL, &r), 0);
+        total += mono_now() - t0;
+        assert_int_equal(r.status, 200);
+        tg_test_response_free(&r);
+    }
+    return total;
+}
+
+static void overhead_snap(struct overhead_snap *o)
+{
+    struct tg_test_response m;
+    assert_int_equal(gw_get(&env, "/metrics", &m), 0);
+    assert_int_equal(m.status, 200);
+    o->count = metric_value(m.body, "tiergate_gateway_overhead_seconds_count");
+    o->sum = metric_value(m.body, "tiergate_gateway_overhead_seconds_sum");
+    tg_test_response_free(&m);
+}
+
+/* tiergate_gateway_overhead_seconds: one sample per proxied remote reply; it moves; it is bounded
+ * by the requests' duration as the client saw it, and leaves the provider's wait (300 ms each
+ * in the second round) out. */
+static void test_overhead_metric(void **state)
+{
+    (void)state;
+    struct overhead_snap a, b, c;
+    overhead_snap(&a);
+    if (a.count < 0) /* no remote reply yet in this process: the family has no series */
+        a.count = a.sum = 0;
+    double seen = remote_chats(5);
+    overhead_snap(&b);
+    assert_true(b.count == a.count + 5);
+    assert_true(b.sum > a.sum); /* it moves */
+    assert_true(b.sum - a.sum <= seen);
+
+    /* the fake waits 300 ms before each of the next three answers: that wait is not ours */
+    char url[128];
+    snprintf(url, sizeof url, "%s/_script", env.fake_base);
+    struct tg_test_response sr;
+    assert_int_equal(tg_test_http("POST", url, NULL,
+                                  "[\"delay_ms=300\",\"delay_ms=300\",\"delay_ms=300\"]", &sr), 0);
+    assert_int_equal(sr.status, 200);
+    tg_test_response_free(&sr);
+    seen = remote_chats(3);
+    overhead_snap(&c);
+    assert_true(c.count == b.count + 3);
+    assert_true(c.sum > b.sum);
+    assert_true(seen >= 3 * 0.3);
+    assert_true(c.sum - b.sum <= seen - 3 * 0.3);
+
+    /* streams and local answers are not proxied replies: no sample */
+    struct tg_test_response r;
+    assert_int_equal(gw_post(&env, "/v1/chat/completions",
+                             "{\"model\":\"gpt-fake\",\"stream\":true,\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}",
+                             NULL, &r), 0);
+    assert_int_equal(r.status, 200);
+    tg_test_response_free(&r);
+    struct overhead_snap d;
+    overhead_snap(&d);
+    assert_true(d.count == c.count);
+}
+
 static void test_disconnect_cancels(void **state)
 {
     (void)state;
@@ -781,6 +876,7 @@ int main(void)
         cmocka_unit_test(test_classify_extract),
         cmocka_unit_test(test_models_and_explain),
         cmocka_unit_test(test_remote),
+        cmocka_unit_test(test_overhead_metric),
         cmocka_unit_test(test_bad_input),
         cmocka_unit_test(test_auth),
         cmocka_unit_test(test_slowloris),
