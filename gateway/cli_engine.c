@@ -27,7 +27,10 @@ static void usage(FILE *f)
             "  --listen URL       ipc:///path, tcp://host:port or inproc://name\n"
             "  --model FILE       GGUF model\n"
             "  --slots N          sequences decoded together (default 4)\n"
-            "  --ctx N            KV cache cells shared by the slots, tokens (default 4096)\n"
+            "  --ctx N            KV cache cells, tokens (default 4096); with --kv-split 1\n"
+            "                     each slot gets ctx / slots of them\n"
+            "  --kv-split 0|1     1 (default): one KV stream per slot (llama-server -np);\n"
+            "                     0: one KV cache any job may fill\n"
             "  --threads N        CPU threads (default: online cores)\n"
             "  --gpu-layers N     layers offloaded to the GPU (0 = CPU, -1 = all)\n"
             "  --kv-type T        f16 | q8_0 | q4_0 (default f16)\n"
@@ -69,7 +72,7 @@ static void *shutdown_watchdog(void *arg)
 int tg_cli_engine(int argc, char **argv)
 {
     enum { O_LISTEN = 1, O_MODEL, O_SLOTS, O_CTX, O_THREADS, O_GPU, O_KV, O_BATCH, O_QUEUE,
-           O_LOGLEVEL, O_LOGJSON, O_HELP };
+           O_LOGLEVEL, O_LOGJSON, O_HELP, O_SPLIT };
     static const struct option opts[] = {
         {"listen", required_argument, NULL, O_LISTEN},
         {"model", required_argument, NULL, O_MODEL},
@@ -78,6 +81,7 @@ int tg_cli_engine(int argc, char **argv)
         {"threads", required_argument, NULL, O_THREADS},
         {"gpu-layers", required_argument, NULL, O_GPU},
         {"kv-type", required_argument, NULL, O_KV},
+        {"kv-split", required_argument, NULL, O_SPLIT},
         {"batch", required_argument, NULL, O_BATCH},
         {"queue", required_argument, NULL, O_QUEUE},
         {"log-level", required_argument, NULL, O_LOGLEVEL},
@@ -101,6 +105,12 @@ int tg_cli_engine(int argc, char **argv)
         case O_THREADS: ok &= parse_int("--threads", optarg, 1, 1024, &ep.n_threads); break;
         case O_GPU: ok &= parse_int("--gpu-layers", optarg, -1, 100000, &ep.n_gpu_layers); break;
         case O_KV: ep.kv_cache_type = optarg; break;
+        case O_SPLIT: {
+            int32_t v = 1;
+            ok &= parse_int("--kv-split", optarg, 0, 1, &v);
+            ep.kv_split = v == 1;
+            break;
+        }
         case O_BATCH: ok &= parse_int("--batch", optarg, 1, 1 << 20, &ep.n_batch); break;
         case O_QUEUE: ok &= parse_int("--queue", optarg, 1, 1 << 20, &ep.queue_max); break;
         case O_LOGLEVEL: {
