@@ -16,7 +16,9 @@ all on free ports and run as the current user, then:
   2. fixed-rate latency (tg-loadgen, open loop) at --rate req/s: direct, through tiergate and
      through each reference, alternating, --reps times; added latency = proxy - direct per
      percentile (median of reps); CPU per request of each process (utime+stime / requests sent)
-  3. the same at --portkey-rate (a rate Portkey sustains here), Portkey included
+  3. the same at --portkey-rate (a rate Portkey sustains here), Portkey included; then, unless
+     --no-syscalls, syscalls and context switches per request of each server process at --rate,
+     counted by `perf stat -p` during one more 3 s fixed-rate run per target
   4. one connection, closed loop (wrk -c1): every request alone in the pipeline
   5. closed-loop throughput with wrk (-t1 -c32): every target, share of direct
   6. RSS of tiergate holding --idle-conns idle keep-alive connections
@@ -157,6 +159,31 @@ def wrk(url, seconds, extra_headers="", conns=32):
     if r["rps"] is None:
         raise RuntimeError(f"wrk {url}: no result: {out.stdout.strip()[-300:]} {out.stderr.strip()[-300:]}")
     return r
+
+
+def perf_counts(pid, fn):
+    """Run fn() with the kernel counting pid's syscalls and context switches (perf stat on
+    tracepoints: no slow-down, unlike strace). Returns (fn()'s result, {event: count})."""
+    fd, log = tempfile.mkstemp(prefix="tg-perf-")
+    os.close(fd)
+    ps = subprocess.Popen(["perf", "stat", "-x", ";", "-e", "raw_syscalls:sys_enter,context-switches", "-p", str(pid),
+                           "-o", log], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.3)  # perf attached before the first request
+    try:
+        r = fn()
+    finally:
+        ps.send_signal(signal.SIGINT)
+        ps.wait(10)
+    counts = {}
+    if os.path.exists(log):
+        for line in open(log):
+            t = line.strip().split(";")
+            if len(t) > 2 and t[0].isdigit():
+                counts[t[2].split(":")[-1]] = int(t[0])
+        os.unlink(log)
+    if not counts:
+        raise RuntimeError("perf stat counted nothing (perf missing or kernel.perf_event_paranoid too high?)")
+    return r, counts
 
 
 def attempt(fn):
@@ -324,6 +351,8 @@ def main():
     ap.add_argument("--refs", default="nginx,haproxy",
                     help="reference proxies measured beside tiergate: nginx, haproxy (= haproxy-http + "
                          "haproxy-tcp), haproxy-http, haproxy-tcp, or none; those not installed are skipped")
+    ap.add_argument("--no-syscalls", dest="syscalls", action="store_false",
+                    help="skip counting syscalls and context switches per request (perf stat) of each server")
     ap.add_argument("--idle-conns", type=int, default=10000)
     ap.add_argument("--out", default=None)
     ap.add_argument("--rt", action="store_true",
@@ -457,6 +486,24 @@ metrics:
             low[name] = attempt(lambda: measured(pids, lambda: loadgen(build, url, a.portkey_rate, a.duration, warm,
                                                                        hdr, conns=16)))
         res["low_rate"] = low
+
+        if a.syscalls and shutil.which("perf"):
+            # syscalls and context switches per request of each server process at the fixed rate
+            # (counts, not times: a loaded machine does not change them much)
+            sc = {}
+            for name, url, hdr in targets:
+                who = "fake" if name == "direct" else name
+
+                def one():
+                    r, c = perf_counts(pids[who], lambda: loadgen(build, url, a.rate, 3, 0, hdr))
+                    n = max(1, r["sent_total"])
+                    return {"who": who, "requests": r["sent_total"], "failed": r["failed"],
+                            "syscalls_per_req": c.get("sys_enter", 0) / n,
+                            "ctx_switches_per_req": c.get("context-switches", 0) / n}
+                sc[name] = attempt(one)
+            res["syscalls"] = sc
+        elif a.syscalls:
+            note("perf not installed: syscalls per request not counted (apt-get install linux-perf)")
         if a.rt:
             set_rt(pids.values(), False)
         RT["on"] = False
@@ -592,6 +639,17 @@ def report(res, a, out):
         print(f"| {n} | {fmt(rps)} | {fmt(share[n])} % | {fmt(dd.get('p50'))} / {fmt(dd.get('p99'))} "
               f"| {'' if n == 'direct' else fmt(c.get(n))} | {fmt(c.get('fake'))} | {dd.get('failed', 0)} |")
     print()
+
+    if res.get("syscalls"):
+        print(f"| per request at {a.rate} req/s, 3 s, kernel counters (perf stat -p) | process | syscalls | "
+              "context switches |")
+        print("|---|---|---|---|")
+        for n, r in res["syscalls"].items():
+            if r.get("error"):
+                print(f"| {n} | | failed: {r['error'][:60]} | |")
+            else:
+                print(f"| {n} | {r['who']} | {r['syscalls_per_req']:.1f} | {r['ctx_switches_per_req']:.2f} |")
+        print()
 
     print("| memory (VmRSS) | |")
     print("|---|---|")
