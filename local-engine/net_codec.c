@@ -549,10 +549,12 @@ int tg_net_stats_decode(const json_t *o, struct tg_engine_stats *out)
 
 json_t *tg_net_info_encode(const struct tg_engine_info *in)
 {
-    json_t *o = json_pack("{s:I,s:I,s:i,s:i,s:i,s:i,s:i,s:b,s:b}", "np",
+    json_t *o = json_pack("{s:I,s:I,s:i,s:i,s:i,s:i,s:i,s:b,s:b,s:i,s:b,s:I}", "np",
                           (json_int_t)in->n_params, "mb", (json_int_t)in->model_bytes, "ctx",
                           in->n_ctx, "ctxt", in->n_ctx_train, "ns", in->n_slots, "ne", in->n_embd,
-                          "nv", in->n_vocab, "rw", in->random_weights, "emb", in->embeddings);
+                          "nv", in->n_vocab, "rw", in->random_weights, "emb", in->embeddings,
+                          "ctxs", in->n_ctx_seq, "split", in->kv_split, "spill",
+                          (json_int_t)in->prefix_cache_spill_bytes);
     if (o == NULL)
         return NULL;
     if (json_object_set_new(o, "name", tg_net_string_lossy(in->model_name,
@@ -586,6 +588,12 @@ int tg_net_info_decode(const json_t *o, struct tg_engine_info *out)
     in.n_vocab = (int32_t)json_integer_value(json_object_get(o, "nv"));
     in.random_weights = json_is_true(json_object_get(o, "rw"));
     in.embeddings = json_is_true(json_object_get(o, "emb"));
+    /* absent from workers older than kv_split: their jobs could use all of n_ctx */
+    in.n_ctx_seq = (int32_t)json_integer_value(json_object_get(o, "ctxs"));
+    if (in.n_ctx_seq <= 0)
+        in.n_ctx_seq = in.n_ctx;
+    in.kv_split = json_is_true(json_object_get(o, "split"));
+    in.prefix_cache_spill_bytes = (int64_t)json_integer_value(json_object_get(o, "spill"));
     *out = in;
     return TG_OK;
 }

@@ -315,6 +315,9 @@ static void test_info_roundtrip(void **state)
     in.n_vocab = 32064;
     in.random_weights = true;
     in.embeddings = true;
+    in.n_ctx_seq = 1024;
+    in.kv_split = true;
+    in.prefix_cache_spill_bytes = INT64_C(1) << 33;
     json_t *o = tg_net_info_encode(&in);
     assert_non_null(o);
     char *txt = json_dumps(o, JSON_COMPACT);
@@ -333,6 +336,9 @@ static void test_info_roundtrip(void **state)
     assert_int_equal(back.n_embd, 3072);
     assert_int_equal(back.n_vocab, 32064);
     assert_true(back.random_weights && back.embeddings);
+    assert_int_equal(back.n_ctx_seq, 1024);
+    assert_true(back.kv_split);
+    assert_true(back.prefix_cache_spill_bytes == INT64_C(1) << 33);
     assert_int_equal(tg_net_info_decode(NULL, &back), TG_INVAL);
 }
 
