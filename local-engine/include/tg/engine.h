@@ -56,7 +56,9 @@ struct tg_engine_params {
     int32_t prefix_cache_min_tokens; /* shortest prompt worth caching, tokens; 0 = 32 */
     int64_t prefix_cache_spill_bytes; /* host memory for cached prefixes, bytes; -1 = none.
                                      kv_split: 0 (default) = as many bytes as the KV cache
-                                     (tg_engine_info says how many): a slot taken for an
+                                     (tg_engine_info says how many; at most twice the KV
+                                     memory sized by n_ctx, where llama-server's
+                                     --cache-ram is a flat 8 GiB): a slot taken for an
                                      unrelated prompt first copies the prompt it kept here
                                      (llama_state_seq_get_data), and a later hit restores
                                      it into its slot (bit-exact); over the budget or
