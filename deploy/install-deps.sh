@@ -7,6 +7,7 @@ set -euo pipefail
 pkgs=(build-essential cmake pkg-config git ca-certificates curl openssl
       libevent-dev libcurl4-openssl-dev libnng-dev libhiredis-dev libssl-dev
       libjansson-dev libyaml-dev libcmocka-dev redis-server redis-tools
+      libmimalloc-dev        # tiergate's malloc (gateway/CMakeLists.txt TG_ALLOCATOR): ~10 % less CPU per proxied request
       json-schema-test-suite
       valgrind               # test_security_valgrind: leak-free shutdown under memcheck
       chromium prometheus)   # chromium: dashboard test (headless); prometheus: promtool checks

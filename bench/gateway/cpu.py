@@ -26,10 +26,10 @@ sys.path.insert(0, HERE)
 import run as gwrun  # noqa: E402  (free_port, wait_port, cpu_s)
 
 
-def config(tport, fport):
+def config(tport, fport, io_threads=1):
     return f"""server:
   listen: 127.0.0.1:{tport}
-  io_threads: 1
+  io_threads: {io_threads}
   open_mode: true
   idle_timeout_ms: 300000
   log_level: warn
@@ -73,14 +73,6 @@ def loadgen_requests(build, url, rate, seconds, conns):
     return r["sent"]
 
 
-def user_s(pid):
-    """user CPU seconds of a process (its threads): the part allocator and parsing changes move;
-    the kernel's TCP work on both sockets is the rest."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return int(fields[11]) / os.sysconf("SC_CLK_TCK")
-
-
 def overhead_buckets(port):
     """tiergate_gateway_overhead_seconds from /metrics: [(le, cumulative count)], +Inf last."""
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
@@ -116,6 +108,7 @@ def main():
                     help="open loop at this rate with tg-loadgen (as run.py's 5 000 req/s phase) instead of wrk")
     ap.add_argument("--syscalls", action="store_true",
                     help="one more run with tiergate's syscalls per request counted (perf stat)")
+    ap.add_argument("--io-threads", type=int, default=1, help="tiergate server.io_threads (run.py uses 1)")
     ap.add_argument("--env", action="append", default=[], metavar="K=V",
                     help="extra environment for tiergate only (e.g. LD_PRELOAD=... to try an allocator)")
     ap.add_argument("--perf", metavar="FILE",
@@ -130,7 +123,7 @@ def main():
                                 stdout=open(f"{work}/fake.log", "w"), stderr=subprocess.STDOUT)
         procs.append(fake)
         with open(f"{work}/routes.yaml", "w") as f:
-            f.write(config(tport, fport))
+            f.write(config(tport, fport, a.io_threads))
         env = dict(os.environ)
         env.update(kv.split("=", 1) for kv in a.env)
         tg = subprocess.Popen([f"{build}/gateway/tiergate", "--config", f"{work}/routes.yaml"], env=env,
@@ -148,16 +141,15 @@ def main():
         rows = []
         ob = overhead_buckets(tport)
         for _ in range(a.reps):
-            t0, f0, u0 = gwrun.cpu_s(tg.pid), gwrun.cpu_s(fake.pid), user_s(tg.pid)
+            t0, f0 = gwrun.cpu_s(tg.pid), gwrun.cpu_s(fake.pid)
             n = drive(a.seconds)
-            t1, f1, u1 = gwrun.cpu_s(tg.pid), gwrun.cpu_s(fake.pid), user_s(tg.pid)
-            rows.append((n / a.seconds, (t1 - t0) * 1e6 / n, (f1 - f0) * 1e6 / n, (u1 - u0) * 1e6 / n))
+            t1, f1 = gwrun.cpu_s(tg.pid), gwrun.cpu_s(fake.pid)
+            rows.append((n / a.seconds, (t1 - t0) * 1e6 / n, (f1 - f0) * 1e6 / n))
         print(f"load average {open('/proc/loadavg').read().split()[0]}; {how} for {a.seconds}s, {a.reps} runs")
-        for rps, t, f, u in rows:
-            print(f"  {rps:9.0f} req/s   tiergate {t:6.1f} us CPU/req ({u:5.1f} user)   fake {f:5.1f} us CPU/req")
+        for rps, t, f in rows:
+            print(f"  {rps:9.0f} req/s   tiergate {t:6.1f} us CPU/req   fake {f:5.1f} us CPU/req")
         ts = sorted(r[1] for r in rows)
-        us = sorted(r[3] for r in rows)
-        print(f"median tiergate CPU/req {ts[len(ts) // 2]:.1f} us ({us[len(us) // 2]:.1f} us user)")
+        print(f"median tiergate CPU/req {ts[len(ts) // 2]:.1f} us")
         oa = overhead_buckets(tport)
         if oa and ob:
             n = oa[-1][1] - ob[-1][1]

@@ -288,6 +288,12 @@ bool sec_env_start(struct sec_env *e, bool json_logs, bool valgrind)
                         "--errors-for-leak-kinds=definite,indirect",
                         "--error-exitcode=99",
                         "--num-callers=30",
+                        /* tiergate links mimalloc (gateway/CMakeLists.txt TG_ALLOCATOR):
+                         * memcheck must replace its malloc, not only libc's. mimalloc's
+                         * operator delete is an alias of its free (one address), which
+                         * memcheck then reports as a mismatched free for every C++ delete */
+                        "--soname-synonyms=somalloc=*mimalloc*",
+                        "--show-mismatched-frees=no",
                         supp,
                         vlog,
                         TIERGATE,
