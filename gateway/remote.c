@@ -338,6 +338,8 @@ void tg_remote_run(struct tg_req *r)
         .n_targets = n,
         .stream = stream,
         .request_id = r->id,
+        /* chat replies with the provider's bytes (on_complete_impl): no parsed tree needed */
+        .body_only = r->ep == TG_GW_EP_CHAT && !stream,
     };
     if (own == NULL && r->http != NULL) {
         /* The client's exact bytes (evhttp keeps them until the request is freed; the pipeline

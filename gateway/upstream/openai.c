@@ -5,6 +5,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <yajl/yajl_parse.h>
+
 #include "tg/json.h"
 #include "tg/log.h"
 #include "upstream_int.h"
@@ -210,6 +212,198 @@ int up_openai_response(const char *body, size_t len, json_t **out, struct tg_ups
     if (f != NULL)
         snprintf(finish, finish_len, "%s", f);
     *out = v;
+    return TG_OK;
+}
+
+/* ---- checking a response without a tree (up_openai_scan_response) ----
+ * yajl reports values in document order; the scan keeps, per open container, what it is (the
+ * top-level object, "usage", its "prompt_tokens_details", the "choices" array, the first choice,
+ * or anything else) and, for objects, which key the next value belongs to. */
+
+enum scan_kind { SK_OTHER, SK_ROOT, SK_USAGE, SK_DETAILS, SK_CHOICES, SK_CHOICE0 };
+enum scan_key { KY_OTHER, KY_USAGE, KY_CHOICES, KY_PROMPT, KY_COMPLETION, KY_DETAILS, KY_CACHED,
+                KY_FINISH };
+#define SCAN_MAX_DEPTH 2048 /* jansson's JSON_PARSER_MAX_DEPTH */
+#define SCAN_TRACK 4        /* deeper containers are never one of ours */
+
+struct scan {
+    int depth; /* containers open */
+    struct {
+        enum scan_kind kind;
+        bool is_map;
+        enum scan_key key; /* maps: the key of the value being read */
+        size_t index;      /* arrays: index of the next element */
+    } c[SCAN_TRACK + 1];
+    bool root_object, has_choices;
+    struct tg_upstream_usage *u;
+    char *finish;
+    size_t finish_len;
+};
+
+static enum scan_key key_of(enum scan_kind in, const unsigned char *k, size_t n)
+{
+#define IS(lit) (n == sizeof lit - 1 && memcmp(k, lit, n) == 0)
+    switch (in) {
+    case SK_ROOT: return IS("usage") ? KY_USAGE : IS("choices") ? KY_CHOICES : KY_OTHER;
+    case SK_USAGE:
+        return IS("prompt_tokens")           ? KY_PROMPT
+               : IS("completion_tokens")     ? KY_COMPLETION
+               : IS("prompt_tokens_details") ? KY_DETAILS
+                                             : KY_OTHER;
+    case SK_DETAILS: return IS("cached_tokens") ? KY_CACHED : KY_OTHER;
+    case SK_CHOICE0: return IS("finish_reason") ? KY_FINISH : KY_OTHER;
+    default: return KY_OTHER;
+    }
+#undef IS
+}
+
+/* A value (scalar or container) begins in the current container: what it is for. A repeated key
+ * replaces what the earlier one gave (jansson keeps the last duplicate), so its fields are reset
+ * first. Returns the kind a container starting here gets. */
+static enum scan_kind scan_value(struct scan *s, bool starts_map, bool starts_array)
+{
+    if (s->depth == 0) {
+        s->root_object = starts_map;
+        return starts_map ? SK_ROOT : SK_OTHER;
+    }
+    if (s->depth > SCAN_TRACK)
+        return SK_OTHER;
+    enum scan_kind parent = s->c[s->depth].kind;
+    if (!s->c[s->depth].is_map) {
+        size_t i = s->c[s->depth].index++;
+        return parent == SK_CHOICES && i == 0 && starts_map ? SK_CHOICE0 : SK_OTHER;
+    }
+    switch (s->c[s->depth].key) {
+    case KY_USAGE:
+        s->u->prompt_tokens = s->u->completion_tokens = -1;
+        s->u->cached_tokens = 0;
+        return starts_map ? SK_USAGE : SK_OTHER;
+    case KY_CHOICES:
+        s->has_choices = starts_array;
+        s->finish[0] = '\0';
+        return starts_array ? SK_CHOICES : SK_OTHER;
+    case KY_PROMPT: s->u->prompt_tokens = -1; return SK_OTHER;
+    case KY_COMPLETION: s->u->completion_tokens = -1; return SK_OTHER;
+    case KY_DETAILS: s->u->cached_tokens = 0; return starts_map ? SK_DETAILS : SK_OTHER;
+    case KY_CACHED: s->u->cached_tokens = 0; return SK_OTHER;
+    case KY_FINISH: s->finish[0] = '\0'; return SK_OTHER;
+    default: return SK_OTHER;
+    }
+}
+
+static enum scan_key scan_slot(const struct scan *s)
+{
+    return s->depth >= 1 && s->depth <= SCAN_TRACK && s->c[s->depth].is_map ? s->c[s->depth].key
+                                                                              : KY_OTHER;
+}
+
+static int scan_scalar(void *ctx)
+{
+    scan_value(ctx, false, false);
+    return 1;
+}
+
+static int scan_bool(void *ctx, int b)
+{
+    return scan_scalar(ctx);
+}
+
+static int scan_double(void *ctx, double d)
+{
+    return scan_scalar(ctx);
+}
+
+static int scan_integer(void *ctx, long long v)
+{
+    struct scan *s = ctx;
+    enum scan_key k = scan_slot(s);
+    scan_value(s, false, false);
+    if (k == KY_PROMPT)
+        s->u->prompt_tokens = v;
+    else if (k == KY_COMPLETION)
+        s->u->completion_tokens = v;
+    else if (k == KY_CACHED)
+        s->u->cached_tokens = v;
+    return 1;
+}
+
+static int scan_string(void *ctx, const unsigned char *v, size_t n)
+{
+    struct scan *s = ctx;
+    enum scan_key k = scan_slot(s);
+    scan_value(s, false, false);
+    if (k == KY_FINISH && s->finish_len > 0) {
+        size_t m = n < s->finish_len - 1 ? n : s->finish_len - 1;
+        memcpy(s->finish, v, m);
+        s->finish[m] = '\0';
+    }
+    return 1;
+}
+
+static int scan_open(struct scan *s, bool is_map)
+{
+    enum scan_kind kind = scan_value(s, is_map, !is_map);
+    if (++s->depth > SCAN_MAX_DEPTH)
+        return 0; /* as deep as jansson refuses */
+    if (s->depth <= SCAN_TRACK) {
+        s->c[s->depth].kind = kind;
+        s->c[s->depth].is_map = is_map;
+        s->c[s->depth].key = KY_OTHER;
+        s->c[s->depth].index = 0;
+    }
+    return 1;
+}
+
+static int scan_start_map(void *ctx)
+{
+    return scan_open(ctx, true);
+}
+
+static int scan_start_array(void *ctx)
+{
+    return scan_open(ctx, false);
+}
+
+static int scan_end(void *ctx)
+{
+    ((struct scan *)ctx)->depth--;
+    return 1;
+}
+
+static int scan_key(void *ctx, const unsigned char *k, size_t n)
+{
+    struct scan *s = ctx;
+    if (s->depth >= 1 && s->depth <= SCAN_TRACK)
+        s->c[s->depth].key = key_of(s->c[s->depth].kind, k, n);
+    return 1;
+}
+
+static const yajl_callbacks scan_callbacks = {
+    .yajl_null = scan_scalar,         .yajl_boolean = scan_bool,
+    .yajl_integer = scan_integer,     .yajl_double = scan_double,
+    .yajl_string = scan_string,       .yajl_start_map = scan_start_map,
+    .yajl_map_key = scan_key,         .yajl_end_map = scan_end,
+    .yajl_start_array = scan_start_array, .yajl_end_array = scan_end,
+};
+
+int up_openai_scan_response(const char *body, size_t len, struct tg_upstream_usage *u,
+                            char *finish, size_t finish_len)
+{
+    char fin[32] = "";
+    struct scan s = {.u = u, .finish = fin, .finish_len = sizeof fin};
+    yajl_handle h = yajl_alloc(&scan_callbacks, NULL, &s);
+    if (h == NULL)
+        return TG_NOMEM;
+    /* yajl's defaults are strict JSON: no comments, strings must be UTF-8, nothing after the
+     * value, one value */
+    yajl_status st = yajl_parse(h, (const unsigned char *)(body != NULL ? body : ""), len);
+    if (st == yajl_status_ok)
+        st = yajl_complete_parse(h);
+    yajl_free(h);
+    if (st != yajl_status_ok || !s.root_object || !s.has_choices)
+        return TG_PARSE;
+    if (fin[0] != '\0' && finish_len > 0)
+        snprintf(finish, finish_len, "%s", fin);
     return TG_OK;
 }
 

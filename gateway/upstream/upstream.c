@@ -71,6 +71,7 @@ struct tg_upstream_req {
     int tries_on_target;   /* attempts made on targets[cur] */
     bool stream, started, dropped, done;
     bool in_start;              /* inside tg_upstream_start: handlers must not run yet */
+    bool body_only;             /* call->body_only */
     bool in_multi_handle;       /* easy is added to the multi */
     bool in_write;              /* inside on_write (on_chunk may ask for a pause) */
     bool paused, pause_pending; /* backpressure: provider reads stopped / to stop after on_write */
@@ -1078,6 +1079,8 @@ static void attempt_done(struct tg_upstream_req *rq, CURLcode crc)
         p->kind == TG_PROVIDER_ANTHROPIC
             ? up_anthropic_response(rq->resp.data, rq->resp.len, rq->forced_json, &resp, &u, finish,
                                     sizeof finish)
+        : rq->body_only
+            ? up_openai_scan_response(rq->resp.data, rq->resp.len, &u, finish, sizeof finish)
             : up_openai_response(rq->resp.data, rq->resp.len, &resp, &u, finish, sizeof finish);
     if (rc != TG_OK) {
         attempt_failed(
@@ -1149,6 +1152,7 @@ int tg_upstream_start(struct tg_upstream_exec *ex, const struct tg_upstream_call
     rq->h = *handlers;
     rq->user = user;
     rq->stream = call->stream;
+    rq->body_only = call->body_only && !call->stream;
     rq->start_ms = up_now_ms();
     rq->stats.retry_after_ms = -1;
     tg_buf_init(&rq->trail, 4096);

@@ -98,6 +98,12 @@ struct tg_upstream_call {
                                                   instead of a re-serialisation (~5 ns/byte saved);
                                                   NULL = serialise `request` */
     size_t raw_len;
+    bool body_only; /* non-streaming: the caller uses only result.body, usage and finish_reason.
+                       OpenAI-compatible targets then have their response checked (well-formed
+                       JSON, an object with a choices array) by a streaming parse that builds no
+                       tree, and result.response is NULL (jansson's tree cost ~13 ns per byte:
+                       4-5 us for a 350-byte completion). Anthropic responses are translated, so
+                       they always come with response set. */
 };
 
 /* One OpenAI chat.completion.chunk. json is the parsed chunk; data/len its serialised form (the

@@ -53,6 +53,11 @@ int up_openai_build_raw(const json_t *rq, const char *raw, size_t raw_len,
 /* Parse a non-streaming response: *out new reference, usage and finish_reason filled. */
 int up_openai_response(const char *body, size_t len, json_t **out, struct tg_upstream_usage *u,
                        char *finish, size_t finish_len);
+/* The same checks and fields as up_openai_response without building the tree (yajl, event by
+ * event): TG_OK, or TG_PARSE when the body is not well-formed JSON or not an object holding a
+ * "choices" array. Duplicate keys: the last wins, as in jansson. */
+int up_openai_scan_response(const char *body, size_t len, struct tg_upstream_usage *u,
+                            char *finish, size_t finish_len);
 /* One SSE data payload of a stream. Returns non-zero when emit asked to stop or on a bad event
  * (TG_PARSE). */
 int up_openai_event(struct up_stream *st, const char *data, size_t len, up_emit_fn emit, void *ctx);

@@ -70,10 +70,31 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     case 3: {
         json_t *out = NULL;
         struct tg_upstream_usage u = {-1, -1, 0};
-        char finish[32];
-        if (mode == 2)
-            up_openai_response(p, n, &out, &u, finish, sizeof finish);
-        else
+        char finish[32] = "";
+        if (mode == 2) {
+            int rc = up_openai_response(p, n, &out, &u, finish, sizeof finish);
+            /* the tree-less check must agree with jansson: same verdict, same fields (jansson
+             * alone refuses \u0000 in strings; yajl passes it through) */
+            struct tg_upstream_usage su = {-1, -1, 0};
+            char sfinish[32] = "";
+            if (rc != TG_OK)
+                finish[0] = '\0';
+            int src = up_openai_scan_response(p, n, &su, sfinish, sizeof sfinish);
+            bool nul = memmem(p, n, "\\u0000", 6) != NULL;
+            if ((rc == TG_OK) != (src == TG_OK) && !nul) {
+                fprintf(stderr, "scan verdict %d, jansson %d\n", src, rc);
+                abort();
+            }
+            if (rc == TG_OK && src == TG_OK &&
+                (u.prompt_tokens != su.prompt_tokens || u.completion_tokens != su.completion_tokens ||
+                 u.cached_tokens != su.cached_tokens || strcmp(finish, sfinish) != 0)) {
+                fprintf(stderr, "scan %lld/%lld/%lld '%s', jansson %lld/%lld/%lld '%s'\n",
+                        (long long)su.prompt_tokens, (long long)su.completion_tokens,
+                        (long long)su.cached_tokens, sfinish, (long long)u.prompt_tokens,
+                        (long long)u.completion_tokens, (long long)u.cached_tokens, finish);
+                abort();
+            }
+        } else
             up_anthropic_response(p, n, (split & 1) != 0, &out, &u, finish, sizeof finish);
         json_decref(out);
         break;
