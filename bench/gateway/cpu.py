@@ -6,7 +6,11 @@ does not (much). This starts the same fake upstream + tiergate setup as run.py (
 mode, no model, no Redis, cache off, pinned remote model), drives it closed-loop with wrk, and
 reports utime+stime (from /proc/PID/stat) of tiergate and of the fake divided by the requests wrk
 completed. With --syscalls one more run is counted with `perf stat` on the syscall tracepoints
-(kernel counters, no slow-down as with strace) and syscalls per request are printed.
+(kernel counters, no slow-down as with strace) and syscalls per request are printed. After the
+measured runs it prints the p50/p99 of tiergate's in-process overhead per proxied request
+(tiergate_gateway_overhead_seconds, from /metrics scraped before and after). --perf FILE records
+one more run with `perf record --call-graph dwarf`; --env K=V (e.g. LD_PRELOAD=...) applies to
+tiergate only; --io-threads sets server.io_threads.
 
   python3 bench/gateway/cpu.py --build build [--seconds 5] [--reps 3] [--conns 32] [--rate 5000] [--syscalls]
 """
