@@ -34,6 +34,7 @@ import argparse
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import socket
@@ -42,6 +43,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -184,6 +186,44 @@ def perf_counts(pid, fn):
     if not counts:
         raise RuntimeError("perf stat counted nothing (perf missing or kernel.perf_event_paranoid too high?)")
     return r, counts
+
+
+def overhead_buckets(port):
+    """tiergate_gateway_overhead_seconds from /metrics: [(le, cumulative count)], +Inf last
+    (the in-process time per proxied remote reply, provider wait excluded; docs/metrics.md)."""
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    except OSError:
+        return []
+    return [(float(m.group(1)), int(m.group(2))) for m in
+            re.finditer(r'^tiergate_gateway_overhead_seconds_bucket\{le="([^"]+)"\} (\d+)$', text, re.M)]
+
+
+def bucket_quantile(q, before, after):
+    """histogram_quantile() over the buckets observed between two scrapes (linear in a bucket)."""
+    if not before or len(before) != len(after):
+        return None
+    cum = [(le, x - y) for (le, x), (_, y) in zip(after, before)]
+    total = cum[-1][1]
+    if total == 0:
+        return None
+    rank, prev_le, prev_c = q * total, 0.0, 0
+    for le, c in cum:
+        if c >= rank:
+            if le == float("inf"):
+                return prev_le
+            return prev_le + (le - prev_le) * (rank - prev_c) / max(1, c - prev_c)
+        prev_le, prev_c = le, c
+    return prev_le
+
+
+def allocator(exe):
+    """The malloc a binary links (tiergate picks mimalloc when found: TG_ALLOCATOR)."""
+    out = subprocess.run(["ldd", exe], capture_output=True, text=True).stdout
+    for name in ("mimalloc", "jemalloc", "tcmalloc"):
+        if name in out:
+            return name
+    return "glibc"
 
 
 def attempt(fn):
@@ -418,6 +458,7 @@ metrics:
         with open(f"{work}/routes.yaml", "w") as f:
             f.write(cfg)
         tg = start([f"{build}/gateway/tiergate", "--config", f"{work}/routes.yaml"], f"{work}/tiergate.log")
+        res["build"], res["tiergate_allocator"] = build, allocator(f"{build}/gateway/tiergate")
         pk_proc = None
         if os.path.exists(a.portkey):
             pk_proc = start(["node", a.portkey, f"--port={pport}", "--headless"], f"{work}/portkey.log",
@@ -478,8 +519,13 @@ metrics:
         runs = {t[0]: [] for t in targets}
         for _ in range(a.reps):  # alternating, so that drift in the machine's state hits every target alike
             for name, url, hdr in targets:
-                runs[name].append(attempt(lambda: measured(pids, lambda: loadgen(build, url, a.rate, a.duration, 1,
-                                                                                   hdr))))
+                ob = overhead_buckets(tport) if name == "tiergate" else None
+                r = attempt(lambda: measured(pids, lambda: loadgen(build, url, a.rate, a.duration, 1, hdr)))
+                if ob is not None:  # tiergate's own view: in-process time per reply over this run
+                    oa = overhead_buckets(tport)
+                    r["overhead_us"] = {k: (None if v is None else round(v * 1e6, 1)) for k, v in
+                                        (("p50", bucket_quantile(0.5, ob, oa)), ("p99", bucket_quantile(0.99, ob, oa)))}
+                runs[name].append(r)
         res["fixed_rate"] = runs
 
         # repeated and alternating like the 5 000 req/s phase: one 10 s run at 200 req/s has only
@@ -572,6 +618,7 @@ def report(res, a, out):
           f"{' / '.join(res['loadavg_before'])} before, {' / '.join(res['loadavg_after'])} after (1/5/15 min).")
     for n in refs:
         print(f"- {n}: {res['refs'][n]['version']}")
+    print(f"- tiergate: {res['build']}/gateway/tiergate, malloc: {res.get('tiergate_allocator', '?')}")
     for t in res["notes"]:
         print(f"- note: {t}")
     print("\nadded = through the proxy minus direct to the fake, same percentile; CPU/req = utime+stime of the "
@@ -600,6 +647,13 @@ def report(res, a, out):
               + f"| {fmt(fixed(n, 'corrected_us', 'p50'))} / {fmt(fixed(n, 'corrected_us', 'p99'))} "
               f"| {'' if n == 'direct' else fmt(cpu(fr[n], n))} | {fmt(cpu(fr[n], 'fake'))} "
               f"| {fmt(med(fr[n], lambda r: r['achieved_rate']))} | {failed}{f' ({errs} runs failed)' if errs else ''} |")
+    o50 = med(fr["tiergate"], lambda r: (r.get("overhead_us") or {}).get("p50"))
+    o99 = med(fr["tiergate"], lambda r: (r.get("overhead_us") or {}).get("p99"))
+    if o50 is not None:
+        rest = signed(added["tiergate"]["p50"] - o50) if added["tiergate"]["p50"] is not None else "–"
+        print(f"\ntiergate's in-process overhead at {a.rate} req/s (tiergate_gateway_overhead_seconds between scrapes, "
+              f"provider wait excluded; median of runs): p50 {fmt(o50)} µs, p99 {fmt(o99)} µs; added p50 minus "
+              f"in-process p50: {rest} µs (the extra hop's wake-ups and socket I/O outside that window).")
     print()
 
     print(f"| {a.portkey_rate} req/s fixed rate, 16 conns ({a.duration:.0f} s × {a.low_reps}, medians; service latency, "
