@@ -12,9 +12,26 @@
 #include "cli_engine.h"
 #include "cli_pull.h"
 
+#ifdef TG_WITH_MIMALLOC
+#include <mimalloc.h>
+#endif
+
 #ifndef TG_VERSION
 #define TG_VERSION "0.0.0"
 #endif
+
+/* mimalloc (gateway/CMakeLists.txt TG_ALLOCATOR) keeps freed pages committed for 25 ms by
+ * default (segments 500 ms) and extends the delay while frees keep coming: after 10 000 keep-alive connections
+ * closed, RSS went up from 77 to 110 MiB and test_soak_conns saw the peak grow from one cycle to
+ * the next (+28 %). With no delay it fell back to 52 MiB and stayed flat across cycles, at the same
+ * CPU and syscalls per request. MIMALLOC_DECOMMIT_DELAY / MIMALLOC_RESET_DELAY still override. */
+static void allocator_init(void)
+{
+#ifdef TG_WITH_MIMALLOC
+    if (getenv("MIMALLOC_DECOMMIT_DELAY") == NULL && getenv("MIMALLOC_RESET_DELAY") == NULL)
+        mi_option_set(mi_option_decommit_delay, 0);
+#endif
+}
 
 static void usage(FILE *f)
 {
@@ -53,6 +70,7 @@ static int cmd_check(int argc, char **argv)
 
 int main(int argc, char **argv)
 {
+    allocator_init();
     const char *config = NULL;
     if (argc > 1 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "help") == 0)) {
         usage(stdout);
