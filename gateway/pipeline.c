@@ -775,7 +775,11 @@ static void build_route_request(struct tg_req *r, struct tg_route_request *rq,
     rq->remote_available = r->remote_model != NULL && tg_remote_available(r);
     rq->remote_circuit_open = tg_remote_circuit_open(r);
     rq->remote_budget_exhausted = tg_glue_budget_exhausted(r);
-    rq->local_context_tokens = r->cfg->local.context;
+    /* What one request may use: with kv_split each slot has its own context / slots cells, so a
+     * prompt over that goes to the remote tier up front instead of failing on the engine first. */
+    rq->local_context_tokens = r->cfg->local.kv_split && r->cfg->local.slots > 0
+                                   ? r->cfg->local.context / r->cfg->local.slots
+                                   : r->cfg->local.context;
 }
 
 static void run_local(struct tg_req *r);

@@ -4,6 +4,7 @@
  * leave the machine (a privacy key). Real tiergate binary, tiny model, fake upstream. */
 #include <setjmp.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -42,6 +43,44 @@ static void test_fallback_to_remote(void **state)
         fprintf(stderr, "status %ld tier %s body %s\n", r.status, tier, r.body);
     assert_int_equal(r.status, 200);
     assert_string_equal(tier, "remote");
+    tg_test_response_free(&r);
+    free(body);
+}
+
+/* The router knows one request's limit in split mode (context / slots, not context): a routed
+ * prompt over it goes to the remote tier up front, not to the engine first and then to the
+ * fallback (no x-tiergate-fallback header). */
+static void test_router_sends_remote_up_front(void **state)
+{
+    (void)state;
+    struct tg_buf b;
+    tg_buf_init(&b, 0);
+    tg_buf_append_str(&b, "{\"model\":\"auto\",\"max_tokens\":4,\"temperature\":0,"
+                          "\"messages\":[{\"role\":\"user\",\"content\":\"Classify the sentiment "
+                          "as positive or negative: ");
+    for (int i = 0; i < 120; i++)
+        tg_buf_append_str(&b, "alpha beta gamma ");
+    tg_buf_append_str(&b, "\"}]}");
+    char *body = tg_buf_detach(&b);
+    struct tg_test_response r;
+    assert_int_equal(gw_post(&env, "/v1/chat/completions", body, NULL, &r), 0);
+    char tier[32] = "", fb[128] = "";
+    assert_true(tg_test_header(&r, "x-tiergate-tier", tier, sizeof tier));
+    bool fell_back = tg_test_header(&r, "x-tiergate-fallback", fb, sizeof fb);
+    if (r.status != 200 || strcmp(tier, "remote") != 0 || fell_back)
+        fprintf(stderr, "status %ld tier %s fallback '%s' body %s\n", r.status, tier, fb, r.body);
+    assert_int_equal(r.status, 200);
+    assert_string_equal(tier, "remote");
+    assert_false(fell_back);
+    tg_test_response_free(&r);
+    /* and it is the context rule that sent it there, with one slot's size as the limit */
+    assert_int_equal(gw_post(&env, "/v1/route/explain", body, NULL, &r), 0);
+    if (r.status != 200 || strstr(r.body, "force_remote.context") == NULL ||
+        strstr(r.body, "> local context 256") == NULL)
+        fprintf(stderr, "explain: status %ld body %s\n", r.status, r.body);
+    assert_int_equal(r.status, 200);
+    assert_non_null(strstr(r.body, "force_remote.context"));
+    assert_non_null(strstr(r.body, "> local context 256"));
     tg_test_response_free(&r);
     free(body);
 }
@@ -102,6 +141,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_fits_local),
         cmocka_unit_test(test_fallback_to_remote),
+        cmocka_unit_test(test_router_sends_remote_up_front),
         cmocka_unit_test(test_private_key_400),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
