@@ -2,14 +2,18 @@
  * n_slots sequences, chunked prefill, an LRU prefix cache, grammar-constrained
  * classify/extract, pooled embeddings on a second context.
  *
- * Two KV layouts (tg_engine_params.kv_split). Split, the default: one KV stream of
- * n_ctx / n_slots cells per slot, as llama-server runs with -np N; each stream attends over
- * its own cells only, so with 8 streams it decodes 1.04-1.06x llama-server where unified
- * manages 0.95-0.98x (the masked scan of the other streams' cells in CPU attention;
+ * Two KV layouts (tg_engine_params.kv_split). Split: one KV stream of n_ctx / n_slots cells
+ * per slot, as llama-server runs with -np N; each stream attends over its own cells only, so
+ * with all 8 slots decoding it runs 1.02-1.09x llama-server where unified manages
+ * 0.93-1.00x (the masked scan of the other streams' cells in CPU attention;
  * bench/RESULTS.md). Its prefix cache keeps prompts in the slots and in host memory
- * ("prefix cache, kv_split" below): cached TTFT ~40x faster than cold, the same order as
- * unified's. Unified, for deployments where one job must be able to use all n_ctx cells,
- * is described next.
+ * ("prefix cache, kv_split" below). But llama.cpp splits a multi-stream batch into ubatches
+ * of consecutive sequence ids only (llama_batch_allocr::split_equal, sequential), so when
+ * the busy slots are not contiguous (a short job finished between two long ones) each run
+ * of busy slots is its own graph pass over all the weights: 3 streams around a hole decode
+ * ~35 % slower than 3 adjacent ones (small model, 1 thread), which jobs of mixed lengths
+ * hit all the time. Unified, the default, has no such holes and lets one job use all n_ctx
+ * cells; it is described next.
  *
  * Sequence ids: slot i decodes on seq i; prefix-cache entry j holds its prompt KV on seq
  * n_slots + j. With kv_unified=true a seq_cp only tags cells with another sequence id, so a
@@ -263,7 +267,6 @@ struct tg_engine_params tg_engine_default_params(void)
     p.queue_max = 64;
     p.prefix_cache_entries = 8;
     p.prefix_cache_min_tokens = 32;
-    p.kv_split = true; /* llama-server's layout with -np N; see the top of this file */
     p.embed_ctx = 512;
     p.backend_dir = NULL;
     return p;
