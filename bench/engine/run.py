@@ -198,7 +198,8 @@ def main():
             for k, v in cur.items():
                 if "_tps" in k:
                     eng[k] = max(eng[k], v)
-            if cur["ttft_cold_ms"] / cur["ttft_warm_ms"] > eng["ttft_cold_ms"] / eng["ttft_warm_ms"]:
+            if "ttft_cold_ms" in cur and (cur["ttft_cold_ms"] / cur["ttft_warm_ms"] >
+                                          eng["ttft_cold_ms"] / eng["ttft_warm_ms"]):
                 eng["ttft_cold_ms"], eng["ttft_warm_ms"] = cur["ttft_cold_ms"], cur["ttft_warm_ms"]
         eng_rss = max(eng_rss, rss)
 
@@ -212,12 +213,14 @@ def main():
                                      "0", "--ctx", str(ctx), "--streams", a.streams,
                                      "--kv-split", "1"])
             cur = json.loads([l for l in out.splitlines() if l.startswith("json ")][0][5:])
-            out2, rss2 = run_measured([be, "--model", model, "--threads", str(a.threads),
-                                       "--gen", str(a.gen), "--reps", str(a.reps), "--prefix",
-                                       str(a.prefix), "--ctx", str(split_ctx), "--streams", "0",
-                                       "--slots", str(max(streams)), "--kv-split", "1"])
-            cur2 = json.loads([l for l in out2.splitlines() if l.startswith("json ")][0][5:])
-            rss = max(rss, rss2)
+            cur2 = {}
+            if a.prefix > 0:  # --prefix 0: decode phases only
+                out2, rss2 = run_measured([be, "--model", model, "--threads", str(a.threads),
+                                           "--gen", str(a.gen), "--reps", str(a.reps), "--prefix",
+                                           str(a.prefix), "--ctx", str(split_ctx), "--streams",
+                                           "0", "--slots", str(max(streams)), "--kv-split", "1"])
+                cur2 = json.loads([l for l in out2.splitlines() if l.startswith("json ")][0][5:])
+                rss = max(rss, rss2)
             for k in ("single_after_prefix_tps", "single_after_cpu_ms", "ttft_cold_ms",
                       "ttft_warm_ms", "prefix_tokens"):
                 if k in cur2:
@@ -304,9 +307,10 @@ def main():
                   f"prefix: cold / cached ms | "
                   f"{split['ttft_cold_ms']:.1f} / {split['ttft_warm_ms']:.1f} | - | "
                   f"{split['ttft_cold_ms'] / split['ttft_warm_ms']:.1f}x | - | >= 5x |")
-    print(f"| TTFT, {eng['prefix_tokens']}-token prefix: cold / cached ms | "
-          f"{eng['ttft_cold_ms']:.1f} / {eng['ttft_warm_ms']:.1f} | - | "
-          f"{eng['ttft_cold_ms'] / eng['ttft_warm_ms']:.1f}x | - | >= 5x |")
+    if "ttft_cold_ms" in eng:  # --prefix 0: decode phases only
+        print(f"| TTFT, {eng['prefix_tokens']}-token prefix: cold / cached ms | "
+              f"{eng['ttft_cold_ms']:.1f} / {eng['ttft_warm_ms']:.1f} | - | "
+              f"{eng['ttft_cold_ms'] / eng['ttft_warm_ms']:.1f}x | - | >= 5x |")
     print(f"| peak RSS MiB | {eng_rss:.0f}"
           + (f" (kv_split {split['rss']:.0f})" if "rss" in split else "")
           + f" | llama-bench {lb_rss:.0f}; llama-server "
