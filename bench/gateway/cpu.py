@@ -23,11 +23,10 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-import run as gwrun  # noqa: E402  (free_port, wait_port, cpu_s)
+import run as gwrun  # noqa: E402  (free_port, wait_port, cpu_s, overhead histogram)
 
 
 def config(tport, fport, io_threads=1):
@@ -77,29 +76,9 @@ def loadgen_requests(build, url, rate, seconds, conns):
     return r["sent"]
 
 
-def overhead_buckets(port):
-    """tiergate_gateway_overhead_seconds from /metrics: [(le, cumulative count)], +Inf last."""
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
-    out = []
-    for m in re.finditer(r'^tiergate_gateway_overhead_seconds_bucket\{le="([^"]+)"\} (\d+)$', text, re.M):
-        out.append((float(m.group(1)), int(m.group(2))))
-    return out
-
-
-def bucket_quantile(q, before, after):
-    """histogram_quantile() over the buckets observed between two scrapes (linear in a bucket)."""
-    cum = [(le, a - b) for (le, a), (_, b) in zip(after, before)]
-    total = cum[-1][1] if cum else 0
-    if total == 0:
-        return None
-    rank, prev_le, prev_c = q * total, 0.0, 0
-    for le, c in cum:
-        if c >= rank:
-            if le == float("inf"):
-                return prev_le
-            return prev_le + (le - prev_le) * (rank - prev_c) / max(1, c - prev_c)
-        prev_le, prev_c = le, c
-    return prev_le
+# tiergate_gateway_overhead_seconds scrape and quantile: run.py's (one copy)
+overhead_buckets = gwrun.overhead_buckets
+bucket_quantile = gwrun.bucket_quantile
 
 
 def main():
