@@ -107,14 +107,13 @@ static void finish(struct tg_req *r)
 
 /* tiergate_gateway_overhead_seconds for a request answered with what a remote call returned:
  * our time before the upstream request was written plus after its response was complete, up to
- * now (the reply handed to the kernel, or queued on a TLS connection). Not for requests that ran
+ * the moment the reply is handed to evhttp to be written (the final write itself is left out). Not for requests that ran
  * on the local engine first (escalations): their first half would include the engine's work. */
-static void record_overhead(struct tg_req *r)
+static void record_overhead(struct tg_req *r, double t_reply)
 {
     if (r->t_up_sent <= 0 || r->t_up_done <= 0 || r->escalated || r->t_up_done < r->t_up_sent)
         return;
-    double now = tg_now_s();
-    tg_metrics_gateway_overhead((r->t_up_sent - r->t_start) + (now - r->t_up_done));
+    tg_metrics_gateway_overhead((r->t_up_sent - r->t_start) + (t_reply - r->t_up_done));
 }
 
 void tg_req_reply_json(struct tg_req *r, int status, json_t *body)
@@ -159,6 +158,9 @@ void tg_req_reply_raw(struct tg_req *r, int status, const char *text, size_t len
                                       : NULL;
         if (bev != NULL)
             bufferevent_incref(bev);
+        /* The overhead window ends as the reply goes to the kernel: a clock read after the
+         * write could include a preemption the client, already holding its reply, never saw. */
+        double t_reply = tg_now_s();
         evhttp_send_reply(r->http, status, reason_phrase(status), out);
         if (out != NULL)
             evbuffer_free(out);
@@ -167,7 +169,7 @@ void tg_req_reply_raw(struct tg_req *r, int status, const char *text, size_t len
             tg_conn_write_now(bev);
             bufferevent_decref(bev);
         }
-        record_overhead(r);
+        record_overhead(r, t_reply);
     } else {
         tg_pipeline_finish_record(r);
     }
