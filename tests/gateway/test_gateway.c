@@ -593,19 +593,6 @@ static void test_slowloris(void **state)
     assert_true(dropped);
 }
 
-/* A sample line's value in a /metrics text ("name{labels} value" or "name value"); -1 if absent. */
-static double metric_value(const char *text, const char *series)
-{
-    size_t n = strlen(series);
-    for (const char *p = text; p != NULL && *p != '\0';) {
-        if (strncmp(p, series, n) == 0 && p[n] == ' ')
-            return strtod(p + n + 1, NULL);
-        p = strchr(p, '\n');
-        if (p != NULL)
-            p++;
-    }
-    return -1;
-}
 
 struct overhead_snap {
     double count, sum;
@@ -640,8 +627,8 @@ static void overhead_snap(struct overhead_snap *o)
     struct tg_test_response m;
     assert_int_equal(gw_get(&env, "/metrics", &m), 0);
     assert_int_equal(m.status, 200);
-    o->count = metric_value(m.body, "tiergate_gateway_overhead_seconds_count");
-    o->sum = metric_value(m.body, "tiergate_gateway_overhead_seconds_sum");
+    o->count = tg_test_metric_value(m.body, "tiergate_gateway_overhead_seconds_count");
+    o->sum = tg_test_metric_value(m.body, "tiergate_gateway_overhead_seconds_sum");
     tg_test_response_free(&m);
 }
 

@@ -307,3 +307,16 @@ char *tg_test_read_log(const char *path)
     char *p = tg_test_slurp(path, NULL);
     return p != NULL ? p : calloc(1, 1);
 }
+
+double tg_test_metric_value(const char *text, const char *series)
+{
+    size_t n = strlen(series);
+    for (const char *p = text; p != NULL && *p != '\0';) {
+        if (strncmp(p, series, n) == 0 && p[n] == ' ')
+            return strtod(p + n + 1, NULL);
+        p = strchr(p, '\n');
+        if (p != NULL)
+            p++;
+    }
+    return -1;
+}

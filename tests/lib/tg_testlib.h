@@ -66,6 +66,9 @@ bool tg_test_header(const struct tg_test_response *r, const char *name, char *bu
 char *tg_test_slurp(const char *path, size_t *len);
 /* A child's log: like tg_test_slurp, but an empty string (never NULL) when it is missing. */
 char *tg_test_read_log(const char *path);
+/* The value on the /metrics exposition line that starts with `series ` (the exact series text,
+ * labels included: "name{a=\"b\"}" or "name"); -1 if there is none. */
+double tg_test_metric_value(const char *text, const char *series);
 
 /* Write text to a new file in a fresh temp dir; returns the path (static storage per call slot). */
 const char *tg_test_write_temp(const char *name, const char *text);

@@ -81,19 +81,6 @@ static char *render(void)
     return tg_buf_detach(&b);
 }
 
-/* The value on the exposition line that starts with `series ` (exact series text); -1 if none. */
-static double value_of(const char *text, const char *series)
-{
-    size_t n = strlen(series);
-    for (const char *p = text; p != NULL && *p != '\0';) {
-        if (strncmp(p, series, n) == 0 && p[n] == ' ')
-            return strtod(p + n + 1, NULL);
-        p = strchr(p, '\n');
-        if (p != NULL)
-            p++;
-    }
-    return -1;
-}
 
 static size_t count_prefix(const char *text, const char *prefix)
 {
@@ -198,12 +185,12 @@ static void test_exposition(void **state)
     tg_metrics_upstream_duration("mini", 0.3);
 
     char *t = render();
-    assert_int_equal(value_of(t, "tiergate_requests_total{endpoint=\"chat\",tier=\"local\",model=\"phi\",status=\"200\"}"), 2);
-    assert_int_equal(value_of(t, "tiergate_requests_total{endpoint=\"classify\",tier=\"remote\",model=\"mini\",status=\"200\"}"), 1);
-    assert_int_equal(value_of(t, "tiergate_requests_total{endpoint=\"chat\",tier=\"none\",model=\"none\",status=\"400\"}"), 1);
-    assert_int_equal(value_of(t, "tiergate_tokens_total{tier=\"local\",model=\"phi\",type=\"prompt\"}"), 200);
-    assert_int_equal(value_of(t, "tiergate_tokens_total{tier=\"local\",model=\"phi\",type=\"completion\"}"), 40);
-    assert_int_equal(value_of(t, "tiergate_tokens_total{tier=\"remote\",model=\"mini\",type=\"cached\"}"), 64);
+    assert_int_equal(tg_test_metric_value(t, "tiergate_requests_total{endpoint=\"chat\",tier=\"local\",model=\"phi\",status=\"200\"}"), 2);
+    assert_int_equal(tg_test_metric_value(t, "tiergate_requests_total{endpoint=\"classify\",tier=\"remote\",model=\"mini\",status=\"200\"}"), 1);
+    assert_int_equal(tg_test_metric_value(t, "tiergate_requests_total{endpoint=\"chat\",tier=\"none\",model=\"none\",status=\"400\"}"), 1);
+    assert_int_equal(tg_test_metric_value(t, "tiergate_tokens_total{tier=\"local\",model=\"phi\",type=\"prompt\"}"), 200);
+    assert_int_equal(tg_test_metric_value(t, "tiergate_tokens_total{tier=\"local\",model=\"phi\",type=\"completion\"}"), 40);
+    assert_int_equal(tg_test_metric_value(t, "tiergate_tokens_total{tier=\"remote\",model=\"mini\",type=\"cached\"}"), 64);
     /* local: 2 × 120 tokens × 0.02/1e6 = 0.0000048; remote 0.00045; cache 0 */
     assert_non_null(strstr(t, "\ntiergate_cost_usd_total{tier=\"local\",model=\"phi\"} 0.0000048\n"));
     assert_non_null(strstr(t, "\ntiergate_cost_usd_total{tier=\"remote\",model=\"mini\"} 0.00045\n"));
@@ -211,35 +198,35 @@ static void test_exposition(void **state)
     /* avoided: local 2 × (100×0.15 + 20×0.6)/1e6 = 0.000054; cache 0.00045 */
     assert_non_null(strstr(t, "\ntiergate_cost_avoided_usd_total{reason=\"local\"} 0.000054\n"));
     assert_non_null(strstr(t, "\ntiergate_cost_avoided_usd_total{reason=\"cache\"} 0.00045\n"));
-    assert_int_equal(value_of(t, "tiergate_cache_requests_total{result=\"hit\"}"), 1);
-    assert_int_equal(value_of(t, "tiergate_cache_requests_total{result=\"miss\"}"), 3);
-    assert_int_equal(value_of(t, "tiergate_cache_requests_total{result=\"bypass\"}"), 0);
-    assert_int_equal(value_of(t, "tiergate_route_decisions_total{tier=\"local\",reason=\"score.threshold\"}"), 2);
-    assert_int_equal(value_of(t, "tiergate_escalations_total{reason=\"escalate.low_confidence\"}"), 1);
-    assert_int_equal(value_of(t, "tiergate_fallbacks_total{reason=\"http_5xx\"}"), 1);
-    assert_int_equal(value_of(t, "tiergate_upstream_errors_total{target=\"mini\",kind=\"http_5xx\"}"), 1);
-    assert_int_equal(value_of(t, "tiergate_bad_requests_total{reason=\"invalid_json\"}"), 1);
+    assert_int_equal(tg_test_metric_value(t, "tiergate_cache_requests_total{result=\"hit\"}"), 1);
+    assert_int_equal(tg_test_metric_value(t, "tiergate_cache_requests_total{result=\"miss\"}"), 3);
+    assert_int_equal(tg_test_metric_value(t, "tiergate_cache_requests_total{result=\"bypass\"}"), 0);
+    assert_int_equal(tg_test_metric_value(t, "tiergate_route_decisions_total{tier=\"local\",reason=\"score.threshold\"}"), 2);
+    assert_int_equal(tg_test_metric_value(t, "tiergate_escalations_total{reason=\"escalate.low_confidence\"}"), 1);
+    assert_int_equal(tg_test_metric_value(t, "tiergate_fallbacks_total{reason=\"http_5xx\"}"), 1);
+    assert_int_equal(tg_test_metric_value(t, "tiergate_upstream_errors_total{target=\"mini\",kind=\"http_5xx\"}"), 1);
+    assert_int_equal(tg_test_metric_value(t, "tiergate_bad_requests_total{reason=\"invalid_json\"}"), 1);
     /* tenants: open mode "" → none */
-    assert_int_equal(value_of(t, "tiergate_tenant_requests_total{tenant=\"none\"}"), 5);
+    assert_int_equal(tg_test_metric_value(t, "tiergate_tenant_requests_total{tenant=\"none\"}"), 5);
     assert_non_null(strstr(t, "\ntiergate_tenant_cost_usd_total{tenant=\"none\"} 0.0004548\n"));
     /* histograms: cumulative buckets, +Inf = count */
-    assert_int_equal(value_of(t, "tiergate_request_duration_seconds_bucket{tier=\"local\",le=\"0.1\"}"), 0);
-    assert_int_equal(value_of(t, "tiergate_request_duration_seconds_bucket{tier=\"local\",le=\"0.25\"}"), 2);
-    assert_int_equal(value_of(t, "tiergate_request_duration_seconds_bucket{tier=\"local\",le=\"+Inf\"}"), 2);
-    assert_int_equal(value_of(t, "tiergate_request_duration_seconds_count{tier=\"local\"}"), 2);
-    assert_true(value_of(t, "tiergate_request_duration_seconds_sum{tier=\"local\"}") > 0.39);
-    assert_int_equal(value_of(t, "tiergate_time_to_first_token_seconds_bucket{tier=\"cache\",le=\"0.005\"}"), 1);
-    assert_int_equal(value_of(t, "tiergate_time_to_first_token_seconds_count{tier=\"none\"}"), -1);
+    assert_int_equal(tg_test_metric_value(t, "tiergate_request_duration_seconds_bucket{tier=\"local\",le=\"0.1\"}"), 0);
+    assert_int_equal(tg_test_metric_value(t, "tiergate_request_duration_seconds_bucket{tier=\"local\",le=\"0.25\"}"), 2);
+    assert_int_equal(tg_test_metric_value(t, "tiergate_request_duration_seconds_bucket{tier=\"local\",le=\"+Inf\"}"), 2);
+    assert_int_equal(tg_test_metric_value(t, "tiergate_request_duration_seconds_count{tier=\"local\"}"), 2);
+    assert_true(tg_test_metric_value(t, "tiergate_request_duration_seconds_sum{tier=\"local\"}") > 0.39);
+    assert_int_equal(tg_test_metric_value(t, "tiergate_time_to_first_token_seconds_bucket{tier=\"cache\",le=\"0.005\"}"), 1);
+    assert_int_equal(tg_test_metric_value(t, "tiergate_time_to_first_token_seconds_count{tier=\"none\"}"), -1);
     /* the executor's per-attempt hook took over from the records' upstream_s: one source only */
-    assert_int_equal(value_of(t, "tiergate_upstream_duration_seconds_count{target=\"mini\"}"), 1);
-    assert_true(value_of(t, "tiergate_upstream_duration_seconds_sum{target=\"mini\"}") == 0.3);
+    assert_int_equal(tg_test_metric_value(t, "tiergate_upstream_duration_seconds_count{target=\"mini\"}"), 1);
+    assert_true(tg_test_metric_value(t, "tiergate_upstream_duration_seconds_sum{target=\"mini\"}") == 0.3);
     assert_non_null(strstr(t, "# TYPE tiergate_request_duration_seconds histogram\n"));
     assert_non_null(strstr(t, "# TYPE tiergate_engine_slots_busy gauge\n"));
     assert_non_null(strstr(t, "\ntiergate_build_info{version=\"1.2.3\"} 1\n"));
     free(t);
     tg_metrics_record(&b); /* hooked: the record's upstream_s is not observed again */
     t = render();
-    assert_int_equal(value_of(t, "tiergate_upstream_duration_seconds_count{target=\"mini\"}"), 1);
+    assert_int_equal(tg_test_metric_value(t, "tiergate_upstream_duration_seconds_count{target=\"mini\"}"), 1);
     free(t);
 }
 
@@ -263,20 +250,20 @@ static void test_label_bounds(void **state)
     ta.tenant = "customer-4711"; /* not on it */
     tg_metrics_record(&ta);
     char *t = render();
-    assert_int_equal(value_of(t, "tiergate_tenant_requests_total{tenant=\"default\"}"), 1);
-    assert_int_equal(value_of(t, "tiergate_tenant_requests_total{tenant=\"other\"}"), 1);
+    assert_int_equal(tg_test_metric_value(t, "tiergate_tenant_requests_total{tenant=\"default\"}"), 1);
+    assert_int_equal(tg_test_metric_value(t, "tiergate_tenant_requests_total{tenant=\"other\"}"), 1);
     assert_null(strstr(t, "customer-4711"));
     assert_null(strstr(t, "sk-live-secret"));
     assert_null(strstr(t, "evil.example"));
     assert_null(strstr(t, "has spaces"));
-    assert_int_equal(value_of(t, "tiergate_requests_total{endpoint=\"other\",tier=\"other\",model=\"other\",status=\"other\"}"), 500);
-    assert_int_equal(value_of(t, "tiergate_upstream_errors_total{target=\"other\",kind=\"other\"}"), 500);
+    assert_int_equal(tg_test_metric_value(t, "tiergate_requests_total{endpoint=\"other\",tier=\"other\",model=\"other\",status=\"other\"}"), 500);
+    assert_int_equal(tg_test_metric_value(t, "tiergate_upstream_errors_total{target=\"other\",kind=\"other\"}"), 500);
     /* 500 distinct reason codes: capped (64 per tier pair family ×2, one overflow series) */
     size_t n_route = count_prefix(t, "tiergate_route_decisions_total{");
     assert_true(n_route <= 2 * 64 + 1);
-    assert_true(value_of(t, "tiergate_route_decisions_total{tier=\"other\",reason=\"other\"}") > 0);
+    assert_true(tg_test_metric_value(t, "tiergate_route_decisions_total{tier=\"other\",reason=\"other\"}") > 0);
     assert_true(count_prefix(t, "tiergate_bad_requests_total{") <= 64 + 1);
-    assert_true(value_of(t, "tiergate_bad_requests_total{reason=\"other\"}") >= 250);
+    assert_true(tg_test_metric_value(t, "tiergate_bad_requests_total{reason=\"other\"}") >= 250);
     free(t);
 }
 
@@ -307,19 +294,19 @@ static void visit_circuits(void *user, tg_metrics_circuit_visit_fn visit, void *
 static void test_gauges(void **state)
 {
     char *t = render();
-    assert_int_equal(value_of(t, "tiergate_engine_slots_busy"), -1); /* no callback: no sample */
+    assert_int_equal(tg_test_metric_value(t, "tiergate_engine_slots_busy"), -1); /* no callback: no sample */
     free(t);
     int inflight = 5;
     tg_metrics_set_gauges_fn(fill_gauges, &inflight);
     tg_metrics_set_circuits_fn(visit_circuits, NULL);
     t = render();
-    assert_int_equal(value_of(t, "tiergate_engine_slots_busy"), 3);
-    assert_int_equal(value_of(t, "tiergate_engine_queue_depth"), 7);
-    assert_true(value_of(t, "tiergate_engine_tokens_per_second") == 123.5);
-    assert_int_equal(value_of(t, "tiergate_inflight_requests"), 5);
-    assert_int_equal(value_of(t, "tiergate_circuit_state{target=\"mini\"}"), 2);
-    assert_int_equal(value_of(t, "tiergate_circuit_state{target=\"big\"}"), 0);
-    assert_int_equal(value_of(t, "tiergate_circuit_state{target=\"other\"}"), 1);
+    assert_int_equal(tg_test_metric_value(t, "tiergate_engine_slots_busy"), 3);
+    assert_int_equal(tg_test_metric_value(t, "tiergate_engine_queue_depth"), 7);
+    assert_true(tg_test_metric_value(t, "tiergate_engine_tokens_per_second") == 123.5);
+    assert_int_equal(tg_test_metric_value(t, "tiergate_inflight_requests"), 5);
+    assert_int_equal(tg_test_metric_value(t, "tiergate_circuit_state{target=\"mini\"}"), 2);
+    assert_int_equal(tg_test_metric_value(t, "tiergate_circuit_state{target=\"big\"}"), 0);
+    assert_int_equal(tg_test_metric_value(t, "tiergate_circuit_state{target=\"other\"}"), 1);
     free(t);
 }
 
@@ -376,14 +363,14 @@ static void test_threads_exact_totals(void **state)
              tg_cost_format_usd(big_nano, buf, sizeof buf));
     assert_non_null(strstr(t, want));
     /* and to the cent as a float, as Prometheus will read it */
-    double total = value_of(t, "tiergate_cost_usd_total{tier=\"local\",model=\"phi\"}") +
-                   value_of(t, "tiergate_cost_usd_total{tier=\"remote\",model=\"mini\"}") +
-                   value_of(t, "tiergate_cost_usd_total{tier=\"remote\",model=\"big\"}");
+    double total = tg_test_metric_value(t, "tiergate_cost_usd_total{tier=\"local\",model=\"phi\"}") +
+                   tg_test_metric_value(t, "tiergate_cost_usd_total{tier=\"remote\",model=\"mini\"}") +
+                   tg_test_metric_value(t, "tiergate_cost_usd_total{tier=\"remote\",model=\"big\"}");
     double expect = (double)(local_nano + mini_nano + big_nano) / 1e9;
     assert_true(llround(total * 100) == llround(expect * 100));
-    assert_int_equal(value_of(t, "tiergate_requests_total{endpoint=\"chat\",tier=\"local\",model=\"phi\",status=\"200\"}") +
-                         value_of(t, "tiergate_requests_total{endpoint=\"chat\",tier=\"remote\",model=\"mini\",status=\"200\"}") +
-                         value_of(t, "tiergate_requests_total{endpoint=\"chat\",tier=\"remote\",model=\"big\",status=\"200\"}"),
+    assert_int_equal(tg_test_metric_value(t, "tiergate_requests_total{endpoint=\"chat\",tier=\"local\",model=\"phi\",status=\"200\"}") +
+                         tg_test_metric_value(t, "tiergate_requests_total{endpoint=\"chat\",tier=\"remote\",model=\"mini\",status=\"200\"}") +
+                         tg_test_metric_value(t, "tiergate_requests_total{endpoint=\"chat\",tier=\"remote\",model=\"big\",status=\"200\"}"),
                      T * N);
     free(t);
 }
@@ -436,8 +423,8 @@ static void test_reload_labels(void **state)
     tg_metrics_configure(cfg2);
     tg_metrics_record(&r);
     char *t = render();
-    assert_int_equal(value_of(t, "tiergate_requests_total{endpoint=\"chat\",tier=\"remote\",model=\"other\",status=\"200\"}"), 1);
-    assert_int_equal(value_of(t, "tiergate_requests_total{endpoint=\"chat\",tier=\"remote\",model=\"newmodel\",status=\"200\"}"), 1);
+    assert_int_equal(tg_test_metric_value(t, "tiergate_requests_total{endpoint=\"chat\",tier=\"remote\",model=\"other\",status=\"200\"}"), 1);
+    assert_int_equal(tg_test_metric_value(t, "tiergate_requests_total{endpoint=\"chat\",tier=\"remote\",model=\"newmodel\",status=\"200\"}"), 1);
     free(t);
     tg_config_unref(cfg2);
 }
