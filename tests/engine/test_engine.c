@@ -65,6 +65,13 @@ static void coll_free(struct coll *c)
     pthread_mutex_destroy(&c->mu);
 }
 
+/* A prefix-cache hit (w) and a cold run (k) produced the same text. */
+static void assert_same_text(const struct coll *w, const struct coll *k)
+{
+    assert_int_equal(w->text.len, k->text.len);
+    assert_memory_equal(w->text.data, k->text.data, k->text.len);
+}
+
 static void on_event(const struct tg_engine_event *ev, void *user)
 {
     struct coll *c = user;
@@ -947,8 +954,7 @@ static void prefix_spill_case(bool split, int64_t spill_bytes)
     assert_true(in.prefix_cache_spill_bytes == 0 || st.prefix_cache_spilled_bytes <=
                                                         in.prefix_cache_spill_bytes);
     assert_int_equal(w.usage.completion_tokens, k.usage.completion_tokens);
-    assert_int_equal(w.text.len, k.text.len);
-    assert_memory_equal(w.text.data, k.text.data, k.text.len);
+    assert_same_text(&w, &k);
     coll_free(&w);
     coll_free(&k);
     tg_engine_destroy(warm);
@@ -1033,8 +1039,7 @@ static void test_prefix_cache_lru(void **state)
     run_job(warm, &jobs[1], &w); /* P1 survived */
     run_job(cold, &jobs[1], &k);
     assert_int_equal(w.usage.cached_tokens, w.usage.prompt_tokens - 1);
-    assert_int_equal(w.text.len, k.text.len);
-    assert_memory_equal(w.text.data, k.text.data, k.text.len);
+    assert_same_text(&w, &k);
     coll_free(&w);
     coll_free(&k);
     run_job(warm, &jobs[0], &w); /* P0 was evicted */
@@ -1100,8 +1105,7 @@ static void test_prefix_cache_cancel_hit(void **state)
         run_job(cold, &jobs[i], &k);
         assert_int_equal(w.type, TG_EV_DONE);
         assert_true(w.usage.cached_tokens > 40);
-        assert_int_equal(w.text.len, k.text.len);
-        assert_memory_equal(w.text.data, k.text.data, k.text.len);
+        assert_same_text(&w, &k);
         coll_free(&w);
         coll_free(&k);
     }
