@@ -1002,22 +1002,31 @@ static void slot_set_ref(struct pcache_entry **ref, struct pcache_entry *pe)
         pe->refs++;
 }
 
-/* Scheduler thread. Copies the KV of the longest cached prefix into the slot's sequence. */
-static int32_t pcache_lookup(struct tg_engine *e, struct slot *s)
+/* Scheduler thread. The cache entry sharing the longest prefix with j's prompt (NULL = none),
+ * and that length in *len (0 = none). */
+static struct pcache_entry *pcache_longest(struct tg_engine *e, const struct job *j, int32_t *len)
 {
-    struct job *j = s->job;
-    int32_t best = 0;
-    struct pcache_entry *be = NULL;
+    struct pcache_entry *best = NULL;
+    *len = 0;
     for (int32_t i = 0; i < e->n_pc; i++) {
         struct pcache_entry *pe = &e->pc[i];
         if (!pe->tokens)
             continue;
         int32_t l = common_prefix(pe->tokens, pe->n, j->tokens, j->n_tokens);
-        if (l > best) {
-            best = l;
-            be = pe;
+        if (l > *len) {
+            *len = l;
+            best = pe;
         }
     }
+    return best;
+}
+
+/* Scheduler thread. Copies the KV of the longest cached prefix into the slot's sequence. */
+static int32_t pcache_lookup(struct tg_engine *e, struct slot *s)
+{
+    struct job *j = s->job;
+    int32_t best = 0;
+    struct pcache_entry *be = pcache_longest(e, j, &best);
     /* The last prompt token is always decoded: its logits start the generation. */
     if (best > j->n_tokens - 1)
         best = j->n_tokens - 1;
@@ -1256,18 +1265,8 @@ static int32_t split_lookup(struct tg_engine *e, struct slot *s)
     int32_t l = s->n_kept > 0 ? common_prefix(s->kept, s->n_kept, j->tokens, j->n_tokens) : 0;
     if (l > lim)
         l = lim;
-    struct pcache_entry *he = NULL;
     int32_t h = 0;
-    for (int32_t i = 0; i < e->n_pc; i++) {
-        struct pcache_entry *pe = &e->pc[i];
-        if (!pe->tokens)
-            continue;
-        int32_t c = common_prefix(pe->tokens, pe->n, j->tokens, j->n_tokens);
-        if (c > h) {
-            h = c;
-            he = pe;
-        }
-    }
+    struct pcache_entry *he = pcache_longest(e, j, &h);
     if (h > lim)
         h = lim;
     if (!e->pc_on || (l < e->p.prefix_cache_min_tokens && h < e->p.prefix_cache_min_tokens)) {
