@@ -2,6 +2,7 @@
 
 #include <errno.h>
 #include <netdb.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -163,11 +164,80 @@ static evutil_socket_t listen_socket(const char *host, int port)
     return fd;
 }
 
+static int64_t mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts); /* vDSO: no syscall, ~20 ns */
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* The loop asked to stop: event_base_loopexit (stop_all) or loopbreak. Each event_base_loop call
+ * clears both flags when it starts, so they are checked after every call: a plain dispatch would
+ * see them itself, our repeated calls must not lose them. */
+static bool loop_stopped(struct event_base *base)
+{
+    return event_base_got_exit(base) || event_base_got_break(base);
+}
+
+/* server.busy_poll_us > 0: block for events (EVLOOP_ONCE), handle them, then keep polling without
+ * sleeping (EVLOOP_NONBLOCK: epoll_wait with timeout 0) until busy_poll_us pass in which no event
+ * was handled, then block again. A reply from the provider or the next request that arrives
+ * within the window is then picked up by a running thread instead of waking a sleeping one: on
+ * a VM that wake-up (IPI, halt exit, cold caches) costs tens of µs per hop. The price is CPU:
+ * up to busy_poll_us of spinning after every burst of events (docs/config.md).
+ *
+ * "Handled an event" is libevent's own high-water mark of active callbacks: cleared to 0 before
+ * a non-blocking iteration, it is > 0 afterwards exactly when some callback (a socket, a timer,
+ * a deferred bufferevent callback, an event_active from another thread) was made active and
+ * therefore run in it; no hook in our callbacks is needed, evhttp's internal ones count too.
+ * (An event made active by another thread between two iterations, before the clear, is still run
+ * but does not extend the window: harmless.)
+ *
+ * sched_yield between empty polls: on a machine with fewer cores than busy threads (the bench
+ * VM: 2 cores for the load generator, the provider and us), a runnable thread that shares our
+ * core gets it at once instead of at the end of the window; when nothing else is runnable the
+ * call returns immediately. Under SCHED_FIFO (bench --rt) it is what lets a same-priority
+ * thread on this core run at all while we spin. */
+static void worker_loop(struct tg_worker *w, int busy_poll_us)
+{
+    if (busy_poll_us <= 0) {
+        event_base_dispatch(w->base);
+        return;
+    }
+    const int64_t window_ns = (int64_t)busy_poll_us * 1000;
+    for (;;) {
+        /* 1: no events left (cannot happen while the sweep timer is pending), -1: backend error;
+         * event_base_dispatch returns in both cases too. */
+        if (event_base_loop(w->base, EVLOOP_ONCE) != 0 || loop_stopped(w->base))
+            return;
+        int64_t last_event = mono_ns();
+        for (;;) {
+            event_base_get_max_events(w->base, EVENT_BASE_COUNT_ACTIVE, 1);
+            if (event_base_loop(w->base, EVLOOP_NONBLOCK) != 0 || loop_stopped(w->base))
+                return;
+            int64_t now = mono_ns();
+            if (event_base_get_max_events(w->base, EVENT_BASE_COUNT_ACTIVE, 0) > 0)
+                last_event = now;
+            else if (now - last_event >= window_ns)
+                break;
+            else
+                sched_yield();
+        }
+    }
+}
+
 static void *worker_main(void *arg)
 {
     struct tg_worker *w = arg;
+    char name[16]; /* ps/top/perf tell the I/O threads apart; tests find them by this name */
+    snprintf(name, sizeof name, "tg-io-%d", w->index);
+    pthread_setname_np(pthread_self(), name); /* best effort: only a label */
     tg_usage_bind(w->usage); /* tg_metrics_record on this thread also feeds the Redis ledger */
-    event_base_dispatch(w->base);
+    /* Read once: the window is fixed for the thread's life (a restart changes it, not SIGHUP). */
+    struct tg_config *cfg = tg_gateway_config(w->gw);
+    int busy_poll_us = cfg->server.busy_poll_us;
+    tg_config_unref(cfg);
+    worker_loop(w, busy_poll_us);
     tg_usage_bind(NULL);
     return NULL;
 }
@@ -436,7 +506,10 @@ void tg_gateway_banner(struct tg_gateway *gw, const char *local_state)
     snprintf(base, sizeof base, "%s://%s%s%s:%d", gw->tls != NULL ? "https" : "http", v6 ? "[" : "",
              s->listen_host, v6 ? "]" : "", s->port);
     tg_info("tiergate %s ready", TG_GATEWAY_VERSION);
-    tg_info("  listen     %s (%d I/O threads)%s", base, gw->n_workers,
+    char poll[64] = "";
+    if (s->busy_poll_us > 0)
+        snprintf(poll, sizeof poll, ", busy-polling %d µs", s->busy_poll_us);
+    tg_info("  listen     %s (%d I/O threads%s)%s", base, gw->n_workers, poll,
             s->open_mode ? ", OPEN MODE (no API key needed)" : "");
     tg_info("  config     %s, policy %s", cfg->path, tg_router_policy_name(pol));
     tg_info("  local      %s%s", local_state,

@@ -36,9 +36,9 @@ struct bad_case {
 
 static const struct bad_case bad_cases[] = {
     {"server:\n  open_mode: true\n  listn: 1.2.3.4:80\nmodels: [{name: a, tier: local}]\n",
-     "3: unknown key 'listn' in server (expected one of: listen, io_threads, max_body_bytes, "
-     "max_header_bytes, read_timeout_ms, header_timeout_ms, idle_timeout_ms, drain_timeout_ms, "
-     "max_connections, open_mode, api_keys, admin_key_sha256, log_level, log_format, tls)"},
+     "3: unknown key 'listn' in server (expected one of: listen, io_threads, busy_poll_us, "
+     "max_body_bytes, max_header_bytes, read_timeout_ms, header_timeout_ms, idle_timeout_ms, "
+     "drain_timeout_ms, max_connections, open_mode, api_keys, admin_key_sha256, log_level, log_format, tls)"},
     {MIN_OK "serverr: {}\n",
      "7: unknown key 'serverr' in the top level (expected one of: server, redis, local, providers, "
      "models, aliases, policy, cache, metrics, jobs)"},
@@ -48,6 +48,12 @@ static const struct bad_case bad_cases[] = {
      "3: io_threads must be an integer"},
     {"server:\n  open_mode: true\n  io_threads: 1000\nmodels: [{name: a, tier: local}]\n",
      "3: io_threads must be between 0 and 256 (got 1000)"},
+    {"server:\n  open_mode: true\n  busy_poll_us: -1\nmodels: [{name: a, tier: local}]\n",
+     "3: busy_poll_us must be between 0 and 10000 (got -1)"},
+    {"server:\n  open_mode: true\n  busy_poll_us: 20000\nmodels: [{name: a, tier: local}]\n",
+     "3: busy_poll_us must be between 0 and 10000 (got 20000)"},
+    {"server:\n  open_mode: true\n  busy_poll_us: 50us\nmodels: [{name: a, tier: local}]\n",
+     "3: busy_poll_us must be an integer"},
     {"server:\n  open_mode: yes\nmodels: [{name: a, tier: local}]\n", "2: open_mode must be true or false"},
     {MIN_OK "local:\n  slots: 0\n", "8: slots must be between 1 and 256 (got 0)"},
     {MIN_OK "local:\n  kv_cache_type: f8\n", "8: kv_cache_type must be one of f16|q8_0|q4_0 (got 'f8')"},
@@ -120,6 +126,30 @@ static void test_local_engine_keys(void **state)
                                       : "  kv_split: false\n"));
         assert_non_null(strstr(out, v ? "  prefix_cache_spill_bytes: 0\n"
                                       : "  prefix_cache_spill_bytes: 268435456\n"));
+        free(out);
+        tg_config_unref(cfg);
+    }
+}
+
+/* server.busy_poll_us: off by default, an explicit value, and what `tiergate check` prints. */
+static void test_busy_poll_key(void **state)
+{
+    (void)state;
+    for (int v = 0; v < 2; v++) {
+        const char *path = write_file("bad.yaml", v ? "server:\n  open_mode: true\n  busy_poll_us: 200\n"
+                                                      "models: [{name: a, tier: local}]\n"
+                                                    : MIN_OK);
+        struct tg_config *cfg = NULL;
+        char err[1024] = "";
+        assert_int_equal(tg_config_load(path, &cfg, err, sizeof err), TG_OK);
+        assert_int_equal(cfg->server.busy_poll_us, v ? 200 : 0);
+        char *out = NULL;
+        size_t out_len = 0;
+        FILE *f = open_memstream(&out, &out_len);
+        assert_non_null(f);
+        tg_config_print(cfg, f);
+        fclose(f);
+        assert_non_null(strstr(out, v ? "\n  busy_poll_us: 200\n" : "\n  busy_poll_us: 0\n"));
         free(out);
         tg_config_unref(cfg);
     }
@@ -266,6 +296,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_bad_files),
         cmocka_unit_test(test_local_engine_keys),
+        cmocka_unit_test(test_busy_poll_key),
         cmocka_unit_test(test_reference_config),
         cmocka_unit_test(test_env_interpolation),
         cmocka_unit_test(test_keys_and_refs),

@@ -50,6 +50,9 @@ struct tg_cfg_server {
     char *listen_host;         /* "127.0.0.1", "0.0.0.0", "::" */
     int port;
     int io_threads;            /* 0 = number of cores */
+    int busy_poll_us;          /* I/O loop: after handling events, keep polling without sleeping
+                                * until this many µs pass with nothing to do; 0 = off (block at
+                                * once); read when the I/O threads start (not on SIGHUP) */
     size_t max_body_bytes;
     size_t max_header_bytes;
     int read_timeout_ms;       /* whole request (headers + body) must arrive within this */
