@@ -25,6 +25,12 @@ all on free ports and run as the current user, then:
 
   sh bench/gateway/install-refs.sh        # nginx-light + haproxy (apt), Portkey (npm, /tmp/upstream-portkey)
   python3 bench/gateway/run.py --build build --nice -20 --rt [--refs nginx,haproxy | --refs none]
+      [--busy-poll-us 0,50,200]
+
+--busy-poll-us sets tiergate's server.busy_poll_us (docs/config.md); with several values one
+tiergate per value runs beside the others and every phase visits each (the first is "tiergate",
+the others "tiergate-bpN"), alternating like the references, so the values are compared under
+the same machine state. --idle-conns 0 skips phase 6.
 
 A reference that is not installed (or does not start) is skipped with a note. Prints Markdown
 tables (for bench/RESULTS.md) ending in "tiergate / reference" ratios and the issue's targets
@@ -394,7 +400,10 @@ def main():
                          "haproxy-tcp), haproxy-http, haproxy-tcp, or none; those not installed are skipped")
     ap.add_argument("--no-syscalls", dest="syscalls", action="store_false",
                     help="skip counting syscalls and context switches per request (perf stat) of each server")
-    ap.add_argument("--idle-conns", type=int, default=10000)
+    ap.add_argument("--idle-conns", type=int, default=10000, help="phase 6's connections; 0 skips it")
+    ap.add_argument("--busy-poll-us", default="0",
+                    help="tiergate's server.busy_poll_us; a comma-separated list runs one tiergate per "
+                         "value (the first named tiergate, the others tiergate-bpN), all measured alike")
     ap.add_argument("--out", default=None)
     ap.add_argument("--rt", action="store_true",
                     help="fixed-rate phases (paced, < 1 core in all) under SCHED_FIFO: load generator, "
@@ -406,6 +415,12 @@ def main():
                          "tenants' builds then take CPU only when the benchmark leaves it idle)")
     a = ap.parse_args()
     want_refs = parse_refs(a.refs)
+    try:
+        polls = [int(x) for x in a.busy_poll_us.split(",")]
+    except ValueError:
+        sys.exit(f"--busy-poll-us: a comma-separated list of integers (got {a.busy_poll_us!r})")
+    if len(set(polls)) != len(polls) or any(v < 0 or v > 10000 for v in polls):
+        sys.exit("--busy-poll-us: distinct values in 0..10000")
     if a.low_reps is None:
         a.low_reps = a.reps
     if a.nice is not None:
@@ -414,7 +429,7 @@ def main():
     work = tempfile.mkdtemp(prefix="tg-bench-gw-")
     procs = []
     res = {"argv": sys.argv[1:], "rate": a.rate, "duration_s": a.duration, "reps": a.reps, "low_reps": a.low_reps,
-           "io_threads": a.io_threads, "nice": a.nice, "rt": a.rt,
+           "io_threads": a.io_threads, "nice": a.nice, "rt": a.rt, "busy_poll_us": polls,
            "started_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
            "loadavg_before": open("/proc/loadavg").read().split()[:3], "refs": {}, "notes": []}
 
@@ -428,11 +443,16 @@ def main():
         return p
 
     try:
-        fport, tport, pport = free_port(), free_port(), free_port()
+        fport, pport = free_port(), free_port()
         fake = start([f"{build}/tests/tg-fake-upstream", "--port", str(fport), "--no-record"], f"{work}/fake.log")
-        cfg = f"""server:
+        tgs = {}  # target name -> (process, port, busy_poll_us)
+        for i, poll in enumerate(polls):
+            tname = "tiergate" if i == 0 else f"tiergate-bp{poll}"
+            tport = free_port()
+            cfg = f"""server:
   listen: 127.0.0.1:{tport}
   io_threads: {a.io_threads}
+  busy_poll_us: {poll}
   open_mode: true
   idle_timeout_ms: 300000
   log_level: warn
@@ -455,9 +475,11 @@ cache:
 metrics:
   reference_model: gpt-4o-mini
 """
-        with open(f"{work}/routes.yaml", "w") as f:
-            f.write(cfg)
-        tg = start([f"{build}/gateway/tiergate", "--config", f"{work}/routes.yaml"], f"{work}/tiergate.log")
+            with open(f"{work}/{tname}.yaml", "w") as f:
+                f.write(cfg)
+            tgs[tname] = (start([f"{build}/gateway/tiergate", "--config", f"{work}/{tname}.yaml"],
+                                f"{work}/{tname}.log"), tport, poll)
+        tg, tport = tgs["tiergate"][0], tgs["tiergate"][1]
         res["build"], res["tiergate_allocator"] = build, allocator(f"{build}/gateway/tiergate")
         pk_proc = None
         if os.path.exists(a.portkey):
@@ -474,7 +496,8 @@ metrics:
                 continue
             refs[name] = (start(cmd, f"{work}/{name}.log"), f"http://127.0.0.1:{port}/v1/chat/completions", port)
             res["refs"][name] = {"version": ver, "cmd": " ".join(cmd)}
-        assert wait_port(fport) and wait_port(tport), "fake upstream or tiergate did not start"
+        assert wait_port(fport) and all(wait_port(t[1]) for t in tgs.values()), \
+            "fake upstream or tiergate did not start"
         if pk_proc and not wait_port(pport, 40):
             note(f"Portkey did not listen within 40 s: skipped (log {work}/portkey.log)")
             pk_proc = None
@@ -500,18 +523,23 @@ metrics:
         pk = f"http://127.0.0.1:{pport}/v1/chat/completions"
         pk_headers = ["x-portkey-provider: openai", f"x-portkey-custom-host: http://127.0.0.1:{fport}/v1"]
 
-        # sanity: tiergate really forwards to the fake upstream
-        status, chk = forwards(through)
-        assert status == "200" and "x-tiergate-tier: remote" in chk.lower(), chk
+        # sanity: every tiergate really forwards to the fake upstream
+        for tname, (_, port, _) in tgs.items():
+            status, chk = forwards(f"http://127.0.0.1:{port}/v1/chat/completions")
+            assert status == "200" and "x-tiergate-tier: remote" in chk.lower(), (tname, chk)
 
-        pids = {"fake": fake.pid, "tiergate": tg.pid}
+        pids = {"fake": fake.pid}
+        pids.update({tname: t[0].pid for tname, t in tgs.items()})
         for name, (p, _, _) in refs.items():
             pids[name] = p.pid
         if pk_proc:
             pids["portkey"] = pk_proc.pid
         # (name, url, headers) in the order each phase visits them
-        targets = [("direct", direct, ()), ("tiergate", through, ())] + [(n, refs[n][1], ()) for n in refs]
+        targets = ([("direct", direct, ())] +
+                   [(tname, f"http://127.0.0.1:{t[1]}/v1/chat/completions", ()) for tname, t in tgs.items()] +
+                   [(n, refs[n][1], ()) for n in refs])
         res["targets"] = [t[0] for t in targets]
+        res["tiergates"] = {tname: {"busy_poll_us": t[2], "idle_rss_kb": rss_kb(t[0].pid)} for tname, t in tgs.items()}
 
         RT["on"] = a.rt
         if a.rt:
@@ -519,10 +547,11 @@ metrics:
         runs = {t[0]: [] for t in targets}
         for _ in range(a.reps):  # alternating, so that drift in the machine's state hits every target alike
             for name, url, hdr in targets:
-                ob = overhead_buckets(tport) if name == "tiergate" else None
+                oport = tgs[name][1] if name in tgs else None
+                ob = overhead_buckets(oport) if oport else None
                 r = attempt(lambda: measured(pids, lambda: loadgen(build, url, a.rate, a.duration, 1, hdr)))
                 if ob is not None:  # tiergate's own view: in-process time per reply over this run
-                    oa = overhead_buckets(tport)
+                    oa = overhead_buckets(oport)
                     r["overhead_us"] = {k: (None if v is None else round(v * 1e6, 1)) for k, v in
                                         (("p50", bucket_quantile(0.5, ob, oa)), ("p99", bucket_quantile(0.99, ob, oa)))}
                 runs[name].append(r)
@@ -578,15 +607,16 @@ metrics:
         res["throughput_detail"] = {k: {x: v.get(x) for x in ("rps", "p50", "p99", "sent_total", "failed",
                                                               "cpu_us_per_req", "error")} for k, v in thr.items()}
 
-        idle = subprocess.Popen([f"{build}/bench/gateway/tg-loadgen", "--idle-conns", str(a.idle_conns), "--url",
-                                 f"http://127.0.0.1:{tport}/v1/models", "--hold", "20"],
-                                stdout=subprocess.PIPE, text=True)
-        line = idle.stdout.readline()
-        time.sleep(1.0)
-        res["idle_conns"] = json.loads(line) if line.strip() else {"error": "no output"}
-        res["tiergate_rss_idle_conns_kb"] = rss_kb(tg.pid)
-        idle.send_signal(signal.SIGTERM)
-        idle.wait()
+        if a.idle_conns > 0:
+            idle = subprocess.Popen([f"{build}/bench/gateway/tg-loadgen", "--idle-conns", str(a.idle_conns), "--url",
+                                     f"http://127.0.0.1:{tport}/v1/models", "--hold", "20"],
+                                    stdout=subprocess.PIPE, text=True)
+            line = idle.stdout.readline()
+            time.sleep(1.0)
+            res["idle_conns"] = json.loads(line) if line.strip() else {"error": "no output"}
+            res["tiergate_rss_idle_conns_kb"] = rss_kb(tg.pid)
+            idle.send_signal(signal.SIGTERM)
+            idle.wait()
         for name, (p, _, _) in refs.items():
             if p.poll() is not None:
                 note(f"{name} exited during the run (status {p.returncode}); log {work}/{name}.log")
@@ -612,13 +642,15 @@ def report(res, a, out):
     fr, low, seq, thr = res["fixed_rate"], res["low_rate"], res["sequential"], res["throughput"]
     names = res["targets"]
     proxies = [n for n in names if n != "direct"]
-    refs = [n for n in proxies if n != "tiergate"]
+    tgs = res.get("tiergates") or {"tiergate": {"busy_poll_us": 0}}
+    refs = [n for n in proxies if n not in tgs]
     print(f"raw results: {out}\n")
     print(f"Run {res['started_utc']}: `python3 bench/gateway/run.py {' '.join(res['argv'])}`; load average "
           f"{' / '.join(res['loadavg_before'])} before, {' / '.join(res['loadavg_after'])} after (1/5/15 min).")
     for n in refs:
         print(f"- {n}: {res['refs'][n]['version']}")
-    print(f"- tiergate: {res['build']}/gateway/tiergate, malloc: {res.get('tiergate_allocator', '?')}")
+    print(f"- tiergate: {res['build']}/gateway/tiergate, malloc: {res.get('tiergate_allocator', '?')}, "
+          + ", ".join(f"{n} server.busy_poll_us {t['busy_poll_us']}" for n, t in tgs.items()))
     for t in res["notes"]:
         print(f"- note: {t}")
     print("\nadded = through the proxy minus direct to the fake, same percentile; CPU/req = utime+stime of the "
@@ -647,11 +679,13 @@ def report(res, a, out):
               + f"| {fmt(fixed(n, 'corrected_us', 'p50'))} / {fmt(fixed(n, 'corrected_us', 'p99'))} "
               f"| {'' if n == 'direct' else fmt(cpu(fr[n], n))} | {fmt(cpu(fr[n], 'fake'))} "
               f"| {fmt(med(fr[n], lambda r: r['achieved_rate']))} | {failed}{f' ({errs} runs failed)' if errs else ''} |")
-    o50 = med(fr["tiergate"], lambda r: (r.get("overhead_us") or {}).get("p50"))
-    o99 = med(fr["tiergate"], lambda r: (r.get("overhead_us") or {}).get("p99"))
-    if o50 is not None:
-        rest = signed(added["tiergate"]["p50"] - o50) if added["tiergate"]["p50"] is not None else "–"
-        print(f"\ntiergate's in-process overhead at {a.rate} req/s (tiergate_gateway_overhead_seconds between scrapes, "
+    for tn in tgs:
+        o50 = med(fr[tn], lambda r: (r.get("overhead_us") or {}).get("p50"))
+        o99 = med(fr[tn], lambda r: (r.get("overhead_us") or {}).get("p99"))
+        if o50 is None:
+            continue
+        rest = signed(added[tn]["p50"] - o50) if added[tn]["p50"] is not None else "–"
+        print(f"\n{tn}'s in-process overhead at {a.rate} req/s (tiergate_gateway_overhead_seconds between scrapes, "
               f"provider wait excluded; median of runs): p50 {fmt(o50)} µs, p99 {fmt(o99)} µs; added p50 minus "
               f"in-process p50: {rest} µs (the extra hop's wake-ups and socket I/O outside that window).")
     print()
@@ -721,8 +755,9 @@ def report(res, a, out):
         print(f"| {n} idle | {res['refs'][n]['idle_rss_kb'] / 1024:.1f} MiB |")
     if "portkey_idle_rss_kb" in res:
         print(f"| portkey (node) idle | {res['portkey_idle_rss_kb'] / 1024:.1f} MiB |")
-    print(f"| tiergate with {res['idle_conns'].get('idle_connections')} idle keep-alive connections | "
-          f"{res['tiergate_rss_idle_conns_kb'] / 1024:.1f} MiB |")
+    if "tiergate_rss_idle_conns_kb" in res:
+        print(f"| tiergate with {res['idle_conns'].get('idle_connections')} idle keep-alive connections | "
+              f"{res['tiergate_rss_idle_conns_kb'] / 1024:.1f} MiB |")
     print()
 
     if refs:
