@@ -7,13 +7,13 @@
  * with all 8 slots decoding it runs 1.02-1.09x llama-server where unified manages
  * 0.93-1.00x (the masked scan of the other streams' cells in CPU attention;
  * bench/RESULTS.md). Its prefix cache keeps prompts in the slots and in host memory
- * ("prefix cache, kv_split" below). But llama.cpp splits a multi-stream batch into ubatches
- * of consecutive sequence ids only (llama_batch_allocr::split_equal, sequential), so when
- * the busy slots are not contiguous (a short job finished between two long ones) each run
- * of busy slots is its own graph pass over all the weights: 3 streams around a hole decode
- * ~35 % slower than 3 adjacent ones (small model, 1 thread), which jobs of mixed lengths
- * hit all the time. Unified, the default, has no such holes and lets one job use all n_ctx
- * cells; it is described next.
+ * ("prefix cache, kv_split" below). llama.cpp splits a multi-stream batch into ubatches of
+ * consecutive sequence ids only (llama_batch_allocr::split_equal, sequential), each one graph
+ * pass over all the weights; when the busy slots are not contiguous (a short job finished
+ * between two long ones) that cost 3 streams around a hole ~35 % of their speed (small model,
+ * 1 thread). build_batch therefore fills such holes with a padding row (or one more prompt
+ * token of a slot still prefilling): the gap now costs ~5 % (bench-engine-gaps). Unified lets
+ * one job use all n_ctx cells; it is described next.
  *
  * Sequence ids: slot i decodes on seq i; prefix-cache entry j holds its prompt KV on seq
  * n_slots + j. With kv_unified=true a seq_cp only tags cells with another sequence id, so a
@@ -107,6 +107,7 @@ struct slot {
     int32_t n_gen;       /* tokens sampled */
     int32_t batch_idx;   /* row of this slot's logits in the current batch, -1 = none */
     int32_t n_in_batch;  /* tokens this slot put in the current batch */
+    llama_pos pad_pos;   /* kv_split, idle slot: position of its padding row, -1 = none */
     llama_token pending; /* sampled, to be decoded next step (SLOT_GEN) */
     struct tg_buf out;   /* generated text */
     size_t emitted;      /* bytes of out already sent as TOKEN events */
@@ -189,6 +190,8 @@ struct tg_engine {
     uint64_t tokens_generated;
     uint64_t pc_hits, pc_misses, pc_tokens;
     uint64_t pc_spills, pc_restores;
+    uint64_t gap_rows; /* kv_split filler rows (build_batch), under mu */
+    int32_t step_gap_rows; /* this step's, scheduler thread */
     int64_t pc_spilled_bytes; /* copy of spill_bytes for stats */
     atomic_int pc_entries; /* live prefix-cache entries; read by tg_engine_stats on any thread */
 };
@@ -870,6 +873,7 @@ void tg_engine_stats(struct tg_engine *e, struct tg_engine_stats *out)
     out->prefix_cache_spills = e->pc_spills;
     out->prefix_cache_restores = e->pc_restores;
     out->prefix_cache_spilled_bytes = e->pc_spilled_bytes;
+    out->gap_rows = e->gap_rows;
     pthread_mutex_unlock(&e->mu);
 }
 
@@ -1679,26 +1683,47 @@ static void embed_run(struct tg_engine *e, struct job *j)
 }
 
 /* Build the next batch: one token per generating slot, then prompt chunks, oldest job
- * first, up to n_batch tokens. Returns the number of prompt tokens added. */
+ * first, up to n_batch tokens. Returns the number of prompt tokens added.
+ *
+ * Rows go into the batch in sequence-id order (slot i is seq i). With kv_split, llama.cpp
+ * cuts a batch into ubatches of sequences with consecutive ids, met in batch order
+ * (llama_batch_allocr::split_equal, sequential), and every ubatch is one graph pass over all
+ * the weights. So, in split mode, every slot between the lowest and the highest one in the
+ * batch is put in it too: a slot still prefilling adds its next prompt token (progress it
+ * needed anyway); an idle slot adds a padding row (pad_pos) at the end of its kept prefix,
+ * with no logits, removed again after the decode (unpad). One more row costs a fraction of
+ * a pass: decode on CPU is bound by reading the weights, once per ubatch, not per row
+ * (bench-engine-gaps: three streams around an idle slot vs three adjacent ones). */
 static int32_t build_batch(struct tg_engine *e, int32_t *n_gen_tokens)
 {
     struct llama_batch *b = &e->batch;
     b->n_tokens = 0;
     *n_gen_tokens = 0;
+    int32_t n_rows = 0;
+    e->step_gap_rows = 0;
     for (int32_t i = 0; i < e->n_slots; i++) {
         struct slot *s = &e->slots[i];
         s->batch_idx = -1;
         s->n_in_batch = 0;
-        if (!s->job || s->state != SLOT_GEN)
-            continue;
-        s->batch_idx = b->n_tokens;
-        s->n_in_batch = 1;
-        batch_add(b, s->pending, s->n_past, s->seq, true);
-        (*n_gen_tokens)++;
+        s->pad_pos = -1;
+        if (s->job && s->state == SLOT_GEN) {
+            s->n_in_batch = 1;
+            (*n_gen_tokens)++;
+            n_rows++;
+        }
     }
+    /* Split mode keeps room for the filler rows (at most n_slots - 2: the lowest and highest
+     * slots in the batch are in it already) where n_batch has that room beyond the slots. */
+    int32_t reserve = 0;
+    if (e->split) {
+        reserve = e->n_slots - 2 < e->n_batch - e->n_slots ? e->n_slots - 2
+                                                           : e->n_batch - e->n_slots;
+        reserve = reserve > 0 ? reserve : 0;
+    }
+    int32_t limit = e->n_batch - reserve;
     int32_t n_prompt = 0;
     for (;;) {
-        int32_t budget = e->n_batch - b->n_tokens;
+        int32_t budget = limit - n_rows;
         if (budget <= 0)
             break;
         struct slot *pick = NULL;
@@ -1710,20 +1735,76 @@ static int32_t build_batch(struct tg_engine *e, int32_t *n_gen_tokens)
         }
         if (!pick)
             break;
-        struct job *j = pick->job;
-        int32_t left = j->n_tokens - pick->n_past;
-        int32_t take = left < budget ? left : budget;
-        for (int32_t k = 0; k < take; k++) {
-            int32_t pos = pick->n_past + k;
+        int32_t left = pick->job->n_tokens - pick->n_past;
+        pick->n_in_batch = left < budget ? left : budget;
+        n_rows += pick->n_in_batch;
+        n_prompt += pick->n_in_batch;
+    }
+    if (e->split && n_rows > 0) {
+        int32_t lo = -1, hi = -1;
+        for (int32_t i = 0; i < e->n_slots; i++) {
+            if (e->slots[i].n_in_batch > 0) {
+                lo = lo < 0 ? i : lo;
+                hi = i;
+            }
+        }
+        for (int32_t i = lo + 1; i < hi && n_rows < e->n_batch; i++) {
+            struct slot *s = &e->slots[i];
+            if (s->n_in_batch > 0)
+                continue;
+            if (s->job && s->state == SLOT_PREFILL) {
+                s->n_in_batch = 1;
+                n_prompt++;
+                n_rows++;
+                e->step_gap_rows++;
+            } else if (!s->job) {
+                /* An idle stream holds exactly its kept prefix, positions 0..n-1; a full
+                 * one has no cell for the row and stays out (the gap is paid). */
+                llama_pos next = llama_memory_seq_pos_max(e->mem, s->seq) + 1;
+                if (next < e->n_ctx_seq) {
+                    s->pad_pos = next;
+                    n_rows++;
+                    e->step_gap_rows++;
+                }
+            }
+        }
+    }
+    for (int32_t i = 0; i < e->n_slots; i++) {
+        struct slot *s = &e->slots[i];
+        if (s->pad_pos >= 0) {
+            batch_add(b, 0, s->pad_pos, s->seq, false);
+            continue;
+        }
+        if (s->n_in_batch == 0)
+            continue;
+        if (s->state == SLOT_GEN) {
+            s->batch_idx = b->n_tokens;
+            batch_add(b, s->pending, s->n_past, s->seq, true);
+            continue;
+        }
+        struct job *j = s->job;
+        for (int32_t k = 0; k < s->n_in_batch; k++) {
+            int32_t pos = s->n_past + k;
             bool last = pos == j->n_tokens - 1;
             if (last)
-                pick->batch_idx = b->n_tokens;
-            batch_add(b, j->tokens[pos], pos, pick->seq, last);
+                s->batch_idx = b->n_tokens;
+            batch_add(b, j->tokens[pos], pos, s->seq, last);
         }
-        pick->n_in_batch = take;
-        n_prompt += take;
     }
     return n_prompt;
+}
+
+/* After a decode: drop the padding rows build_batch put in idle slots' streams, leaving
+ * their kept prefixes as they were. */
+static void unpad(struct tg_engine *e)
+{
+    for (int32_t i = 0; i < e->n_slots; i++) {
+        struct slot *s = &e->slots[i];
+        if (s->pad_pos >= 0) {
+            llama_memory_seq_rm(e->mem, s->seq, s->pad_pos, -1);
+            s->pad_pos = -1;
+        }
+    }
 }
 
 static struct slot *newest_in_batch(struct tg_engine *e)
@@ -1748,6 +1829,7 @@ static int32_t step(struct tg_engine *e)
     int32_t rc = llama_decode(e->ctx, e->batch);
     while (rc == 1 && pcache_evict_lru(e))
         rc = llama_decode(e->ctx, e->batch);
+    unpad(e);
     if (rc == 1) {
         /* No KV room even without cached prefixes: the newest job gives way. */
         struct slot *s = newest_in_batch(e);
@@ -1795,6 +1877,7 @@ static int32_t step(struct tg_engine *e)
 
     pthread_mutex_lock(&e->mu);
     e->tokens_generated += (uint64_t)sampled;
+    e->gap_rows += (uint64_t)e->step_gap_rows;
     if (dt > 0) {
         if (n_prompt == 0 && n_gen_tokens > 0) {
             double tps = n_gen_tokens * 1000.0 / dt;

@@ -161,13 +161,13 @@ static bool kv_split_of(void **state)
     return *state && *(const bool *)*state;
 }
 
-/* kv_split with n_ctx 4096 gives each slot 4096 / slots cells. */
-static struct tg_engine *make_engine_kv(int32_t slots, int32_t pc_entries, int32_t pc_min,
-                                        bool split, int64_t spill_bytes)
+/* kv_split gives each slot n_ctx / slots cells. */
+static struct tg_engine *make_engine_ctx(int32_t n_ctx, int32_t slots, int32_t pc_entries,
+                                         int32_t pc_min, bool split, int64_t spill_bytes)
 {
     struct tg_engine_params p = tg_engine_default_params();
     p.model_path = TG_TINY_MODEL;
-    p.n_ctx = 4096;
+    p.n_ctx = n_ctx;
     p.n_slots = slots;
     p.n_threads = 1; /* 2 cores shared by many: a spinning 2nd thread only hurts */
     p.queue_max = 256;
@@ -184,6 +184,12 @@ static struct tg_engine *make_engine_kv(int32_t slots, int32_t pc_entries, int32
     assert_int_equal(rc, TG_OK);
     assert_non_null(e);
     return e;
+}
+
+static struct tg_engine *make_engine_kv(int32_t slots, int32_t pc_entries, int32_t pc_min,
+                                        bool split, int64_t spill_bytes)
+{
+    return make_engine_ctx(4096, slots, pc_entries, pc_min, split, spill_bytes);
 }
 
 static struct tg_engine *make_engine(int32_t slots, int32_t pc_entries, int32_t pc_min)
@@ -1148,6 +1154,74 @@ static void test_prefix_cache_concurrent8(void **state)
     tg_engine_destroy(e);
 }
 
+/* Both layouts: jobs in slots 0 and 2 keep decoding after the short one in slot 1 ended
+ * and left its prompt in the slot. With kv_split each step then gets a padding row in slot 1
+ * (so the batch stays one ubatch of consecutive sequences), removed after the decode: the
+ * running jobs' tokens and a later hit on slot 1's kept prompt must match cold runs, and
+ * every step gets its padding row. Slot 1's kept prompt is so long that its share of the
+ * cache has no room for one padding row per step: rows left behind would stop the padding
+ * before the other jobs end. */
+static void test_gap_fill_identical(void **state)
+{
+    bool split = kv_split_of(state);
+    struct tg_engine *e = make_engine_ctx(3 * 256, 3, 4, 16, split, 0);
+    struct tg_engine *cold = make_engine(1, -1, 0);
+    struct tg_buf long_ask;
+    tg_buf_init(&long_ask, 0);
+    tg_buf_append_str(&long_ask, "Ticket 2: the app crashes when I open the settings page.");
+    for (int i = 0; i < 16; i++)
+        tg_buf_append_str(&long_ask, " The error mentions a network timeout.");
+    const char *asks[3] = {"Ticket 1: my invoice is wrong.", long_ask.data,
+                           "Ticket 3: where is my parcel?"};
+    const int32_t max[3] = {60, 2, 60};
+    struct tg_chat_msg m[3][2];
+    struct coll c[3], k;
+    for (int i = 0; i < 3; i++) {
+        m[i][0] = (struct tg_chat_msg){"system", LONG_SYS};
+        m[i][1] = (struct tg_chat_msg){"user", asks[i]};
+        struct tg_engine_job j = user_job(m[i], 2, max[i]);
+        coll_init(&c[i]);
+        submit_ok(e, &j, &c[i], NULL); /* empty slots are taken lowest first: slot i */
+    }
+    for (int i = 0; i < 3; i++) {
+        coll_wait(&c[i]);
+        assert_int_equal(c[i].type, TG_EV_DONE);
+        struct tg_engine_job j = user_job(m[i], 2, max[i]);
+        run_job(cold, &j, &k);
+        assert_same_text(&c[i], &k);
+        coll_free(&k);
+    }
+    assert_int_equal(c[0].usage.completion_tokens, 60);
+    assert_int_equal(c[1].usage.completion_tokens, 2);
+    struct tg_engine_info in;
+    tg_engine_info(e, &in);
+    struct tg_engine_stats st;
+    tg_engine_stats(e, &st);
+    if (split) {
+        /* one row per step after slot 1's job ended, give or take the start; more than the
+         * cells left beside slot 1's kept prompt */
+        assert_true(c[1].usage.prompt_tokens + 60 - 6 > in.n_ctx_seq);
+        assert_true(st.gap_rows >= 60 - 6);
+    } else {
+        assert_int_equal(st.gap_rows, 0);
+    }
+
+    /* Slot 1's kept prompt (split) or the cached prefix (unified), after the padding. */
+    struct tg_engine_job j = user_job(m[1], 2, 8);
+    coll_free(&c[1]);
+    run_job(e, &j, &c[1]);
+    assert_int_equal(c[1].type, TG_EV_DONE);
+    assert_true(c[1].usage.cached_tokens > 40);
+    run_job(cold, &j, &k);
+    assert_same_text(&c[1], &k);
+    coll_free(&k);
+    for (int i = 0; i < 3; i++)
+        coll_free(&c[i]);
+    tg_buf_free(&long_ask);
+    tg_engine_destroy(e);
+    tg_engine_destroy(cold);
+}
+
 /* ---------------------------------------------------------------- classify */
 
 static void test_classify_100(void **state)
@@ -1557,6 +1631,7 @@ int main(void)
         BOTH_KV(test_prefix_cache_lru),
         BOTH_KV(test_prefix_cache_cancel_hit),
         BOTH_KV(test_prefix_cache_concurrent8),
+        BOTH_KV(test_gap_fill_identical),
         cmocka_unit_test(test_classify_100),
         cmocka_unit_test(test_classify_multi),
         cmocka_unit_test(test_extract_100),

@@ -267,6 +267,9 @@ struct tg_engine_stats {
     uint64_t prefix_cache_spills;   /* idle entries copied out of the KV cache */
     uint64_t prefix_cache_restores; /* hits on a moved-out entry (copied back) */
     int64_t prefix_cache_spilled_bytes; /* host memory held by moved-out entries now */
+    uint64_t gap_rows; /* kv_split: batch rows added for slots between busy ones (an idle
+                          slot's padding row, or one more prompt token of a slot still
+                          prefilling), so each step stays one ubatch; 0 in unified mode */
 };
 
 /* A consistent snapshot of the counters. Thread-safe. */
