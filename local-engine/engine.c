@@ -2,7 +2,7 @@
  * n_slots sequences, chunked prefill, an LRU prefix cache, grammar-constrained
  * classify/extract, pooled embeddings on a second context.
  *
- * Two KV layouts (tg_engine_params.kv_split). Split: one KV stream of n_ctx / n_slots cells
+ * Two KV layouts (tg_engine_params.kv_split). Split, the default: one KV stream of n_ctx / n_slots cells
  * per slot, as llama-server runs with -np N; each stream attends over its own cells only, so
  * with all 8 slots decoding it runs 1.02-1.09x llama-server where unified manages
  * 0.93-1.00x (the masked scan of the other streams' cells in CPU attention;
@@ -12,8 +12,8 @@
  * pass over all the weights; when the busy slots are not contiguous (a short job finished
  * between two long ones) that cost 3 streams around a hole ~35 % of their speed (small model,
  * 1 thread). build_batch therefore fills such holes with a padding row (or one more prompt
- * token of a slot still prefilling): the gap now costs ~5 % (bench-engine-gaps). Unified lets
- * one job use all n_ctx cells; it is described next.
+ * token of a slot still prefilling): the gap now costs ~5 % (bench-engine-gaps). Unified, for
+ * deployments where one job must be able to use all n_ctx cells, is described next.
  *
  * Sequence ids: slot i decodes on seq i; prefix-cache entry j holds its prompt KV on seq
  * n_slots + j. With kv_unified=true a seq_cp only tags cells with another sequence id, so a
@@ -270,6 +270,7 @@ struct tg_engine_params tg_engine_default_params(void)
     p.queue_max = 64;
     p.prefix_cache_entries = 8;
     p.prefix_cache_min_tokens = 32;
+    p.kv_split = true; /* llama-server's layout with -np N; see the top of this file */
     p.embed_ctx = 512;
     p.backend_dir = NULL;
     return p;

@@ -18,7 +18,7 @@
 
 #define KEYS(...) ((const char *const[]){__VA_ARGS__, NULL})
 /* local.kv_split's default: see docs/config.md and bench/RESULTS.md (engsplit) */
-#define TG_CFG_KV_SPLIT false
+#define TG_CFG_KV_SPLIT true
 
 
 /* Relative paths in the file resolve against the file's directory, so `tiergate --config

@@ -35,10 +35,10 @@ struct tg_engine;
 /* Creation parameters, by value. Start from tg_engine_default_params(). */
 struct tg_engine_params {
     const char *model_path;       /* GGUF file; required; copied */
-    int32_t n_ctx;                /* KV cache cells (tokens); 0 = 4096. Unified (the
-                                     default): the slots and the prefix cache share all
-                                     n_ctx and one job's prompt + output must fit it; with
-                                     kv_split each slot gets n_ctx / n_slots of them. */
+    int32_t n_ctx;                /* KV cache cells (tokens); 0 = 4096. With kv_split (the
+                                     default) each slot gets n_ctx / n_slots of them and one
+                                     job's prompt + output must fit there; unified, the
+                                     slots and the prefix cache share all n_ctx. */
     int32_t n_slots;              /* sequences decoded together; 0 = 4; max 64 */
     int32_t n_threads;            /* CPU threads for decode and prefill; 0 = online cores */
     int32_t n_gpu_layers;         /* layers offloaded to a GPU backend; 0 = CPU only,
@@ -79,17 +79,17 @@ struct tg_engine_params {
                                      embedding context (TG_JOB_EMBED fails TG_UNSUPPORTED) */
     const char *backend_dir;      /* ggml backend libraries; NULL = build-time default
                                      (TG_LLAMA_BACKEND_DIR), "" = statically linked */
-    bool kv_split;                /* false (default) or true.
+    bool kv_split;                /* true (default) or false.
                                      false: one unified KV cache; any job may use all n_ctx
                                      cells; prefix-cache entries are extra sequences sharing
                                      cells with the jobs that hit them (llama_memory_seq_cp).
                                      true: each slot gets its own n_ctx / n_slots cells (a
                                      job's prompt + output must fit there, else TG_CONTEXT
                                      naming both sizes) and attends over them only, which is
-                                     faster while all slots decode together (llama-server's
-                                     layout with -np N) and slower when busy slots are not
-                                     adjacent: llama.cpp then runs one graph pass per run of
-                                     consecutive busy slots (engine.c, top). Prefix cache as llama-server's:
+                                     faster with many concurrent streams (llama-server's
+                                     layout with -np N; the engine pads the gaps between busy
+                                     slots so a step stays one pass over the weights:
+                                     engine.c, top). Prefix cache as llama-server's:
                                      an idle slot keeps its last prompt's KV, a job goes to
                                      the idle slot sharing the longest prefix with it and
                                      prefills the rest, and prompts beyond the slots live in
