@@ -169,8 +169,9 @@ int tg_cli_engine(int argc, char **argv)
     }
     struct tg_engine_info info;
     tg_engine_info(eng, &info);
-    tg_info("engine worker: model '%s' (%s), %d slots, %d KV cells%s", info.model_name,
-            info.model_desc, (int)info.n_slots, (int)info.n_ctx,
+    tg_info("engine worker: model '%s' (%s), %d slots, %d KV cells (%s: %d per job)%s",
+            info.model_name, info.model_desc, (int)info.n_slots, (int)info.n_ctx,
+            info.kv_split ? "split" : "unified", (int)info.n_ctx_seq,
             info.random_weights ? ", random weights" : "");
 
     struct tg_engine_server *srv = NULL;

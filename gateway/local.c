@@ -282,8 +282,12 @@ static void *local_thread_main(void *arg)
             struct tg_engine_info info;
             tg_engine_info(tg_engine_local_engine(gw->engine_local), &info);
             atomic_store(&gw->random_weights, info.random_weights);
-            snprintf(gw->model_desc, sizeof gw->model_desc, "%.100s (%.100s, %d slots, ctx %d)",
-                     info.model_name, info.model_desc, info.n_slots, info.n_ctx);
+            char per_slot[48] = "";
+            if (info.kv_split)
+                snprintf(per_slot, sizeof per_slot, ", %d per slot", info.n_ctx_seq);
+            snprintf(gw->model_desc, sizeof gw->model_desc,
+                     "%.100s (%.100s, %d slots, ctx %d%s)", info.model_name, info.model_desc,
+                     info.n_slots, info.n_ctx, per_slot);
             tg_info("local tier: model %s loaded from %s", gw->model_desc, cfg->local.model);
             if (info.random_weights)
                 tg_warn("local tier: %s is a generated RANDOM-WEIGHT model: its free text is "
