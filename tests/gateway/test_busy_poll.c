@@ -30,15 +30,16 @@
 #define N_CLIENTS 6
 #define PER_CLIENT 8
 
+#define CHAT_BODY(model, stream) \
+    "{\"model\":\"" model "\",\"stream\":" stream ",\"max_tokens\":8," \
+    "\"messages\":[{\"role\":\"user\",\"content\":\"busy poll probe\"}]}"
+
+/* Constant request bodies: the client threads share them read-only. */
 static const char *body_for(bool stream, const char *model)
 {
-    static char bodies[2][2][256];
-    char *b = bodies[stream][strcmp(model, "gpt-fake") == 0];
-    snprintf(b, sizeof bodies[0][0],
-             "{\"model\":\"%s\",\"stream\":%s,\"max_tokens\":8,"
-             "\"messages\":[{\"role\":\"user\",\"content\":\"busy poll probe\"}]}",
-             model, stream ? "true" : "false");
-    return b;
+    if (strcmp(model, "gpt-fake") == 0)
+        return stream ? CHAT_BODY("gpt-fake", "true") : CHAT_BODY("gpt-fake", "false");
+    return CHAT_BODY("phi-3.5-mini", "false");
 }
 
 /* One remote request through the gateway; true when it was answered completely. */
