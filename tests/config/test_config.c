@@ -26,6 +26,18 @@ static const char *write_file(const char *name, const char *text)
     return path;
 }
 
+/* What `tiergate check` prints for cfg (tg_config_print); the caller frees it. */
+static char *printed(const struct tg_config *cfg)
+{
+    char *out = NULL;
+    size_t out_len = 0;
+    FILE *f = open_memstream(&out, &out_len);
+    assert_non_null(f);
+    tg_config_print(cfg, f);
+    fclose(f);
+    return out;
+}
+
 #define MIN_OK                                                                                  \
     "server:\n  open_mode: true\nmodels:\n  - name: phi\n    tier: local\n    target: engine\n"
 
@@ -116,12 +128,7 @@ static void test_local_engine_keys(void **state)
         const struct tg_cfg_local *l = &cfg->local;
         assert_int_equal(l->kv_split, v == 1);
         assert_int_equal(l->prefix_cache_spill_bytes, v ? 0 : 268435456);
-        char *out = NULL;
-        size_t out_len = 0;
-        FILE *f = open_memstream(&out, &out_len);
-        assert_non_null(f);
-        tg_config_print(cfg, f);
-        fclose(f);
+        char *out = printed(cfg);
         assert_non_null(strstr(out, v ? "  kv_split: true  # 1024 tokens per slot\n"
                                       : "  kv_split: false\n"));
         assert_non_null(strstr(out, v ? "  prefix_cache_spill_bytes: 0\n"
@@ -143,12 +150,7 @@ static void test_busy_poll_key(void **state)
         char err[1024] = "";
         assert_int_equal(tg_config_load(path, &cfg, err, sizeof err), TG_OK);
         assert_int_equal(cfg->server.busy_poll_us, v ? 200 : 0);
-        char *out = NULL;
-        size_t out_len = 0;
-        FILE *f = open_memstream(&out, &out_len);
-        assert_non_null(f);
-        tg_config_print(cfg, f);
-        fclose(f);
+        char *out = printed(cfg);
         assert_non_null(strstr(out, v ? "\n  busy_poll_us: 200\n" : "\n  busy_poll_us: 0\n"));
         free(out);
         tg_config_unref(cfg);
@@ -204,11 +206,7 @@ static void test_reference_config(void **state)
     assert_string_equal(cfg->local.model, TG_SOURCE_DIR "/build/models/tiny.gguf");
     assert_string_equal(cfg->policy, TG_SOURCE_DIR "/policies/balanced.yaml");
     /* the printed config masks secrets */
-    char *text = NULL;
-    size_t len = 0;
-    FILE *mem = open_memstream(&text, &len);
-    tg_config_print(cfg, mem);
-    fclose(mem);
+    char *text = printed(cfg);
     assert_null(strstr(text, "sk-ant-test"));
     assert_non_null(strstr(text, "api_key: \"****\""));
     free(text);
