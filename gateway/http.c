@@ -107,8 +107,8 @@ static void finish(struct tg_req *r)
 
 /* tiergate_gateway_overhead_seconds for a request answered with what a remote call returned:
  * our time before the upstream request was written plus after its response was complete, up to
- * the moment the reply is handed to evhttp to be written (the final write itself is left out). Not for requests that ran
- * on the local engine first (escalations): their first half would include the engine's work. */
+ * the moment the reply is handed to evhttp (the write itself is left out). Not for requests that
+ * ran on the local engine first (escalations): their first half would include the engine's work. */
 static void record_overhead(struct tg_req *r, double t_reply)
 {
     if (r->t_up_sent <= 0 || r->t_up_done <= 0 || r->escalated || r->t_up_done < r->t_up_sent)
@@ -158,7 +158,7 @@ void tg_req_reply_raw(struct tg_req *r, int status, const char *text, size_t len
                                       : NULL;
         if (bev != NULL)
             bufferevent_incref(bev);
-        /* The overhead window ends as the reply goes to the kernel: a clock read after the
+        /* The overhead window ends as the reply is handed to evhttp: a clock read after the
          * write could include a preemption the client, already holding its reply, never saw. */
         double t_reply = tg_now_s();
         evhttp_send_reply(r->http, status, reason_phrase(status), out);

@@ -2,10 +2,10 @@
  * n_slots sequences, chunked prefill, an LRU prefix cache, grammar-constrained
  * classify/extract, pooled embeddings on a second context.
  *
- * Two KV layouts (tg_engine_params.kv_split). Split, the default: one KV stream of n_ctx / n_slots cells
- * per slot, as llama-server runs with -np N; each stream attends over its own cells only, so
- * with all 8 slots decoding it runs 1.02-1.09x llama-server where unified manages
- * 0.93-1.00x (the masked scan of the other streams' cells in CPU attention;
+ * Two KV layouts (tg_engine_params.kv_split). Split, the default: one KV stream of
+ * n_ctx / n_slots cells per slot, as llama-server runs with -np N; each stream attends over
+ * its own cells only, so with all 8 slots decoding it runs 1.02-1.09x llama-server where
+ * unified manages 0.93-1.00x (the masked scan of the other streams' cells in CPU attention;
  * bench/RESULTS.md). Its prefix cache keeps prompts in the slots and in host memory
  * ("prefix cache, kv_split" below). llama.cpp splits a multi-stream batch into ubatches of
  * consecutive sequence ids only (llama_batch_allocr::split_equal, sequential), each one graph
@@ -1715,13 +1715,10 @@ static int32_t build_batch(struct tg_engine *e, int32_t *n_gen_tokens)
     }
     /* Split mode keeps room for the filler rows (at most n_slots - 2: the lowest and highest
      * slots in the batch are in it already) where n_batch has that room beyond the slots. */
-    int32_t reserve = 0;
-    if (e->split) {
-        reserve = e->n_slots - 2 < e->n_batch - e->n_slots ? e->n_slots - 2
-                                                           : e->n_batch - e->n_slots;
-        reserve = reserve > 0 ? reserve : 0;
-    }
-    int32_t limit = e->n_batch - reserve;
+    int32_t reserve = e->split ? e->n_slots - 2 : 0;
+    if (reserve > e->n_batch - e->n_slots)
+        reserve = e->n_batch - e->n_slots;
+    int32_t limit = e->n_batch - (reserve > 0 ? reserve : 0);
     int32_t n_prompt = 0;
     for (;;) {
         int32_t budget = limit - n_rows;

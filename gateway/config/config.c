@@ -821,13 +821,13 @@ void tg_config_print(const struct tg_config *c, FILE *o)
 {
     const struct tg_cfg_server *s = &c->server;
     fprintf(o, "# effective configuration of %s (secrets masked)\n", c->path);
-    fprintf(o, "server:\n  listen: %s%s%s:%d\n  io_threads: %d\n  busy_poll_us: %d\n  max_body_bytes: %zu\n"
-               "  max_header_bytes: %zu\n  read_timeout_ms: %d\n  header_timeout_ms: %d\n"
+    fprintf(o, "server:\n  listen: %s%s%s:%d\n  io_threads: %d\n  busy_poll_us: %d\n"
+               "  max_body_bytes: %zu\n  max_header_bytes: %zu\n  read_timeout_ms: %d\n  header_timeout_ms: %d\n"
                "  idle_timeout_ms: %d\n  drain_timeout_ms: %d\n  max_connections: %d\n"
                "  open_mode: %s\n  log_level: %s\n  log_format: %s\n  admin_key_sha256: %s\n  api_keys:%s\n",
             strchr(s->listen_host, ':') ? "[" : "", s->listen_host, strchr(s->listen_host, ':') ? "]" : "",
-            s->port, s->io_threads, s->busy_poll_us, s->max_body_bytes, s->max_header_bytes, s->read_timeout_ms,
-            s->header_timeout_ms, s->idle_timeout_ms, s->drain_timeout_ms, s->max_connections,
+            s->port, s->io_threads, s->busy_poll_us, s->max_body_bytes, s->max_header_bytes,
+            s->read_timeout_ms, s->header_timeout_ms, s->idle_timeout_ms, s->drain_timeout_ms, s->max_connections,
             s->open_mode ? "true" : "false", s->log_level, s->log_json ? "json" : "text",
             s->has_admin_key ? "\"****\"" : "null", s->n_keys ? "" : " []");
     for (size_t i = 0; i < s->n_keys; i++) {
