@@ -161,6 +161,9 @@ void tg_req_reply_raw(struct tg_req *r, int status, const char *text, size_t len
         /* The overhead window ends as the reply is handed to evhttp: a clock read after the
          * write could include a preemption the client, already holding its reply, never saw. */
         double t_reply = tg_now_s();
+        /* Recorded before the send: once the reply is written the client may read /metrics on
+         * another I/O thread, and must find this request's sample there. */
+        record_overhead(r, t_reply);
         evhttp_send_reply(r->http, status, reason_phrase(status), out);
         if (out != NULL)
             evbuffer_free(out);
@@ -169,7 +172,6 @@ void tg_req_reply_raw(struct tg_req *r, int status, const char *text, size_t len
             tg_conn_write_now(bev);
             bufferevent_decref(bev);
         }
-        record_overhead(r, t_reply);
     } else {
         tg_pipeline_finish_record(r);
     }
