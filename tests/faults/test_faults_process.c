@@ -687,7 +687,9 @@ static void test_sigterm_during_streams(void **state)
                               "local stream",
                               "local stream"};
     /* The remote streams trickle for ~5 s, the long one for ~40 s, the non-stream ones answer
-     * after 4 s and 30 s; the local streams are 300 tokens (well under a second unloaded). Each
+     * after 4 s and 30 s; the local streams are 600 tokens (~1 s unloaded, a few under a
+     * sanitizer: inside the drain bound; at 300 tokens one could end, under CI load, before the
+     * other had sent its first token and the signal came, leaving 6 in flight). Each
      * remote request is started once the previous one reached the fake, so each gets its own
      * script. */
     const char *script[N_BG] = {"chunk_delay_ms=600",
@@ -701,7 +703,7 @@ static void test_sigterm_during_streams(void **state)
     assert_non_null(bg);
     for (int i = 0; i < N_BG; i++) {
         if (i >= L1)
-            chat_body_process(bg[i].body, sizeof bg[i].body, "phi-3.5-mini", true, 300, "drain me");
+            chat_body_process(bg[i].body, sizeof bg[i].body, "phi-3.5-mini", true, 600, "drain me");
         else
             chat_body_process(bg[i].body, sizeof bg[i].body, "gpt-fake", i != NS && i != NSLONG, 64,
                               "drain me");
