@@ -194,6 +194,8 @@ bool tg_remote_circuit_open(struct tg_req *r);
 void tg_remote_run(struct tg_req *r);
 void tg_remote_cancel(struct tg_req *r);
 int tg_remote_worker_init(struct tg_worker *w);
+/* tg_upstream_exec_reply_due for this I/O thread's executor (false when it has none). */
+bool tg_remote_reply_due(struct tg_worker *w, double within_s);
 void tg_remote_worker_fini(struct tg_worker *w);
 
 /* Finish: cost, headers, metrics. Filled by pipeline.c, used by http.c. */

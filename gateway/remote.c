@@ -37,6 +37,11 @@ int tg_remote_worker_init(struct tg_worker *w)
     return w->upstream != NULL ? TG_OK : TG_NOMEM;
 }
 
+bool tg_remote_reply_due(struct tg_worker *w, double within_s)
+{
+    return tg_upstream_exec_reply_due(w->upstream, within_s);
+}
+
 void tg_remote_worker_fini(struct tg_worker *w)
 {
     tg_upstream_exec_destroy(w->upstream);

@@ -179,12 +179,18 @@ static bool loop_stopped(struct event_base *base)
     return event_base_got_exit(base) || event_base_got_break(base);
 }
 
-/* server.busy_poll_us > 0: block for events (EVLOOP_ONCE), handle them, then keep polling without
- * sleeping (EVLOOP_NONBLOCK: epoll_wait with timeout 0) until busy_poll_us pass in which no event
- * was handled, then block again. A reply from the provider or the next request that arrives
- * within the window is then picked up by a running thread instead of waking a sleeping one: on
- * a VM that wake-up (IPI, halt exit, cold caches) costs tens of µs per hop. The price is CPU:
- * up to busy_poll_us of spinning after every burst of events (docs/config.md).
+/* Two busy-polling windows (docs/config.md "Busy-polling"); with both 0 the loop is a plain
+ * event_base_dispatch. After a blocking wait (EVLOOP_ONCE) has handled events, the thread keeps
+ * polling without sleeping (EVLOOP_NONBLOCK: epoll_wait with timeout 0) while
+ *   - fewer than busy_poll_us have passed since the last event (server.busy_poll_us: any event), or
+ *   - fewer than upstream_us have passed since the last event and a request on this thread waits
+ *     for a provider whose recent first-byte times average at most upstream_us
+ *     (server.busy_poll_upstream_us, tg_upstream_exec_reply_due),
+ * then blocks again. A provider's reply (or the next request) that arrives meanwhile is picked up
+ * by a running thread instead of waking a sleeping one: on a VM that wake-up (IPI, halt exit,
+ * cold caches) costs tens of µs per hop. The price is CPU. The upstream window spins only while a
+ * fast provider's answer is due, so once the reply is sent the thread sleeps at once, and remote
+ * LLM APIs (hundreds of ms to the first byte) are never waited for this way.
  *
  * "Handled an event" is libevent's own high-water mark of active callbacks: cleared to 0 before
  * a non-blocking iteration, it is > 0 afterwards exactly when some callback (a socket, a timer,
@@ -198,13 +204,15 @@ static bool loop_stopped(struct event_base *base)
  * core gets it at once instead of at the end of the window; when nothing else is runnable the
  * call returns immediately. Under SCHED_FIFO (bench --rt) it is what lets a same-priority
  * thread on this core run at all while we spin. */
-static void worker_loop(struct tg_worker *w, int busy_poll_us)
+static void worker_loop(struct tg_worker *w, int busy_poll_us, int upstream_us)
 {
-    if (busy_poll_us <= 0) {
+    if (busy_poll_us <= 0 && upstream_us <= 0) {
         event_base_dispatch(w->base);
         return;
     }
     const int64_t window_ns = (int64_t)busy_poll_us * 1000;
+    const int64_t upstream_ns = (int64_t)upstream_us * 1000;
+    const double upstream_s = (double)upstream_us / 1e6;
     for (;;) {
         /* 1: no events left (cannot happen while the sweep timer is pending), -1: backend error;
          * event_base_dispatch returns in both cases too. */
@@ -212,14 +220,15 @@ static void worker_loop(struct tg_worker *w, int busy_poll_us)
             return;
         int64_t last_event = mono_ns();
         for (;;) {
+            int64_t quiet = mono_ns() - last_event;
+            if (quiet >= window_ns &&
+                (quiet >= upstream_ns || !tg_remote_reply_due(w, upstream_s)))
+                break;
             event_base_get_max_events(w->base, EVENT_BASE_COUNT_ACTIVE, 1);
             if (event_base_loop(w->base, EVLOOP_NONBLOCK) != 0 || loop_stopped(w->base))
                 return;
-            int64_t now = mono_ns();
             if (event_base_get_max_events(w->base, EVENT_BASE_COUNT_ACTIVE, 0) > 0)
-                last_event = now;
-            else if (now - last_event >= window_ns)
-                break;
+                last_event = mono_ns();
             else
                 sched_yield();
         }
@@ -236,8 +245,9 @@ static void *worker_main(void *arg)
     /* Read once: the window is fixed for the thread's life (a restart changes it, not SIGHUP). */
     struct tg_config *cfg = tg_gateway_config(w->gw);
     int busy_poll_us = cfg->server.busy_poll_us;
+    int upstream_us = cfg->server.busy_poll_upstream_us;
     tg_config_unref(cfg);
-    worker_loop(w, busy_poll_us);
+    worker_loop(w, busy_poll_us, upstream_us);
     tg_usage_bind(NULL);
     return NULL;
 }
@@ -506,9 +516,15 @@ void tg_gateway_banner(struct tg_gateway *gw, const char *local_state)
     snprintf(base, sizeof base, "%s://%s%s%s:%d", gw->tls != NULL ? "https" : "http", v6 ? "[" : "",
              s->listen_host, v6 ? "]" : "", s->port);
     tg_info("tiergate %s ready", TG_GATEWAY_VERSION);
-    char poll[64] = "";
-    if (s->busy_poll_us > 0)
+    char poll[96] = "";
+    if (s->busy_poll_us > 0 && s->busy_poll_upstream_us > 0)
+        snprintf(poll, sizeof poll, ", busy-polling %d µs, for upstream replies %d µs",
+                 s->busy_poll_us, s->busy_poll_upstream_us);
+    else if (s->busy_poll_us > 0)
         snprintf(poll, sizeof poll, ", busy-polling %d µs", s->busy_poll_us);
+    else if (s->busy_poll_upstream_us > 0)
+        snprintf(poll, sizeof poll, ", busy-polling for upstream replies %d µs",
+                 s->busy_poll_upstream_us);
     tg_info("  listen     %s (%d I/O threads%s)%s", base, gw->n_workers, poll,
             s->open_mode ? ", OPEN MODE (no API key needed)" : "");
     tg_info("  config     %s, policy %s", cfg->path, tg_router_policy_name(pol));

@@ -210,7 +210,7 @@ static bool load_server(struct tg_yreader *r, const struct tg_ynode *n, struct t
 {
     struct tg_cfg_server *s = &c->server;
     if (!tg_yr_map(r, n, "server",
-                   KEYS("listen", "io_threads", "busy_poll_us", "max_body_bytes",
+                   KEYS("listen", "io_threads", "busy_poll_us", "busy_poll_upstream_us", "max_body_bytes",
                         "max_header_bytes", "read_timeout_ms", "header_timeout_ms",
                         "idle_timeout_ms", "drain_timeout_ms", "max_connections", "open_mode",
                         "api_keys", "admin_key_sha256", "log_level", "log_format", "tls")))
@@ -240,6 +240,7 @@ static bool load_server(struct tg_yreader *r, const struct tg_ynode *n, struct t
     int fmt = s->log_json ? 1 : 0;
     if (!(read_int(r, n, "io_threads", 0, 256, &s->io_threads) &&
           read_int(r, n, "busy_poll_us", 0, 10000, &s->busy_poll_us) &&
+          read_int(r, n, "busy_poll_upstream_us", 0, 10000, &s->busy_poll_upstream_us) &&
           read_size(r, n, "max_body_bytes", 1024, INT64_C(1) << 30, &s->max_body_bytes) &&
           read_size(r, n, "max_header_bytes", 1024, 1 << 20, &s->max_header_bytes) &&
           read_int(r, n, "read_timeout_ms", 100, 3600000, &s->read_timeout_ms) &&
@@ -605,6 +606,7 @@ static void set_defaults(struct tg_config *c)
 {
     c->server = (struct tg_cfg_server){
         .listen_host = strdup("127.0.0.1"), .port = 8080, .io_threads = 0,
+        .busy_poll_upstream_us = TG_CFG_BUSY_POLL_UPSTREAM_US,
         .max_body_bytes = 4u << 20, .max_header_bytes = 16384, .read_timeout_ms = 60000,
         .header_timeout_ms = 10000, .idle_timeout_ms = 75000, .drain_timeout_ms = 15000,
         .log_level = strdup("info"), .tls = {.min_version = 12}};
@@ -822,11 +824,12 @@ void tg_config_print(const struct tg_config *c, FILE *o)
     const struct tg_cfg_server *s = &c->server;
     fprintf(o, "# effective configuration of %s (secrets masked)\n", c->path);
     fprintf(o, "server:\n  listen: %s%s%s:%d\n  io_threads: %d\n  busy_poll_us: %d\n"
+               "  busy_poll_upstream_us: %d\n"
                "  max_body_bytes: %zu\n  max_header_bytes: %zu\n  read_timeout_ms: %d\n  header_timeout_ms: %d\n"
                "  idle_timeout_ms: %d\n  drain_timeout_ms: %d\n  max_connections: %d\n"
                "  open_mode: %s\n  log_level: %s\n  log_format: %s\n  admin_key_sha256: %s\n  api_keys:%s\n",
             strchr(s->listen_host, ':') ? "[" : "", s->listen_host, strchr(s->listen_host, ':') ? "]" : "",
-            s->port, s->io_threads, s->busy_poll_us, s->max_body_bytes, s->max_header_bytes,
+            s->port, s->io_threads, s->busy_poll_us, s->busy_poll_upstream_us, s->max_body_bytes, s->max_header_bytes,
             s->read_timeout_ms, s->header_timeout_ms, s->idle_timeout_ms, s->drain_timeout_ms, s->max_connections,
             s->open_mode ? "true" : "false", s->log_level, s->log_json ? "json" : "text",
             s->has_admin_key ? "\"****\"" : "null", s->n_keys ? "" : " []");

@@ -56,6 +56,8 @@ struct tg_upstream_exec {
     size_t n_pool;
     bool in_multi; /* inside curl_multi_socket_action (no add/remove allowed) */
     double wake_s; /* CLOCK_MONOTONIC seconds this socket/timer callback began; 0 outside one */
+    size_t n_awaiting; /* attempts written to a provider that have not seen its status line */
+    double reply_ewma_s; /* EWMA (weight 1/8) of their first-byte times, seconds; < 0: none yet */
 };
 
 struct tg_upstream_req {
@@ -88,6 +90,8 @@ struct tg_upstream_req {
     struct tg_buf sse;  /* partial SSE event */
     struct up_stream st;
     bool forced_json, probe, got_headers, too_big, parse_failed;
+    bool awaiting;     /* counted in ex->n_awaiting */
+    double attempt_t0; /* CLOCK_MONOTONIC seconds the attempt was handed to curl */
     long http_status;
     int64_t retry_after_ms; /* from this attempt's headers, -1 if none */
     int64_t attempt_start_ms;
@@ -334,6 +338,7 @@ struct tg_upstream_exec *tg_upstream_exec_create(struct event_base *base,
     if (ex == NULL)
         return NULL;
     ex->base = base;
+    ex->reply_ewma_s = -1;
     ex->params = params != NULL ? *params : tg_upstream_exec_default_params();
     struct tg_upstream_exec_params d = tg_upstream_exec_default_params();
     if (ex->params.max_response_bytes == 0)
@@ -381,11 +386,35 @@ size_t tg_upstream_exec_inflight(const struct tg_upstream_exec *ex)
     return ex != NULL ? ex->inflight : 0;
 }
 
+bool tg_upstream_exec_reply_due(const struct tg_upstream_exec *ex, double within_s)
+{
+    return ex != NULL && ex->n_awaiting > 0 && ex->reply_ewma_s >= 0 &&
+           ex->reply_ewma_s <= within_s;
+}
+
+/* The attempt stops waiting for its provider's first byte. sample: it arrived (the status line),
+ * so its time since the attempt started feeds the executor's EWMA; failures and cancels do not. */
+static void awaiting_end(struct tg_upstream_req *rq, bool sample)
+{
+    struct tg_upstream_exec *ex = rq->ex;
+    if (!rq->awaiting)
+        return;
+    rq->awaiting = false;
+    ex->n_awaiting--;
+    if (!sample)
+        return;
+    double t = (ex->wake_s > 0 ? ex->wake_s : mono_s()) - rq->attempt_t0;
+    if (t < 0)
+        t = 0;
+    ex->reply_ewma_s = ex->reply_ewma_s < 0 ? t : ex->reply_ewma_s + (t - ex->reply_ewma_s) / 8;
+}
+
 /* ---- request bookkeeping ---- */
 
 static void attempt_release(struct tg_upstream_req *rq)
 {
     struct tg_upstream_exec *ex = rq->ex;
+    awaiting_end(rq, false);
     if (rq->easy != NULL) {
         if (rq->in_multi_handle) {
             curl_multi_remove_handle(ex->multi, rq->easy);
@@ -562,6 +591,7 @@ static size_t on_header(char *p, size_t size, size_t n, void *ud)
         rq->retry_after_ms = -1;
         if (!rq->got_headers) {
             rq->got_headers = true;
+            awaiting_end(rq, true);
             /* The provider answered: the first-byte clock stops; the body (a stream or not) is
              * now watched for idle gaps instead, so a provider that stalls half-way through a
              * JSON body does not hold the client until total_timeout_ms. */
@@ -783,6 +813,9 @@ static int attempt_start(struct tg_upstream_req *rq)
         return TG_INTERNAL;
     rq->in_multi_handle = true;
     ex->n_active++;
+    rq->attempt_t0 = mono_s();
+    rq->awaiting = true;
+    ex->n_awaiting++;
     arm(rq, T_FIRST_BYTE, p->first_byte_timeout_ms);
     if (!ex->in_multi) {
         /* Kick curl now instead of waiting a loop turn for its zero timer: the request is

@@ -77,6 +77,14 @@ void tg_upstream_exec_destroy(struct tg_upstream_exec *ex);
 /* Number of requests in flight on this executor (for drain and tests). */
 size_t tg_upstream_exec_inflight(const struct tg_upstream_exec *ex);
 
+/* True when at least one attempt on this executor has been written to its provider and waits
+ * for the response's status line, and the first-byte times of this executor's recent attempts
+ * are short: their exponentially weighted mean (weight 1/8 per new sample, seconds from handing
+ * the attempt to curl to the loop wake-up that read the status line) is at most within_s. False
+ * before the first sample. The I/O thread asks it to decide whether to keep polling instead of
+ * sleeping (server.busy_poll_upstream_us, gateway/server.c). Thread: the executor's; O(1). */
+bool tg_upstream_exec_reply_due(const struct tg_upstream_exec *ex, double within_s);
+
 /* curl_global_init / cleanup wrappers: once per process, from the main thread. */
 int tg_upstream_global_init(void);
 void tg_upstream_global_cleanup(void);

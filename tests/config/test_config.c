@@ -49,7 +49,7 @@ struct bad_case {
 static const struct bad_case bad_cases[] = {
     {"server:\n  open_mode: true\n  listn: 1.2.3.4:80\nmodels: [{name: a, tier: local}]\n",
      "3: unknown key 'listn' in server (expected one of: listen, io_threads, busy_poll_us, "
-     "max_body_bytes, max_header_bytes, read_timeout_ms, header_timeout_ms, idle_timeout_ms, "
+     "busy_poll_upstream_us, max_body_bytes, max_header_bytes, read_timeout_ms, header_timeout_ms, idle_timeout_ms, "
      "drain_timeout_ms, max_connections, open_mode, api_keys, admin_key_sha256, log_level, log_format, tls)"},
     {MIN_OK "serverr: {}\n",
      "7: unknown key 'serverr' in the top level (expected one of: server, redis, local, providers, "
@@ -66,6 +66,8 @@ static const struct bad_case bad_cases[] = {
      "3: busy_poll_us must be between 0 and 10000 (got 20000)"},
     {"server:\n  open_mode: true\n  busy_poll_us: 50us\nmodels: [{name: a, tier: local}]\n",
      "3: busy_poll_us must be an integer"},
+    {"server:\n  open_mode: true\n  busy_poll_upstream_us: 10001\nmodels: [{name: a, tier: local}]\n",
+     "3: busy_poll_upstream_us must be between 0 and 10000 (got 10001)"},
     {"server:\n  open_mode: yes\nmodels: [{name: a, tier: local}]\n", "2: open_mode must be true or false"},
     {MIN_OK "local:\n  slots: 0\n", "8: slots must be between 1 and 256 (got 0)"},
     {MIN_OK "local:\n  kv_cache_type: f8\n", "8: kv_cache_type must be one of f16|q8_0|q4_0 (got 'f8')"},
@@ -138,20 +140,27 @@ static void test_local_engine_keys(void **state)
     }
 }
 
-/* server.busy_poll_us: off by default, an explicit value, and what `tiergate check` prints. */
+/* server.busy_poll_us: off by default; server.busy_poll_upstream_us: TG_CFG_BUSY_POLL_UPSTREAM_US
+ * by default, 0 turns it off; explicit values, and what `tiergate check` prints. */
 static void test_busy_poll_key(void **state)
 {
     (void)state;
     for (int v = 0; v < 2; v++) {
         const char *path = write_file("bad.yaml", v ? "server:\n  open_mode: true\n  busy_poll_us: 200\n"
+                                                      "  busy_poll_upstream_us: 0\n"
                                                       "models: [{name: a, tier: local}]\n"
                                                     : MIN_OK);
         struct tg_config *cfg = NULL;
         char err[1024] = "";
         assert_int_equal(tg_config_load(path, &cfg, err, sizeof err), TG_OK);
         assert_int_equal(cfg->server.busy_poll_us, v ? 200 : 0);
+        assert_int_equal(cfg->server.busy_poll_upstream_us, v ? 0 : TG_CFG_BUSY_POLL_UPSTREAM_US);
         char *out = printed(cfg);
         assert_non_null(strstr(out, v ? "\n  busy_poll_us: 200\n" : "\n  busy_poll_us: 0\n"));
+        char want[64];
+        snprintf(want, sizeof want, "\n  busy_poll_upstream_us: %d\n",
+                 v ? 0 : TG_CFG_BUSY_POLL_UPSTREAM_US);
+        assert_non_null(strstr(out, want));
         free(out);
         tg_config_unref(cfg);
     }

@@ -1,11 +1,15 @@
-/* server.busy_poll_us: the I/O threads' adaptive busy-polling loop (gateway/server.c worker_loop)
- * on the real tiergate binary, with the fake upstream and the tiny local model.
+/* server.busy_poll_us and server.busy_poll_upstream_us: the I/O threads' busy-polling loop
+ * (gateway/server.c worker_loop) on the real tiergate binary, with the fake upstream and the tiny
+ * local model. Each scenario runs twice: with busy_poll_us 200 (and the upstream window off), and
+ * with only the upstream window (its default value is checked in test_config).
  *
- *   - the banner says the window; remote non-stream and stream requests, sequential and from
+ *   - the banner says the windows; remote non-stream and stream requests, sequential and from
  *     several client threads at once (both I/O threads spinning and blocking in turn), and a
  *     local request (engine events handed to the I/O thread from another thread) are served;
  *   - once idle, the I/O threads block again: within a bounded wait every tg-io-* thread is seen
  *     sleeping at the same moment (a loop that never stops spinning stays runnable);
+ *   - the same while a request waits 3 s for a provider that answered the earlier ones at once:
+ *     the upstream window is bounded from the last event, it does not spin for the whole wait;
  *   - SIGTERM with a remote stream in flight drains as with plain event_base_dispatch: the stream
  *     ends with [DONE], the process exits 0, with a clean log. */
 #include <dirent.h>
@@ -136,18 +140,61 @@ static void *bg_stream_main(void *arg)
     return NULL;
 }
 
-static void test_busy_poll_serves_and_drains(void **state)
+/* Within max_ms, every tg-io-* thread of the gateway is seen sleeping at the same moment.
+ * Sampled every 10 ms until seen (the sweep timer wakes each thread a few times a second). */
+static bool all_io_sleeping(pid_t pid, int max_ms)
 {
-    (void)state;
+    char st[8];
+    int n_io = 0;
+    for (int i = 0; i < max_ms / 10; i++) {
+        n_io = io_thread_states(pid, st, (int)sizeof st);
+        bool all = n_io == 2;
+        for (int k = 0; k < n_io; k++)
+            all = all && st[k] == 'S';
+        if (all)
+            return true;
+        usleep(10000);
+    }
+    print_error("I/O threads found: %d; states: %.*s\n", n_io, n_io, st);
+    return false;
+}
+
+/* Requests the fake has received so far (GET /_requests: one object with a "method" each). */
+static int fake_received(struct gw_env *e)
+{
+    char url[128];
+    snprintf(url, sizeof url, "%s/_requests", e->fake_base);
+    struct tg_test_response r;
+    int n = -1;
+    if (tg_test_http("GET", url, NULL, NULL, &r) == 0 && r.status == 200) {
+        n = 0;
+        for (const char *p = r.body; (p = strstr(p, "\"method\"")) != NULL; p++)
+            n++;
+    }
+    tg_test_response_free(&r);
+    return n;
+}
+
+struct bg_request {
+    struct gw_env *e;
+    pthread_t th;
+    bool ok;
+};
+
+static void *bg_request_main(void *arg)
+{
+    struct bg_request *b = arg;
+    b->ok = remote_ok(b->e, false);
+    return NULL;
+}
+
+static void run_scenario(const char *server, const char *banner)
+{
     struct gw_env e;
-    char server[64];
-    snprintf(server, sizeof server, "  busy_poll_us: %d\n", POLL_US);
     struct gw_env_opts o = {.extra_server = server,
                             .extra_local = "  slots: 2\n  context: 4096\n  threads: 1\n"};
     assert_true(gw_env_start_opts(&e, &o));
     printf("gateway log: %s\n", e.log_path);
-    char banner[64];
-    snprintf(banner, sizeof banner, "(2 I/O threads, busy-polling %d µs)", POLL_US);
     assert_true(gw_log_wait(&e, banner, WAIT_MS));
 
     /* sequential: each request alone, the reply picked up while the thread still polls */
@@ -177,26 +224,28 @@ static void test_busy_poll_serves_and_drains(void **state)
     assert_string_equal(tier, "local");
     tg_test_response_free(&r);
 
-    /* idle: the spin ends and both I/O threads block in epoll_wait. Sampled until seen (the
-     * sweep timer wakes each thread a few times a second, for one window each). */
-    char st[8];
-    bool all_sleeping = false;
-    int n_io = 0;
-    for (int i = 0; i < 1000 && !all_sleeping; i++) {
-        n_io = io_thread_states(e.gw_pid, st, (int)sizeof st);
-        all_sleeping = n_io == 2;
-        for (int k = 0; k < n_io; k++)
-            all_sleeping = all_sleeping && st[k] == 'S';
-        if (!all_sleeping)
-            usleep(10000);
-    }
-    if (!all_sleeping)
-        print_error("I/O threads found: %d; states: %.*s\n", n_io, n_io, st);
-    assert_true(all_sleeping);
+    /* idle: the spin ends and both I/O threads block in epoll_wait */
+    assert_true(all_io_sleeping(e.gw_pid, 10000));
 
-    /* SIGTERM while a slow stream is in flight: the drain lets it finish. */
+    /* a request waiting for a slow answer from a provider that was fast so far: the threads
+     * still sleep (the upstream window ends a bounded time after the last event) */
     char url[128];
     snprintf(url, sizeof url, "%s/_script", e.fake_base);
+    assert_int_equal(tg_test_http("POST", url, NULL, "delay_ms=3000", &r), 0);
+    assert_int_equal(r.status / 100, 2);
+    tg_test_response_free(&r);
+    int before = fake_received(&e);
+    assert_true(before >= 0);
+    struct bg_request slow = {.e = &e};
+    assert_int_equal(pthread_create(&slow.th, NULL, bg_request_main, &slow), 0);
+    for (int i = 0; i < WAIT_MS / 10 && fake_received(&e) == before; i++)
+        usleep(10000);
+    assert_true(fake_received(&e) > before); /* in flight: the fake holds it for 3 s */
+    assert_true(all_io_sleeping(e.gw_pid, 2000)); /* seen before the answer */
+    assert_int_equal(pthread_join(slow.th, NULL), 0);
+    assert_true(slow.ok);
+
+    /* SIGTERM while a slow stream is in flight: the drain lets it finish. */
     assert_int_equal(tg_test_http("POST", url, NULL, "chunk_delay_ms=150", &r), 0);
     assert_int_equal(r.status / 100, 2);
     tg_test_response_free(&r);
@@ -230,10 +279,30 @@ static void test_busy_poll_serves_and_drains(void **state)
     gw_env_stop(&e);
 }
 
+static void test_busy_poll_serves_and_drains(void **state)
+{
+    (void)state;
+    char server[96], banner[96];
+    snprintf(server, sizeof server, "  busy_poll_us: %d\n  busy_poll_upstream_us: 0\n", POLL_US);
+    snprintf(banner, sizeof banner, "(2 I/O threads, busy-polling %d µs)", POLL_US);
+    run_scenario(server, banner);
+}
+
+/* Only the upstream window, 10 ms: the fake's first-byte times here (0.1-0.7 ms, more under a
+ * sanitizer) are well within it, so the threads do spin while a reply is due, and the slow
+ * request's 3 s wait shows that the spin stops 10 ms after the last event. */
+static void test_busy_poll_upstream(void **state)
+{
+    (void)state;
+    run_scenario("  busy_poll_upstream_us: 10000\n",
+                 "(2 I/O threads, busy-polling for upstream replies 10000 µs)");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_busy_poll_serves_and_drains),
+        cmocka_unit_test(test_busy_poll_upstream),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -802,6 +802,72 @@ static void test_cancel(void **state)
     outcome_free(&o);
 }
 
+/* tg_upstream_exec_reply_due (the I/O thread's busy-polling for upstream replies): false with no
+ * first-byte sample yet and whenever no attempt waits for its status line; with one waiting, it
+ * compares the executor's first-byte average with the bound. The fake delays each answer by
+ * 400 ms, so the average is at least 0.4 s whatever the machine's load: no upper time bound is
+ * assumed. A cancel stops the wait. */
+static void start_one(struct tg_upstream_exec *ex, struct event_base *base, struct outcome *o)
+{
+    const struct tg_cfg_model *tv[] = {tg_config_model(g_cfg, "oa")};
+    assert_non_null(tv[0]);
+    json_t *rq = json_loads("{\"model\":\"x\",\"messages\":[{\"role\":\"user\","
+                            "\"content\":\"hi\"}]}", 0, NULL);
+    assert_non_null(rq);
+    o->base = base;
+    struct tg_upstream_call call = {.request = rq, .targets = tv, .n_targets = 1,
+                                    .request_id = "req-due"};
+    assert_int_equal(tg_upstream_start(ex, &call, &handlers, o, &o->req), TG_OK);
+    json_decref(rq);
+}
+
+static void test_reply_due(void **state)
+{
+    fake_reset();
+    fake_script("[\"delay_ms=400\",\"delay_ms=400\",\"delay_ms=400\"]");
+    struct event_base *base = event_base_new();
+    struct tg_upstream_exec *ex = tg_upstream_exec_create(base, NULL);
+    assert_non_null(ex);
+    struct event *wd = evtimer_new(base, on_watchdog, base);
+    struct timeval wt = {.tv_sec = 10, .tv_usec = 0};
+    assert_false(tg_upstream_exec_reply_due(ex, 10.0));
+    assert_false(tg_upstream_exec_reply_due(NULL, 10.0));
+
+    /* first request: waiting, but no sample yet */
+    struct outcome o1 = {0};
+    start_one(ex, base, &o1);
+    assert_false(tg_upstream_exec_reply_due(ex, 10.0));
+    evtimer_add(wd, &wt);
+    event_base_dispatch(base);
+    assert_true(o1.completed);
+    assert_false(tg_upstream_exec_reply_due(ex, 10.0)); /* nothing waits */
+
+    /* second: the average (>= 0.4 s) is within 10 s, not within 0.3 s */
+    struct outcome o2 = {0};
+    start_one(ex, base, &o2);
+    assert_true(tg_upstream_exec_reply_due(ex, 10.0));
+    assert_false(tg_upstream_exec_reply_due(ex, 0.3));
+    event_base_dispatch(base);
+    assert_true(o2.completed);
+    assert_false(tg_upstream_exec_reply_due(ex, 10.0));
+
+    /* third, cancelled while it waits: the wait ends with it */
+    struct outcome o3 = {0};
+    start_one(ex, base, &o3);
+    assert_true(tg_upstream_exec_reply_due(ex, 10.0));
+    tg_upstream_cancel(o3.req);
+    assert_false(tg_upstream_exec_reply_due(ex, 10.0));
+    assert_int_equal(tg_upstream_exec_inflight(ex), 0);
+    assert_false(o3.completed || o3.failed);
+
+    event_free(wd);
+    tg_upstream_exec_destroy(ex);
+    event_base_free(base);
+    outcome_free(&o1);
+    outcome_free(&o2);
+    outcome_free(&o3);
+}
+
 /* want ⊆ got: every key of every object in want is in got with a matching value; arrays match
  * element by element with the same length. */
 static bool subset(const json_t *want, const json_t *got)
@@ -1061,6 +1127,7 @@ int main(void)
         cmocka_unit_test(test_timeouts),
         cmocka_unit_test(test_connect_refused),
         cmocka_unit_test(test_cancel),
+        cmocka_unit_test(test_reply_due),
         cmocka_unit_test(test_proxy_cases),
         cmocka_unit_test(test_backpressure),
         cmocka_unit_test(test_raw_passthrough),

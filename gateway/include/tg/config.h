@@ -46,6 +46,12 @@ struct tg_cfg_tls {
     int min_version;           /* lowest protocol accepted: 12 = TLS 1.2 (default), 13 = TLS 1.3 */
 };
 
+/* Default of server.busy_poll_upstream_us: a provider that answers within this long on average
+ * (a LAN or local inference server; the bench's fake, ~100 µs) has its reply picked up by a running
+ * I/O thread; remote LLM APIs (hundreds of ms) are never waited for this way. Measured in
+ * bench/RESULTS.md, "session 5: busy-polling for upstream replies". */
+#define TG_CFG_BUSY_POLL_UPSTREAM_US 250
+
 struct tg_cfg_server {
     char *listen_host;         /* "127.0.0.1", "0.0.0.0", "::" */
     int port;
@@ -53,6 +59,11 @@ struct tg_cfg_server {
     int busy_poll_us;          /* I/O loop: after handling events, keep polling without sleeping
                                 * until this many µs pass with nothing to do; 0 = off (block at
                                 * once); read when the I/O threads start (not on SIGHUP) */
+    int busy_poll_upstream_us; /* I/O loop: while a request on the thread waits for a provider
+                                * whose recent first-byte times average at most this many µs,
+                                * keep polling for up to this long after the last event instead
+                                * of sleeping; 0 = off. Default TG_CFG_BUSY_POLL_UPSTREAM_US;
+                                * read when the I/O threads start (not on SIGHUP) */
     size_t max_body_bytes;
     size_t max_header_bytes;
     int read_timeout_ms;       /* whole request (headers + body) must arrive within this */
