@@ -577,8 +577,15 @@ metrics:
         for _ in range(a.low_reps):
             for name, url, hdr in low_targets:
                 warm = 2 if name == "portkey" else 1
-                low[name].append(attempt(lambda: measured(pids, lambda: loadgen(build, url, a.portkey_rate,
-                                                                                a.duration, warm, hdr, conns=16))))
+                oport = tgs[name][1] if name in tgs else None
+                ob = overhead_buckets(oport) if oport else None
+                r = attempt(lambda: measured(pids, lambda: loadgen(build, url, a.portkey_rate,
+                                                                   a.duration, warm, hdr, conns=16)))
+                if ob is not None:
+                    oa = overhead_buckets(oport)
+                    r["overhead_us"] = {k: (None if v is None else round(v * 1e6, 1)) for k, v in
+                                        (("p50", bucket_quantile(0.5, ob, oa)), ("p99", bucket_quantile(0.99, ob, oa)))}
+                low[name].append(r)
         res["low_rate"] = low
 
         if a.syscalls and shutil.which("perf"):
@@ -723,6 +730,12 @@ def report(res, a, out):
         ad = low_added.get(n)
         print(f"| {n} | {fmt(p50)} | {fmt(p99)} | {signed(ad[0]) if ad else ''} | {signed(ad[1]) if ad else ''} "
               f"| {'' if n == 'direct' else fmt(cpu(runs_n, n))} |")
+    for tn in tgs:
+        o50 = med(low.get(tn) or [], lambda r: (r.get("overhead_us") or {}).get("p50"))
+        if o50 is None or tn not in low_added:
+            continue
+        print(f"\n{tn}'s in-process overhead at {a.portkey_rate} req/s (median of runs): p50 {fmt(o50)} µs; added p50 "
+              f"minus in-process p50: {signed(low_added[tn][0] - o50)} µs.")
     print()
 
     print(f"| one connection, closed loop (wrk -t1 -c1 5 s, median of {a.reps}) | p50 (µs) | p99 (µs) | added p50 | req/s |")
