@@ -303,8 +303,9 @@ static void *local_thread_main(void *arg)
         atomic_store(&gw->engine, client);
         snprintf(state, sizeof state, "ready: %s", gw->model_desc);
     }
-    atomic_store(&gw->ready, true);
+    /* The banner first: a client that saw /readyz turn 200 finds it in the log. */
     tg_gateway_banner(gw, state);
+    atomic_store(&gw->ready, true);
     tg_config_unref(cfg);
     tg_router_policy_unref(pol);
     return NULL;
@@ -320,8 +321,8 @@ int tg_local_start(struct tg_gateway *gw)
     tg_router_policy_unref(pol);
     if (!enabled) {
         tg_info("local tier disabled");
-        atomic_store(&gw->ready, true);
         tg_gateway_banner(gw, "disabled");
+        atomic_store(&gw->ready, true);
         return TG_OK;
     }
     if (pthread_create(&gw->local_thread, NULL, local_thread_main, gw) != 0)
