@@ -164,13 +164,6 @@ static evutil_socket_t listen_socket(const char *host, int port)
     return fd;
 }
 
-static int64_t mono_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts); /* vDSO: no syscall, ~20 ns */
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
 /* The loop asked to stop: event_base_loopexit (stop_all) or loopbreak. Each event_base_loop call
  * clears both flags when it starts, so they are checked after every call: a plain dispatch would
  * see them itself, our repeated calls must not lose them. */
@@ -210,25 +203,22 @@ static void worker_loop(struct tg_worker *w, int busy_poll_us, int upstream_us)
         event_base_dispatch(w->base);
         return;
     }
-    const int64_t window_ns = (int64_t)busy_poll_us * 1000;
-    const int64_t upstream_ns = (int64_t)upstream_us * 1000;
-    const double upstream_s = (double)upstream_us / 1e6;
+    const double window_s = busy_poll_us / 1e6, upstream_s = upstream_us / 1e6;
     for (;;) {
         /* 1: no events left (cannot happen while the sweep timer is pending), -1: backend error;
          * event_base_dispatch returns in both cases too. */
         if (event_base_loop(w->base, EVLOOP_ONCE) != 0 || loop_stopped(w->base))
             return;
-        int64_t last_event = mono_ns();
+        double last_event = tg_now_s(); /* vDSO clock: no syscall */
         for (;;) {
-            int64_t quiet = mono_ns() - last_event;
-            if (quiet >= window_ns &&
-                (quiet >= upstream_ns || !tg_remote_reply_due(w, upstream_s)))
+            double quiet = tg_now_s() - last_event;
+            if (quiet >= window_s && (quiet >= upstream_s || !tg_remote_reply_due(w, upstream_s)))
                 break;
             event_base_get_max_events(w->base, EVENT_BASE_COUNT_ACTIVE, 1);
             if (event_base_loop(w->base, EVLOOP_NONBLOCK) != 0 || loop_stopped(w->base))
                 return;
             if (event_base_get_max_events(w->base, EVENT_BASE_COUNT_ACTIVE, 0) > 0)
-                last_event = mono_ns();
+                last_event = tg_now_s();
             else
                 sched_yield();
         }
@@ -517,13 +507,10 @@ void tg_gateway_banner(struct tg_gateway *gw, const char *local_state)
              s->listen_host, v6 ? "]" : "", s->port);
     tg_info("tiergate %s ready", TG_GATEWAY_VERSION);
     char poll[96] = "";
-    if (s->busy_poll_us > 0 && s->busy_poll_upstream_us > 0)
-        snprintf(poll, sizeof poll, ", busy-polling %d µs, for upstream replies %d µs",
-                 s->busy_poll_us, s->busy_poll_upstream_us);
-    else if (s->busy_poll_us > 0)
-        snprintf(poll, sizeof poll, ", busy-polling %d µs", s->busy_poll_us);
-    else if (s->busy_poll_upstream_us > 0)
-        snprintf(poll, sizeof poll, ", busy-polling for upstream replies %d µs",
+    int n = s->busy_poll_us > 0 ? snprintf(poll, sizeof poll, ", busy-polling %d µs", s->busy_poll_us)
+                                : 0;
+    if (s->busy_poll_upstream_us > 0)
+        snprintf(poll + n, sizeof poll - (size_t)n, ", busy-polling for upstream replies %d µs",
                  s->busy_poll_upstream_us);
     tg_info("  listen     %s (%d I/O threads%s)%s", base, gw->n_workers, poll,
             s->open_mode ? ", OPEN MODE (no API key needed)" : "");
