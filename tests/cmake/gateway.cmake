@@ -9,33 +9,15 @@ if(TARGET tg-fake-upstream)
 endif()
 tg_target_defaults(tg_gw_testenv)
 
-tg_add_unit_test(test_gateway SOURCES ${TG_TEST_DIR}/gateway/test_gateway.c
-  LIBS tg_gw_testenv tg_grammar PkgConfig::JANSSON LABELS integration)
-add_dependencies(test_gateway tiergate model-tiny)
-if(TARGET tg-fake-upstream)
-  add_dependencies(test_gateway tg-fake-upstream)
-endif()
+tg_add_gateway_test(test_gateway SOURCES ${TG_TEST_DIR}/gateway/test_gateway.c
+  LIBS tg_grammar PkgConfig::JANSSON)
 
 # Conformance with the official openai@6 npm client (tests/conformance).
-tg_add_unit_test(test_conformance SOURCES ${TG_TEST_DIR}/conformance/test_conformance.c
-  LIBS tg_gw_testenv LABELS integration)
-add_dependencies(test_conformance tiergate model-tiny)
-if(TARGET tg-fake-upstream)
-  add_dependencies(test_conformance tg-fake-upstream)
-endif()
+tg_add_gateway_test(test_conformance SOURCES ${TG_TEST_DIR}/conformance/test_conformance.c)
 
 # Data-driven proxy cases: tests/gateway/cases/*.json
-tg_add_unit_test(test_gateway_cases SOURCES ${TG_TEST_DIR}/gateway/test_gateway_cases.c
-  LIBS tg_gw_testenv PkgConfig::JANSSON LABELS integration)
-add_dependencies(test_gateway_cases tiergate model-tiny)
-if(TARGET tg-fake-upstream)
-  add_dependencies(test_gateway_cases tg-fake-upstream)
-endif()
+tg_add_gateway_test(test_gateway_cases SOURCES ${TG_TEST_DIR}/gateway/test_gateway_cases.c
+  LIBS PkgConfig::JANSSON)
 
 # Random-mutation HTTP fuzzing of the JSON endpoints (python3, fixed seed).
-tg_add_unit_test(test_gateway_fuzz SOURCES ${TG_TEST_DIR}/gateway/test_gateway_fuzz.c
-  LIBS tg_gw_testenv LABELS integration)
-add_dependencies(test_gateway_fuzz tiergate model-tiny)
-if(TARGET tg-fake-upstream)
-  add_dependencies(test_gateway_fuzz tg-fake-upstream)
-endif()
+tg_add_gateway_test(test_gateway_fuzz SOURCES ${TG_TEST_DIR}/gateway/test_gateway_fuzz.c)

@@ -656,20 +656,6 @@ static void fake_script_process(struct gw_env *e, const char *script)
     tg_test_response_free(&r);
 }
 
-/* Requests the fake upstream has received since it was started. */
-static int fake_received_process(struct gw_env *e)
-{
-    char url[128];
-    snprintf(url, sizeof url, "%s/_requests", e->fake_base);
-    struct tg_test_response r;
-    int n = 0;
-    if (tg_test_http("GET", url, NULL, NULL, &r) == 0)
-        for (const char *p = r.body; (p = strstr(p, "\"method\":")) != NULL; p++)
-            n++;
-    tg_test_response_free(&r);
-    return n;
-}
-
 static void test_sigterm_during_streams(void **state)
 {
     (void)state;
@@ -708,14 +694,14 @@ static void test_sigterm_during_streams(void **state)
             chat_body_process(bg[i].body, sizeof bg[i].body, "gpt-fake", i != NS && i != NSLONG, 64,
                               "drain me");
     }
-    int seen = fake_received_process(&e);
+    int seen = gw_fake_received(&e);
     for (int i = R1; i <= NSLONG; i++) {
         fake_script_process(&e, script[i]);
         bg_start_process(&bg[i], &e);
         int64_t end = mono_ms() + HANG_MS;
-        while (fake_received_process(&e) == seen && mono_ms() < end)
+        while (gw_fake_received(&e) == seen && mono_ms() < end)
             usleep(5000);
-        assert_int_equal(fake_received_process(&e), ++seen);
+        assert_int_equal(gw_fake_received(&e), ++seen);
     }
     for (int i = L1; i <= L2; i++)
         bg_start_process(&bg[i], &e);

@@ -131,6 +131,21 @@ int gw_get(struct gw_env *e, const char *path, struct tg_test_response *out)
     return tg_test_http("GET", url, h, NULL, out);
 }
 
+int gw_fake_received(struct gw_env *e)
+{
+    char url[128];
+    snprintf(url, sizeof url, "%s/_requests", e->fake_base);
+    struct tg_test_response r;
+    int n = -1;
+    if (tg_test_http("GET", url, NULL, NULL, &r) == 0 && r.status == 200) {
+        n = 0; /* one recorded object, one "method" key */
+        for (const char *p = r.body; (p = strstr(p, "\"method\":")) != NULL; p++)
+            n++;
+    }
+    tg_test_response_free(&r);
+    return n;
+}
+
 bool gw_log_wait(struct gw_env *e, const char *text, int timeout_ms)
 {
     for (int waited = 0; waited <= timeout_ms; waited += 50) {

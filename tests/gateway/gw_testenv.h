@@ -42,6 +42,9 @@ int gw_post(struct gw_env *e, const char *path, const char *body, const char *ex
             struct tg_test_response *out);
 int gw_get(struct gw_env *e, const char *path, struct tg_test_response *out);
 
+/* Requests the fake upstream has recorded so far (its GET /_requests), -1 if it does not answer. */
+int gw_fake_received(struct gw_env *e);
+
 /* Wait until the gateway's log contains text. */
 bool gw_log_wait(struct gw_env *e, const char *text, int timeout_ms);
 

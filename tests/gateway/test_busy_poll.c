@@ -159,22 +159,6 @@ static bool all_io_sleeping(pid_t pid, int max_ms)
     return false;
 }
 
-/* Requests the fake has received so far (GET /_requests: one object with a "method" each). */
-static int fake_received(struct gw_env *e)
-{
-    char url[128];
-    snprintf(url, sizeof url, "%s/_requests", e->fake_base);
-    struct tg_test_response r;
-    int n = -1;
-    if (tg_test_http("GET", url, NULL, NULL, &r) == 0 && r.status == 200) {
-        n = 0;
-        for (const char *p = r.body; (p = strstr(p, "\"method\"")) != NULL; p++)
-            n++;
-    }
-    tg_test_response_free(&r);
-    return n;
-}
-
 struct bg_request {
     struct gw_env *e;
     pthread_t th;
@@ -234,13 +218,13 @@ static void run_scenario(const char *server, const char *banner)
     assert_int_equal(tg_test_http("POST", url, NULL, "delay_ms=3000", &r), 0);
     assert_int_equal(r.status / 100, 2);
     tg_test_response_free(&r);
-    int before = fake_received(&e);
+    int before = gw_fake_received(&e);
     assert_true(before >= 0);
     struct bg_request slow = {.e = &e};
     assert_int_equal(pthread_create(&slow.th, NULL, bg_request_main, &slow), 0);
-    for (int i = 0; i < WAIT_MS / 10 && fake_received(&e) == before; i++)
+    for (int i = 0; i < WAIT_MS / 10 && gw_fake_received(&e) == before; i++)
         usleep(10000);
-    assert_true(fake_received(&e) > before); /* in flight: the fake holds it for 3 s */
+    assert_true(gw_fake_received(&e) > before); /* in flight: the fake holds it for 3 s */
     assert_true(all_io_sleeping(e.gw_pid, 2000)); /* seen before the answer */
     assert_int_equal(pthread_join(slow.th, NULL), 0);
     assert_true(slow.ok);
