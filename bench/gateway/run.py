@@ -385,6 +385,20 @@ def med(runs, get):
     return statistics.median(vals) if vals else None
 
 
+def with_overhead(tgs, name, run):
+    """run() for one target; for a tiergate also its own view of the run: the in-process time per
+    proxied reply (tiergate_gateway_overhead_seconds scraped before and after), as overhead_us"""
+    port = tgs[name][1] if name in tgs else None
+    before = overhead_buckets(port) if port else None
+    r = run()
+    if before is not None:
+        after = overhead_buckets(port)
+        r["overhead_us"] = {k: (None if v is None else round(v * 1e6, 1)) for k, v in
+                            (("p50", bucket_quantile(0.5, before, after)),
+                             ("p99", bucket_quantile(0.99, before, after)))}
+    return r
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--build", default=os.path.join(ROOT, "build"))
@@ -553,14 +567,8 @@ metrics:
         runs = {t[0]: [] for t in targets}
         for _ in range(a.reps):  # alternating, so that drift in the machine's state hits every target alike
             for name, url, hdr in targets:
-                oport = tgs[name][1] if name in tgs else None
-                ob = overhead_buckets(oport) if oport else None
-                r = attempt(lambda: measured(pids, lambda: loadgen(build, url, a.rate, a.duration, 1, hdr)))
-                if ob is not None:  # tiergate's own view: in-process time per reply over this run
-                    oa = overhead_buckets(oport)
-                    r["overhead_us"] = {k: (None if v is None else round(v * 1e6, 1)) for k, v in
-                                        (("p50", bucket_quantile(0.5, ob, oa)), ("p99", bucket_quantile(0.99, ob, oa)))}
-                runs[name].append(r)
+                runs[name].append(with_overhead(tgs, name, lambda: attempt(lambda: measured(
+                    pids, lambda: loadgen(build, url, a.rate, a.duration, 1, hdr)))))
         res["fixed_rate"] = runs
         if pk_proc:
             # Portkey at the same fixed rate, once (the issue's "10x below Portkey's" at --rate): it
@@ -577,15 +585,8 @@ metrics:
         for _ in range(a.low_reps):
             for name, url, hdr in low_targets:
                 warm = 2 if name == "portkey" else 1
-                oport = tgs[name][1] if name in tgs else None
-                ob = overhead_buckets(oport) if oport else None
-                r = attempt(lambda: measured(pids, lambda: loadgen(build, url, a.portkey_rate,
-                                                                   a.duration, warm, hdr, conns=16)))
-                if ob is not None:
-                    oa = overhead_buckets(oport)
-                    r["overhead_us"] = {k: (None if v is None else round(v * 1e6, 1)) for k, v in
-                                        (("p50", bucket_quantile(0.5, ob, oa)), ("p99", bucket_quantile(0.99, ob, oa)))}
-                low[name].append(r)
+                low[name].append(with_overhead(tgs, name, lambda: attempt(lambda: measured(
+                    pids, lambda: loadgen(build, url, a.portkey_rate, a.duration, warm, hdr, conns=16)))))
         res["low_rate"] = low
 
         if a.syscalls and shutil.which("perf"):
